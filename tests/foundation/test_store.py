@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from connector.errors import ConfigError
+from connector.store import create_engine, migrate, normalize_url
+
+
+def test_normalize_url_uses_psycopg3() -> None:
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_unsupported_database_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported database"):
+        create_engine("mysql://u@h/db")
+    with pytest.raises(ConfigError, match="not a valid database URL"):
+        create_engine("::nonsense::")
+
+
+def test_migrate_is_idempotent(engine: sa.Engine) -> None:
+    migrate(engine)  # second run: nothing to do, no error
+    with engine.connect() as conn:
+        heads = conn.execute(sa.text("select version_num from alembic_version")).scalars().all()
+    assert heads  # every package branch recorded its head
+
+
+def test_sqlite_is_wal_with_single_writer(sqlite_url: str) -> None:
+    eng = create_engine(sqlite_url)
+    with eng.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    with eng.begin() as conn:
+        conn.exec_driver_sql("create table t (n integer)")
+        conn.exec_driver_sql("insert into t values (0)")
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(50):
+                with eng.begin() as conn:
+                    n = conn.exec_driver_sql("select n from t").scalar_one()
+                    conn.exec_driver_sql(f"update t set n = {n + 1}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with eng.connect() as conn:
+        # read-modify-write under BEGIN IMMEDIATE never loses an update
+        assert conn.exec_driver_sql("select n from t").scalar_one() == 200
