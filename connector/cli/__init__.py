@@ -16,6 +16,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """dadam: industrial data space connector and data bank."""
+
+
 @app.command("settings")
 def settings_cmd(markdown: bool = typer.Option(True, help="Print the settings table as Markdown.")) -> None:
     """Print every DADAM_ setting with its type, default and meaning."""
