@@ -1,0 +1,24 @@
+"""Who is calling: the verified identity of a DSP peer, handed to catalog, contracts and transfers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Caller"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A peer whose request was authenticated (DCP self-issued ID token verified against its DID).
+
+    ``claims`` holds what we know about the peer from verified sources, by name: ``bpn`` (BPNL),
+    ``memberships`` (list), ``framework_agreements`` (list), ``bpn_groups`` (list), ``region`` ...
+    Policy evaluation reads only these; nothing unverified goes in here.
+    """
+
+    did: str
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    #: The token's jti, for logs and replay diagnostics.
+    token_id: str | None = None
