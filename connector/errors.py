@@ -186,6 +186,8 @@ class LedgerError(DadamError):
     status_hint = 422
     code = "ledger"
 
-    def __init__(self, message: str, *, code: str = "ledger", context: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str = "ledger", context: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message, context=context)
         self.code = code

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
         False,
         description="Resolve did:web over plain http, for loopback hosts only (tests, demo). Never in production.",
     )
-    token_ttl_seconds: int = Field(300, ge=10, le=300, description="Lifetime of self-issued DCP ID tokens (<= 5 min).")
+    token_ttl_seconds: int = Field(
+        300, ge=10, le=300, description="Lifetime of self-issued DCP ID tokens (<= 5 min)."
+    )
     token_leeway_seconds: int = Field(
         30, ge=0, le=300, description="Clock skew tolerated on exp, nbf and iat of received tokens."
     )
@@ -74,14 +76,20 @@ class Settings(BaseSettings):
     dsp_path: str = Field("/api/dsp/2025-1", description="Path prefix of the DSP 2025-1 endpoints.")
     management_path: str = Field("/api/management/v1", description="Path prefix of the management API.")
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest request body accepted on DSP and management APIs (413 above)."
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted on DSP and management APIs (413 above).",
     )
     api_key: SecretStr | None = Field(
-        None, description="Management API key (header X-Api-Key). Unset: only OAuth2 bearer tokens are accepted."
+        None,
+        description="Management API key (header X-Api-Key). Unset: only OAuth2 bearer tokens are accepted.",
     )
-    oauth_client_id: str = Field("dadam-admin", description="Client id of the built-in OAuth2 token endpoint.")
+    oauth_client_id: str = Field(
+        "dadam-admin", description="Client id of the built-in OAuth2 token endpoint."
+    )
     oauth_client_secret: SecretStr | None = Field(
-        None, description="Client secret of the built-in token endpoint. Unset: the token endpoint is disabled."
+        None,
+        description="Client secret of the built-in token endpoint. Unset: the token endpoint is disabled.",
     )
     oauth_token_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of management access tokens.")
 
@@ -95,14 +103,20 @@ class Settings(BaseSettings):
 
     # --- processes ----------------------------------------------------------------------------
     catalog_page_size: int = Field(50, ge=1, le=1000, description="Default datasets per catalog page.")
-    send_retry_limit: int = Field(7, ge=0, description="Send attempts to a peer before a process is TERMINATED.")
+    send_retry_limit: int = Field(
+        7, ge=0, description="Send attempts to a peer before a process is TERMINATED."
+    )
     send_retry_base_ms: int = Field(500, ge=1, description="Base delay of the exponential retry backoff.")
     state_timeout_seconds: int = Field(
-        3600, ge=1, description="A negotiation or transfer waiting longer than this in one state is TERMINATED."
+        3600,
+        ge=1,
+        description="A negotiation or transfer waiting longer than this in one state is TERMINATED.",
     )
     worker_poll_ms: int = Field(200, ge=10, description="How often workers look for due work when idle.")
     worker_batch_size: int = Field(20, ge=1, description="Rows a worker claims per iteration.")
-    lease_seconds: int = Field(30, ge=1, description="A claimed row is released after this if its worker died.")
+    lease_seconds: int = Field(
+        30, ge=1, description="A claimed row is released after this if its worker died."
+    )
 
     @field_validator("dsp_path", "management_path")
     @classmethod
