@@ -17,6 +17,7 @@ from vocab._contexts import (
     document_loader,
     load_context,
 )
+from vocab._jsonld import compact, expand
 from vocab._namespaces import (
     ADMS,
     CX_COMMON,
@@ -68,6 +69,8 @@ __all__ = [
     "XSD",
     "ContextNotAvailable",
     "Namespace",
+    "compact",
     "document_loader",
+    "expand",
     "load_context",
 ]
