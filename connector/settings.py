@@ -9,12 +9,13 @@ logs or tracebacks. ``docs/configuration.md`` and the README table are generated
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "did_web_for_url", "settings_markdown"]
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
         30, ge=0, le=300, description="Clock skew tolerated on exp, nbf and iat of received tokens."
     )
     did_cache_seconds: int = Field(300, ge=0, description="How long a resolved peer DID document is cached.")
-    trusted_dids: list[str] = Field(
+    trusted_dids: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="If set, only these peer DIDs may call the DSP API (comma-separated or JSON list).",
     )
@@ -136,7 +137,9 @@ class Settings(BaseSettings):
     @field_validator("trusted_dids", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
-        if isinstance(v, str) and not v.startswith("["):
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
