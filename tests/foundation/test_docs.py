@@ -23,3 +23,11 @@ def test_readme_gives_exactly_the_two_setup_commands() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make demo" in text
     assert "make test" in text
+
+
+def test_exceptions_page_lists_every_error() -> None:
+    import connector.errors as errors
+
+    page = (ROOT / "docs" / "exceptions.md").read_text(encoding="utf-8")
+    for name in errors.__all__:
+        assert name in page, f"docs/exceptions.md does not mention {name}"
