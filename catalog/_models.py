@@ -133,7 +133,7 @@ class UseCaseSample(BaseModel):
 
     title: str = Field(min_length=1)
     description: str | None = None
-    url: str | None = Field(None, description="Where the sample payload can be downloaded (public).")
+    url: str | None = Field(default=None, description="Where the sample payload can be downloaded (public).")
 
     @field_validator("url")
     @classmethod
@@ -181,7 +181,9 @@ class Dataset(BaseModel):
     creator: Agent | None = None
     issued: datetime | None = None
     modified: datetime | None = None
-    accrual_periodicity: str | None = Field(None, description="Update cycle (dct:accrualPeriodicity).")
+    accrual_periodicity: str | None = Field(
+        default=None, description="Update cycle (dct:accrualPeriodicity)."
+    )
     temporal: TemporalCoverage | None = None
     spatial: list[str] = Field(default_factory=list, description="IRIs of covered places (dct:spatial).")
     conforms_to: list[str] = Field(
@@ -189,10 +191,12 @@ class Dataset(BaseModel):
         description="Data models the payload follows, e.g. urn:samm:io.catenax.pcf:7.0.0#Pcf",
     )
     media_type: str = Field("application/json", description="IANA media type of the payload.")
-    byte_size: int | None = Field(None, ge=0)
-    license: str | None = Field(None, description="License IRI (dct:license).")
-    purpose: str | None = Field(None, description="What the data is for.")
-    usage_notes: str | None = Field(None, description="How to use it: units, caveats, update semantics.")
+    byte_size: int | None = Field(default=None, ge=0)
+    license: str | None = Field(default=None, description="License IRI (dct:license).")
+    purpose: str | None = Field(default=None, description="What the data is for.")
+    usage_notes: str | None = Field(
+        default=None, description="How to use it: units, caveats, update semantics."
+    )
     related: list[str] = Field(
         default_factory=list, description="Related dataset ids or IRIs (dct:relation)."
     )
