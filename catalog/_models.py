@@ -299,7 +299,7 @@ class PolicyDefinition(BaseModel):
     def _check_policy(cls, v: dict[str, Any]) -> dict[str, Any]:
         problems = odrl_problems(v)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return v
 
 
@@ -366,12 +366,16 @@ class ContractDefinition(BaseModel):
         return v
 
 
-def model_errors(exc: Any) -> list[str]:
-    """Every problem of a pydantic ``ValidationError``, each as ``field.path: message``."""
+def model_errors(errors: Any) -> list[str]:
+    """Every problem of a pydantic ``ValidationError`` (or its ``.errors()``), as ``field.path: message``.
+
+    Validators that find several problems put one per line; each line becomes its own entry.
+    """
+    items = errors.errors() if hasattr(errors, "errors") else errors
     out = []
-    for err in exc.errors():
+    for err in items:
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        out.append(f"{loc}: {msg}" if loc else msg)
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        for line in msg.splitlines() or ["invalid"]:
+            out.append(f"{loc}: {line}" if loc else line)
     return out

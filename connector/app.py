@@ -1,0 +1,140 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds a :class:`~connector.runtime.Runtime` (database migrated) and
+mounts:
+
+* ``GET /.well-known/dspace-version`` (unauthenticated version metadata);
+* the DSP catalog endpoints under ``settings.dsp_path`` (default ``/api/dsp/2025-1``);
+* the management API under ``settings.management_path`` (default ``/api/management/v1``), with
+  its OpenAPI document at ``/openapi.json`` and docs at ``/docs``.
+
+Body size limit (413), content-type checks (415) and DSP/management error bodies apply to every
+route. The lifespan runs ``runtime.workers`` as tasks and cancels them at shutdown.
+
+DSP callers are identified by ``dsp_caller`` (a FastAPI dependency returning a
+:class:`~connector.identity.Caller`); management routes are protected by ``management_auth``
+(an object with ``require_read`` / ``require_write`` dependencies). When they are not given,
+``create_app`` uses ``connector.identity``'s implementations if that package provides them, else
+the fail-closed fallbacks of :mod:`connector.api._auth` (anonymous DSP caller; X-Api-Key only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from connector.api import (
+    ApiKeyAuth,
+    BodyLimitMiddleware,
+    anonymous_caller,
+    dsp_catalog_router,
+    install_error_handlers,
+    management_router,
+    version_router,
+)
+from connector.runtime import Runtime
+from connector.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("dadam.app")
+
+
+def _identity_dependencies(runtime: Runtime) -> tuple[Callable[..., Any] | None, Any | None]:
+    """The DSP caller dependency and management auth from connector.identity, when it provides them."""
+    try:
+        from connector import identity
+    except ImportError:  # pragma: no cover - identity is part of the package
+        return None, None
+    caller = None
+    auth = None
+    verifier = getattr(runtime.identity, "verifier", None) if runtime.identity is not None else None
+    if verifier is not None and hasattr(identity, "dsp_caller_dependency"):
+        caller = identity.dsp_caller_dependency(verifier)
+    if hasattr(identity, "ManagementAuth"):
+        auth = identity.ManagementAuth(runtime.settings)
+    return caller, auth
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    dsp_caller: Callable[..., Any] | None = None,
+    management_auth: Any | None = None,
+) -> FastAPI:
+    """Build the connector app (see the module docstring)."""
+    owns_runtime = runtime is None
+    if runtime is None:
+        runtime = Runtime.create(settings or Settings())  # type: ignore[call-arg]  # values come from the environment
+    settings = runtime.settings
+    rt = runtime
+
+    found_caller, found_auth = _identity_dependencies(rt)
+    caller_dep = dsp_caller or found_caller or anonymous_caller
+    auth = management_auth or found_auth or ApiKeyAuth(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(worker(), name=getattr(worker, "__name__", "worker")) for worker in rt.workers
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    log.error("worker ended with an error: %r", result)
+            if owns_runtime:
+                rt.close()
+
+    app = FastAPI(
+        title="dadam connector",
+        version="0.1.0",
+        description="Dataspace Protocol 2025-1 connector: catalog, contracts, transfers, data bank.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    install_error_handlers(app, dsp_path=settings.dsp_path)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dsp_path=settings.dsp_path)
+
+    app.include_router(version_router(settings.dsp_path))
+    app.include_router(
+        dsp_catalog_router(
+            rt.catalog,
+            caller_dep,
+            max_body_bytes=settings.max_body_bytes,
+            default_page_size=settings.catalog_page_size,
+        ),
+        prefix=settings.dsp_path,
+    )
+    app.include_router(
+        management_router(
+            rt.catalog_store,
+            rt.catalog,
+            require_read=auth.require_read,
+            require_write=auth.require_write,
+        ),
+        prefix=settings.management_path,
+    )
+    oauth_router = _oauth_router(auth)
+    if oauth_router is not None:
+        app.include_router(oauth_router, prefix=settings.management_path)
+    return app
+
+
+def _oauth_router(auth: Any) -> Any | None:
+    """connector.identity's OAuth2 token endpoint router for ``auth``, when identity provides one."""
+    from connector import identity
+
+    factory = getattr(identity, "oauth_router", None)
+    if factory is None or isinstance(auth, ApiKeyAuth):
+        return None
+    return factory(auth)
