@@ -233,7 +233,7 @@ class Dataset(BaseModel):
     @field_validator("spatial", "conforms_to")
     @classmethod
     def _check_iris(cls, v: list[str]) -> list[str]:
-        return [_iri(x, "value") for x in v]
+        return [_iri(x, f"item {i}") for i, x in enumerate(v)]
 
     @field_validator("related")
     @classmethod

@@ -53,23 +53,21 @@ contract_definitions = sa.Table(
     "catalog_contract_definitions",
     metadata,
     sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column(
-        "access_policy_id",
-        sa.String(200),
-        sa.ForeignKey("catalog_policies.id", ondelete="RESTRICT"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column(
-        "contract_policy_id",
-        sa.String(200),
-        sa.ForeignKey("catalog_policies.id", ondelete="RESTRICT"),
-        nullable=False,
-        index=True,
-    ),
+    sa.Column("access_policy_id", sa.String(200), nullable=False, index=True),
+    sa.Column("contract_policy_id", sa.String(200), nullable=False, index=True),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # explicit names: the naming convention would exceed PostgreSQL's 63-character limit
+    sa.ForeignKeyConstraint(
+        ["access_policy_id"], ["catalog_policies.id"], ondelete="RESTRICT", name="fk_catalog_cd_access_policy"
+    ),
+    sa.ForeignKeyConstraint(
+        ["contract_policy_id"],
+        ["catalog_policies.id"],
+        ondelete="RESTRICT",
+        name="fk_catalog_cd_contract_policy",
+    ),
 )
 
 revision = sa.Table(

@@ -62,13 +62,13 @@ def upgrade() -> None:
             ["access_policy_id"],
             ["catalog_policies.id"],
             ondelete="RESTRICT",
-            name="fk_catalog_contract_definitions_access_policy_id_catalog_policies",
+            name="fk_catalog_cd_access_policy",
         ),
         sa.ForeignKeyConstraint(
             ["contract_policy_id"],
             ["catalog_policies.id"],
             ondelete="RESTRICT",
-            name="fk_catalog_contract_definitions_contract_policy_id_catalog_policies",
+            name="fk_catalog_cd_contract_policy",
         ),
     )
     op.create_index(
