@@ -31,7 +31,13 @@ class Scope(enum.StrEnum):
 
 
 class DutyState(enum.StrEnum):
-    """What is known about a duty (by its ``@id``), e.g. from the ledger or a report."""
+    """What is known about a duty (by its ``@id``), e.g. from the ledger or a report.
+
+    ``PENDING`` means known to be open but not yet due (billed later, deadline ahead).
+    A duty with no known state is "due" when a contract is negotiated (it becomes an
+    obligation of the agreement), but unfulfilled when the data is used, unless its
+    action is done after use by nature (``delete``, ``inform``).
+    """
 
     FULFILLED = "fulfilled"
     VIOLATED = "violated"
@@ -56,6 +62,9 @@ class PaymentState:
     paid: Decimal = Decimal(0)
     currency: str | None = None
     overdue: bool = False
+    #: The data bank keeps an account for this agreement and bills its use (metered, in
+    #: arrears): a ``compensate`` duty is then pending, not a missing precondition.
+    account_open: bool = False
 
 
 def _aware(value: datetime) -> datetime:
@@ -177,6 +186,7 @@ class EvaluationContext:
                 "paid": str(self.payment.paid),
                 "currency": self.payment.currency,
                 "overdue": self.payment.overdue,
+                "account_open": self.payment.account_open,
             },
             "duty_states": {k: v.value for k, v in self.duty_states.items()},
             "values": dict(self.values),

@@ -469,6 +469,10 @@ def _deadline(cr: _CompiledRule, ctx: EvaluationContext) -> tuple[datetime | Non
     return deadline, within
 
 
+_AGREEMENT_SCOPES = frozenset({Scope.CATALOG, Scope.NEGOTIATION})
+_AFTER_USE_ACTIONS = frozenset({ODRL + "delete", ODRL + "inform"})
+
+
 def _eval_duty(cr: _CompiledRule, ctx: EvaluationContext, scope: Scope, acc: _Acc) -> Explanation:
     """A duty (or policy obligation): required if its constraints hold; its state is known
     from ``duty_states`` (by ``@id``) or, for compensate, from the payment state."""
@@ -497,10 +501,24 @@ def _eval_duty(cr: _CompiledRule, ctx: EvaluationContext, scope: Scope, acc: _Ac
     is_compensate = cr.action_iri == ODRL + "compensate"
     if state is None and is_compensate and ctx.payment.overdue:
         state = DutyState.VIOLATED
-    state = state or DutyState.PENDING
+    if state is None and is_compensate and ctx.payment.account_open:
+        state = DutyState.PENDING
+    if state is None and (scope in _AGREEMENT_SCOPES or cr.action_iri in _AFTER_USE_ACTIONS):
+        state = DutyState.PENDING
     terms = _price_terms(cr)
     if terms is not None and state is not DutyState.FULFILLED:
         acc.price_terms.append(terms)
+    if state is None:
+        return Explanation(
+            cr.rule.kind,
+            "unfulfilled",
+            False,
+            label,
+            uid=cr.rule.uid,
+            missing=(f"duty_states[{cr.rule.uid or action_name}]",),
+            note="must be fulfilled before use, and is not known to be",
+            children=tuple(children),
+        )
     if state is DutyState.PENDING:
         deadline, within = _deadline(cr, ctx)
         acc.obligations.append(

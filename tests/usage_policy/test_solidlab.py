@@ -1,5 +1,12 @@
 """The SolidLab ODRL test suite (68 cases): our decisions and explanations match every
-expected compliance report (rule activation, target/party/action premises, constraints)."""
+expected compliance report (rule activation, target/party/action premises, constraints).
+
+The suite reads a duty as "given that eventually the duty is fulfilled": an open duty does
+not block the permission. That is our negotiation-scope reading (duties become obligations
+of the agreement), so every case runs in ``Scope.NEGOTIATION``. Every case whose duties
+have a known state also runs in ``Scope.USAGE``; the one case with a duty of unknown state
+(065) must deny there, because at use time an unfulfilled precondition fails closed.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +31,16 @@ def _by_uid(root: Explanation) -> dict[str, Explanation]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case(case: Any) -> None:
+@pytest.mark.parametrize("scope", [Scope.NEGOTIATION, Scope.USAGE])
+def test_case(case: Any, scope: Scope) -> None:
     policy = parse_policy(solidlab.policy_json(case.policy), require_action=False)
     ctx = solidlab.context(case.request, case.sotw)
-    decision = evaluate(policy, Scope.USAGE, ctx)
+    decision = evaluate(policy, scope, ctx)
+    if scope is Scope.USAGE and case.name.startswith("testcase-065"):
+        # policy-21's compensate duty has no state in this world: a missing precondition
+        assert not decision.permitted
+        assert any("unfulfilled" in r and "missing input: duty_states" in r for r in decision.reasons())
+        return
     nodes = _by_uid(decision.explanation)
     for exp in case.expected:
         rule = nodes[exp.rule]
