@@ -1,0 +1,653 @@
+"""Durable process framework shared by contract negotiation and transfer processes.
+
+Why: a DSP process (negotiation, transfer) must survive crashes, run on several replicas and
+never stay stuck silently. Everything that moves it forward is therefore a database row:
+
+* **Process rows.** Each process kind owns one table built with :func:`process_table`, which adds
+  the framework's columns (``id``, ``state``, ``state_since``, ``deadline``, ``pending``,
+  ``version``, ``error_detail``, ``created_at``, ``updated_at``) to the kind's own columns.
+  A handler that changes a process locks its row first (:func:`lock_process`,
+  ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has one writer anyway) and saves it with
+  :func:`save_state` (which also sets the state timeout ``deadline``).
+* **Outbox** (``dsp_outbox``). A message to the peer is *never* sent inside a request handler:
+  the handler calls :func:`enqueue` in the same transaction as the state change, commits, answers
+  the peer (the DSP ACK), and a :class:`Worker` sends the message afterwards. Messages of one
+  process are delivered strictly in order (a row is only claimed when no older row of the same
+  process is still pending). ``not_before`` delays a message (the TCK wants a short pause between
+  consecutive scripted sends).
+* **Claiming.** Workers claim due outbox rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` and a
+  lease (``lease_owner``, ``lease_until``). A worker killed with ``kill -9`` loses its lease after
+  ``lease_seconds`` and another worker sends the row again; the message keeps its ``@id`` so the
+  peer's received-message dedupe turns the resend into a no-op.
+* **Retries.** 5xx answers, timeouts and connection errors are retried with exponential backoff
+  (:class:`RetryPolicy`); 4xx answers and exhausted retries call :meth:`ProcessHandler.on_failed`
+  with a reason that says what happened (the kind moves the process to TERMINATED).
+* **State timeouts.** :meth:`Worker.expire` finds non-terminal rows whose ``deadline`` passed and
+  calls :meth:`ProcessHandler.on_timeout` (again in one transaction with the row locked).
+* **Received-message dedupe** (``dsp_inbox``). :func:`record_received` stores the ``@id`` of every
+  message received for a process with a digest of its body: ``"new"`` (apply it), ``"duplicate"``
+  (same id and body: answer the same ACK, change nothing) or ``"conflict"`` (same id, other body:
+  reject).
+
+How to use it for a new process kind (the transfer process does exactly this)::
+
+    transfers = process_table("tp_transfers", sa.Column("consumer_pid", ...), ...)
+
+    class TransferHandler:                      # implements ProcessHandler
+        kind = "transfer"
+        table = transfers
+        terminal_states = frozenset({COMPLETED, TERMINATED})
+        def on_delivered(self, conn, process, message, status): ...   # e.g. STARTING -> STARTED
+        def on_failed(self, conn, process, message, reason): ...      # -> TERMINATED, reason
+        def on_timeout(self, conn, process): ...                      # -> TERMINATED, "timed out"
+
+    worker = Worker(engine, [negotiation_handler, TransferHandler()], sender=HttpSender(client))
+    worker.start()            # a daemon thread; worker.wake() after a commit sends at once
+    ...
+    with engine.begin() as conn:
+        row = lock_process(conn, transfers, pid)
+        save_state(conn, transfers, pid, STARTING, timeout_s=3600)
+        enqueue(conn, "transfer", pid, url, body, audience=peer_did)
+    worker.wake()
+
+All callbacks run inside the transaction that holds the process row lock, so a state change and
+the outbox rows it produces commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from connector.errors import NotFoundError, StoreError
+from connector.store import is_postgres, metadata
+
+__all__ = [
+    "Delivery",
+    "HttpSender",
+    "OutboxMessage",
+    "ProcessHandler",
+    "RetryPolicy",
+    "Sender",
+    "Worker",
+    "body_digest",
+    "cancel_pending",
+    "enqueue",
+    "inbox",
+    "is_postgres_conn",
+    "lock_process",
+    "outbox",
+    "pending_outbox",
+    "process_columns",
+    "process_table",
+    "record_received",
+    "save_state",
+]
+
+log = logging.getLogger("dadam.process")
+
+outbox = sa.Table(
+    "dsp_outbox",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("process_id", sa.String(200), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("message_type", sa.String(100), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("audience", sa.String(500), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(100), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=True),
+    sa.Index("ix_dsp_outbox_status_not_before", "status", "not_before"),
+    sa.Index("ix_dsp_outbox_kind_process_id_seq", "kind", "process_id", "seq"),
+)
+
+inbox = sa.Table(
+    "dsp_inbox",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("message_id", sa.String(500), primary_key=True),
+    sa.Column("process_id", sa.String(200), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+
+def process_columns() -> list[sa.Column[Any]]:
+    """The framework's columns of a process table (fresh objects on every call)."""
+    return [
+        sa.Column("id", sa.String(200), primary_key=True),
+        sa.Column("state", sa.Integer, nullable=False),
+        sa.Column("state_since", sa.Float, nullable=False),
+        #: When the current state times out (epoch seconds); NULL in terminal states.
+        sa.Column("deadline", sa.Float, nullable=True),
+        #: Waiting for a manual decision (still subject to the deadline).
+        sa.Column("pending", sa.Boolean, nullable=False, default=False),
+        sa.Column("version", sa.Integer, nullable=False, default=0),
+        sa.Column("error_detail", sa.Text, nullable=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    ]
+
+
+def process_table(
+    name: str, *columns: sa.Column[Any] | sa.Index, meta: sa.MetaData | None = None
+) -> sa.Table:
+    """A process table ``name`` on the shared metadata (or ``meta``): framework columns plus ``columns``.
+
+    An index on ``deadline`` is added so the timeout sweep does not scan the table. Remember to
+    create the same table in your package's migration.
+    """
+    return sa.Table(
+        name,
+        metadata if meta is None else meta,
+        *process_columns(),
+        *columns,
+        sa.Index(f"ix_{name}_deadline", "deadline"),
+    )
+
+
+def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMapping:
+    """The row of ``process_id``, locked until the transaction ends; NotFoundError if absent."""
+    stmt = sa.select(table).where(table.c.id == process_id)
+    if is_postgres_conn(conn):
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        raise NotFoundError(f"no process {process_id!r}", context={"table": table.name})
+    return row
+
+
+def is_postgres_conn(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def save_state(
+    conn: Connection,
+    table: sa.Table,
+    process_id: str,
+    state: int,
+    *,
+    timeout_s: float | None,
+    now: float | None = None,
+    error_detail: str | None = None,
+    pending: bool = False,
+    **values: Any,
+) -> None:
+    """Set ``state`` (and other columns) of a locked process row; restart its state timeout.
+
+    ``timeout_s=None`` clears the deadline (terminal states).
+    """
+    now = time.time() if now is None else now
+    upd: dict[str, Any] = {
+        "state": int(state),
+        "state_since": now,
+        "deadline": None if timeout_s is None else now + timeout_s,
+        "pending": pending,
+        "updated_at": now,
+        "version": table.c.version + 1,
+        **values,
+    }
+    if error_detail is not None:
+        upd["error_detail"] = error_detail
+    res = conn.execute(sa.update(table).where(table.c.id == process_id).values(**upd))
+    if res.rowcount != 1:
+        raise StoreError(
+            f"process {process_id!r} vanished while it was locked", context={"table": table.name}
+        )
+
+
+def enqueue(
+    conn: Connection,
+    kind: str,
+    process_id: str,
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    audience: str | None = None,
+    delay_s: float = 0.0,
+    message_id: str | None = None,
+) -> str:
+    """Add a message for the peer to the outbox, in the caller's transaction. Returns its id.
+
+    The id is also the message's ``@id`` when the body has none, so a resend after a crash is
+    recognisable by the peer.
+    """
+    now = time.time()
+    mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
+    payload = dict(body)
+    payload.setdefault("@id", mid)
+    seq = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.max(outbox.c.seq), 0)).where(
+            outbox.c.kind == kind, outbox.c.process_id == process_id
+        )
+    ).scalar_one()
+    conn.execute(
+        sa.insert(outbox).values(
+            id=mid,
+            kind=kind,
+            process_id=process_id,
+            seq=int(seq) + 1,
+            message_type=str(body.get("@type", "")),
+            url=url,
+            body=orjson.dumps(payload).decode(),
+            audience=audience,
+            status="pending",
+            attempts=0,
+            not_before=now + delay_s,
+            created_at=now,
+        )
+    )
+    return mid
+
+
+def pending_outbox(conn: Connection, kind: str, process_id: str) -> list[RowMapping]:
+    """Undelivered outbox rows of a process, oldest first (for diagnostics and tests)."""
+    return list(
+        conn.execute(
+            sa.select(outbox)
+            .where(outbox.c.kind == kind, outbox.c.process_id == process_id, outbox.c.status == "pending")
+            .order_by(outbox.c.seq)
+        ).mappings()
+    )
+
+
+def body_digest(body: Mapping[str, Any]) -> str:
+    """A stable digest of a JSON body (sorted keys) for received-message dedupe."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def record_received(
+    conn: Connection, kind: str, process_id: str, message_id: str | None, digest: str
+) -> Literal["new", "duplicate", "conflict"]:
+    """Remember a received message id (call with the process row locked).
+
+    Messages without an id cannot be deduplicated and are always ``"new"`` (the state machine
+    then rejects a replay as an invalid transition).
+    """
+    if not message_id:
+        return "new"
+    row = conn.execute(
+        sa.select(inbox.c.digest, inbox.c.process_id).where(
+            inbox.c.kind == kind, inbox.c.message_id == message_id
+        )
+    ).first()
+    if row is not None:
+        return "duplicate" if (row.digest == digest and row.process_id == process_id) else "conflict"
+    conn.execute(
+        sa.insert(inbox).values(
+            kind=kind, message_id=message_id, process_id=process_id, digest=digest, received_at=time.time()
+        )
+    )
+    return "new"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A claimed outbox row, as handed to the sender and the handler callbacks."""
+
+    id: str
+    kind: str
+    process_id: str
+    message_type: str
+    url: str
+    body: dict[str, Any]
+    audience: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What happened when a message was sent: ``ok`` (2xx), or why not and whether to retry."""
+
+    ok: bool
+    status: int | None
+    retryable: bool
+    detail: str
+    response_json: Any = None
+
+
+class Sender(Protocol):
+    """Sends one outbox message to the peer. Must not raise: report failures in the Delivery."""
+
+    def send(self, message: OutboxMessage) -> Delivery: ...
+
+
+class HttpSender:
+    """POSTs outbox messages with httpx. ``auth_for(audience)`` supplies the DSP token auth.
+
+    2xx is success; 5xx, timeouts and connection errors are retryable; 4xx is final (the peer
+    rejected the message and will keep rejecting it).
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        auth_for: Callable[[str | None], httpx.Auth | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.auth_for = auth_for
+
+    def send(self, message: OutboxMessage) -> Delivery:
+        auth = self.auth_for(message.audience) if self.auth_for else None
+        try:
+            resp = self.client.post(
+                message.url,
+                content=orjson.dumps(message.body),
+                headers={"content-type": "application/json"},
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException as exc:
+            return Delivery(
+                False, None, True, f"timeout sending {message.message_type} to {message.url}: {exc!r}"
+            )
+        except httpx.HTTPError as exc:
+            return Delivery(False, None, True, f"cannot reach {message.url}: {exc!r}")
+        except Exception as exc:  # a broken auth provider must not kill the worker
+            return Delivery(False, None, False, f"sending {message.message_type} failed: {exc!r}")
+        if 200 <= resp.status_code < 300:
+            try:
+                data = resp.json() if resp.content else None
+            except ValueError:
+                data = None
+            return Delivery(True, resp.status_code, False, "ok", data)
+        text = resp.text[:500]
+        if resp.status_code >= 500 or resp.status_code == 429:
+            return Delivery(
+                False,
+                resp.status_code,
+                True,
+                f"peer answered {resp.status_code} to {message.message_type}: {text}",
+            )
+        return Delivery(
+            False,
+            resp.status_code,
+            False,
+            f"peer rejected {message.message_type} with {resp.status_code}: {text}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: attempt n (1-based) failed -> wait ``base_s * 2**(n-1)``, capped."""
+
+    limit: int = 7
+    base_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def delay(self, attempts: int) -> float:
+        return float(min(self.max_delay_s, self.base_s * (2 ** max(0, attempts - 1))))
+
+
+class ProcessHandler(Protocol):
+    """What a process kind tells the worker. Every callback runs with the process row locked."""
+
+    kind: str
+    table: sa.Table
+    terminal_states: frozenset[int]
+
+    def on_delivered(
+        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+    ) -> None:
+        """The peer acknowledged ``message`` (2xx): enter the state the message leads to."""
+
+    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+        """``message`` cannot be delivered (4xx, or retries exhausted): usually -> TERMINATED."""
+
+    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+        """The process stayed in its state past ``deadline``: usually -> TERMINATED."""
+
+
+class Worker:
+    """Delivers outbox messages and expires timed-out processes, on any number of replicas.
+
+    ``run_once()`` does one iteration and returns how much it did (tests call it directly);
+    ``start()`` runs iterations in a daemon thread until ``stop()``, sleeping ``poll_s`` when idle
+    or until ``wake()``. Claimed messages of one batch are sent concurrently (``concurrency``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        handlers: Iterable[ProcessHandler],
+        sender: Sender,
+        *,
+        owner: str | None = None,
+        retry: RetryPolicy | None = None,
+        lease_s: float = 30.0,
+        batch_size: int = 20,
+        poll_s: float = 0.2,
+        concurrency: int = 8,
+    ) -> None:
+        self.engine = engine
+        self.handlers = {h.kind: h for h in handlers}
+        self.sender = sender
+        self.owner = owner or f"w-{uuid.uuid4().hex[:12]}"
+        self.retry = retry or RetryPolicy()
+        self.lease_s = lease_s
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dsp-send")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._postgres = is_postgres(engine)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Look for work now (call after committing an outbox row)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"dsp-worker-{self.owner}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                did = self.run_once()
+            except Exception:  # never let the loop die silently (EDC's "stuck" lesson)
+                log.exception("process worker iteration failed; retrying")
+                did = 0
+                self._stop.wait(min(1.0, self.poll_s * 5))
+            if did == 0 and not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    # -- one iteration ------------------------------------------------------------------------
+    def run_once(self) -> int:
+        return self.deliver() + self.expire()
+
+    def _claim(self) -> list[OutboxMessage]:
+        now = time.time()
+        o2 = outbox.alias("older")
+        older_pending = (
+            sa.select(o2.c.id)
+            .where(
+                o2.c.kind == outbox.c.kind,
+                o2.c.process_id == outbox.c.process_id,
+                o2.c.seq < outbox.c.seq,
+                o2.c.status == "pending",
+            )
+            .exists()
+        )
+        stmt = (
+            sa.select(outbox)
+            .where(
+                outbox.c.status == "pending",
+                outbox.c.not_before <= now,
+                sa.or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+                ~older_pending,
+            )
+            .order_by(outbox.c.not_before)
+            .limit(self.batch_size)
+        )
+        if self._postgres:
+            stmt = stmt.with_for_update(skip_locked=True, of=outbox)
+        with self.engine.begin() as conn:
+            rows = list(conn.execute(stmt).mappings())
+            if not rows:
+                return []
+            conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([r["id"] for r in rows]))
+                .values(lease_owner=self.owner, lease_until=now + self.lease_s)
+            )
+        return [
+            OutboxMessage(
+                id=r["id"],
+                kind=r["kind"],
+                process_id=r["process_id"],
+                message_type=r["message_type"],
+                url=r["url"],
+                body=orjson.loads(r["body"]),
+                audience=r["audience"],
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    def deliver(self) -> int:
+        """Claim due outbox messages, send them, record the outcome. Returns how many were sent."""
+        messages = self._claim()
+        if not messages:
+            return 0
+        results = list(self._pool.map(self._send_one, messages))
+        return sum(1 for r in results if r)
+
+    def _send_one(self, message: OutboxMessage) -> bool:
+        try:
+            delivery = self.sender.send(message)
+        except Exception as exc:
+            delivery = Delivery(False, None, False, f"sender crashed: {exc!r}")
+        try:
+            self._record(message, delivery)
+        except Exception:
+            log.exception(
+                "recording delivery of %s failed; the lease will expire and it is resent", message.id
+            )
+        return True
+
+    def _record(self, message: OutboxMessage, delivery: Delivery) -> None:
+        handler = self.handlers.get(message.kind)
+        now = time.time()
+        with self.engine.begin() as conn:
+            # Lock order everywhere: process row, then outbox row.
+            process = None
+            if handler is not None:
+                try:
+                    process = lock_process(conn, handler.table, message.process_id)
+                except NotFoundError:
+                    process = None
+            current = conn.execute(sa.select(outbox).where(outbox.c.id == message.id)).mappings().first()
+            if current is None or current["status"] != "pending" or current["lease_owner"] != self.owner:
+                return  # someone else took over after our lease expired; their outcome counts
+            attempts = current["attempts"] + 1
+            if delivery.ok:
+                conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == message.id)
+                    .values(status="sent", attempts=attempts, sent_at=now, lease_owner=None, lease_until=None)
+                )
+                if handler is not None and process is not None:
+                    handler.on_delivered(conn, process, message, delivery)
+                return
+            final = (not delivery.retryable) or attempts >= self.retry.limit
+            if not final:
+                conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == message.id)
+                    .values(
+                        attempts=attempts,
+                        not_before=now + self.retry.delay(attempts),
+                        last_error=delivery.detail,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                )
+                return
+            reason = delivery.detail
+            if delivery.retryable:
+                reason = f"gave up after {attempts} attempts: {delivery.detail}"
+            conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == message.id)
+                .values(
+                    status="failed", attempts=attempts, last_error=reason, lease_owner=None, lease_until=None
+                )
+            )
+            # Later messages of the same process must not go out after a failed one.
+            conn.execute(
+                sa.update(outbox)
+                .where(
+                    outbox.c.kind == message.kind,
+                    outbox.c.process_id == message.process_id,
+                    outbox.c.status == "pending",
+                    outbox.c.seq > current["seq"],
+                )
+                .values(status="cancelled", last_error=f"cancelled: earlier message {message.id} failed")
+            )
+            if handler is not None and process is not None:
+                handler.on_failed(conn, process, message, reason)
+
+    def expire(self) -> int:
+        """Time out processes past their deadline. Returns how many were handled."""
+        now = time.time()
+        count = 0
+        for handler in self.handlers.values():
+            t = handler.table
+            stmt = (
+                sa.select(t)
+                .where(
+                    t.c.deadline.is_not(None), t.c.deadline < now, t.c.state.not_in(handler.terminal_states)
+                )
+                .order_by(t.c.deadline)
+                .limit(self.batch_size)
+            )
+            if self._postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            with self.engine.begin() as conn:
+                for row in conn.execute(stmt).mappings().all():
+                    handler.on_timeout(conn, row)
+                    count += 1
+        return count
+
+
+def cancel_pending(conn: Connection, kind: str, process_id: str, reason: str) -> int:
+    """Cancel every undelivered outbox message of a process (e.g. after it was TERMINATED)."""
+    res = conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.kind == kind, outbox.c.process_id == process_id, outbox.c.status == "pending")
+        .values(status="cancelled", last_error=reason)
+    )
+    return int(res.rowcount or 0)

@@ -1,0 +1,216 @@
+"""The durable process framework: outbox delivery order, retries, final failure, leases, timeouts, dedupe."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from contracts._process import (
+    Delivery,
+    HttpSender,
+    OutboxMessage,
+    RetryPolicy,
+    Worker,
+    body_digest,
+    enqueue,
+    lock_process,
+    outbox,
+    pending_outbox,
+    process_table,
+    record_received,
+    save_state,
+)
+
+META = sa.MetaData()
+TOY = process_table("toy_process", sa.Column("note", sa.Text, nullable=True), meta=META)
+SENDING, SENT, FAILED, TIMED_OUT = 1, 2, 3, 4
+
+
+class ToyHandler:
+    kind = "toy"
+    table = TOY
+    terminal_states = frozenset({FAILED, TIMED_OUT})
+
+    def on_delivered(
+        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+    ) -> None:
+        save_state(conn, TOY, process["id"], SENT, timeout_s=60, note=f"acked {message.message_type}")
+
+    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+        save_state(conn, TOY, process["id"], FAILED, timeout_s=None, error_detail=reason)
+
+    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+        save_state(conn, TOY, process["id"], TIMED_OUT, timeout_s=None, error_detail="timed out")
+
+
+@pytest.fixture
+def toy_engine(engine: sa.Engine) -> sa.Engine:
+    META.create_all(engine)
+    return engine
+
+
+def _new(conn: Connection, pid: str, *, timeout_s: float = 60) -> None:
+    now = time.time()
+    conn.execute(
+        sa.insert(TOY).values(
+            id=pid,
+            state=SENDING,
+            state_since=now,
+            deadline=now + timeout_s,
+            pending=False,
+            version=0,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _worker(
+    engine: sa.Engine, handler: Any, responses: list[int], seen: list[dict[str, Any]], **kw: Any
+) -> Worker:
+    def reply(request: httpx.Request) -> httpx.Response:
+        import json
+
+        seen.append({"url": str(request.url), "body": json.loads(request.content)})
+        status = responses.pop(0) if responses else 200
+        return httpx.Response(status, json={"ok": status})
+
+    client = httpx.Client(transport=httpx.MockTransport(reply))
+    return Worker(engine, [handler], HttpSender(client), retry=RetryPolicy(limit=3, base_s=0.0), **kw)
+
+
+def _state(engine: sa.Engine, pid: str) -> RowMapping:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(TOY).where(TOY.c.id == pid)).mappings().one()
+
+
+def test_messages_of_one_process_go_out_in_order_and_ack_changes_state(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    with toy_engine.begin() as conn:
+        _new(conn, "p1")
+        enqueue(conn, "toy", "p1", "http://peer/a", {"@type": "First"})
+        enqueue(conn, "toy", "p1", "http://peer/b", {"@type": "Second"})
+    w = _worker(toy_engine, ToyHandler(), [], seen)
+    assert w.run_once() == 1  # the second waits until the first is delivered
+    assert w.run_once() == 1
+    assert [s["url"] for s in seen] == ["http://peer/a", "http://peer/b"]
+    assert all(s["body"]["@id"] for s in seen)
+    row = _state(toy_engine, "p1")
+    assert row["state"] == SENT and row["note"] == "acked Second"
+
+
+def test_5xx_is_retried_then_delivered(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    with toy_engine.begin() as conn:
+        _new(conn, "p2")
+        enqueue(conn, "toy", "p2", "http://peer/x", {"@type": "M"})
+    w = _worker(toy_engine, ToyHandler(), [503, 502], seen)
+    for _ in range(3):
+        w.run_once()
+    assert len(seen) == 3
+    assert len({s["body"]["@id"] for s in seen}) == 1, "a resend keeps the message id"
+    assert _state(toy_engine, "p2")["state"] == SENT
+
+
+def test_retries_exhausted_fail_with_reason(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    with toy_engine.begin() as conn:
+        _new(conn, "p3")
+        enqueue(conn, "toy", "p3", "http://peer/x", {"@type": "M"})
+        enqueue(conn, "toy", "p3", "http://peer/y", {"@type": "N"})
+    w = _worker(toy_engine, ToyHandler(), [503, 503, 503, 503], seen)
+    for _ in range(5):
+        w.run_once()
+    row = _state(toy_engine, "p3")
+    assert row["state"] == FAILED
+    assert "gave up after 3 attempts" in row["error_detail"] and "503" in row["error_detail"]
+    assert [s["url"] for s in seen] == ["http://peer/x"] * 3, "later messages are cancelled, not sent"
+    with toy_engine.connect() as conn:
+        assert pending_outbox(conn, "toy", "p3") == []
+
+
+def test_4xx_fails_at_once(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    with toy_engine.begin() as conn:
+        _new(conn, "p4")
+        enqueue(conn, "toy", "p4", "http://peer/x", {"@type": "M"})
+    w = _worker(toy_engine, ToyHandler(), [400], seen)
+    w.run_once()
+    row = _state(toy_engine, "p4")
+    assert row["state"] == FAILED and "rejected M with 400" in row["error_detail"]
+
+
+def test_unreachable_peer_is_retried_then_fails(toy_engine: sa.Engine) -> None:
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with toy_engine.begin() as conn:
+        _new(conn, "p5")
+        enqueue(conn, "toy", "p5", "http://peer/x", {"@type": "M"})
+    w = Worker(
+        toy_engine,
+        [ToyHandler()],
+        HttpSender(httpx.Client(transport=httpx.MockTransport(boom))),
+        retry=RetryPolicy(limit=2, base_s=0.0),
+    )
+    w.run_once()
+    w.run_once()
+    row = _state(toy_engine, "p5")
+    assert row["state"] == FAILED and "cannot reach" in row["error_detail"]
+
+
+def test_expired_lease_is_taken_over(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    with toy_engine.begin() as conn:
+        _new(conn, "p6")
+        enqueue(conn, "toy", "p6", "http://peer/x", {"@type": "M"})
+        # A worker that died holding the lease.
+        conn.execute(sa.update(outbox).values(lease_owner="dead", lease_until=time.time() + 0.2))
+    w = _worker(toy_engine, ToyHandler(), [], seen)
+    assert w.run_once() == 0, "a live lease is respected"
+    time.sleep(0.25)
+    assert w.run_once() == 1
+    assert _state(toy_engine, "p6")["state"] == SENT
+
+
+def test_state_timeout(toy_engine: sa.Engine) -> None:
+    with toy_engine.begin() as conn:
+        _new(conn, "p7", timeout_s=-1)
+    w = _worker(toy_engine, ToyHandler(), [], [])
+    assert w.expire() == 1
+    row = _state(toy_engine, "p7")
+    assert row["state"] == TIMED_OUT and row["deadline"] is None
+    assert w.expire() == 0
+
+
+def test_received_message_dedupe(toy_engine: sa.Engine) -> None:
+    with toy_engine.begin() as conn:
+        _new(conn, "p8")
+        lock_process(conn, TOY, "p8")
+        d = body_digest({"a": 1, "b": 2})
+        assert record_received(conn, "toy", "p8", "m1", d) == "new"
+        assert record_received(conn, "toy", "p8", "m1", body_digest({"b": 2, "a": 1})) == "duplicate"
+        assert record_received(conn, "toy", "p8", "m1", body_digest({"a": 2})) == "conflict"
+        assert record_received(conn, "toy", "p8", None, d) == "new"
+
+
+def test_background_worker_wakes_up(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    w = _worker(toy_engine, ToyHandler(), [], seen, poll_s=30)
+    w.start()
+    try:
+        with toy_engine.begin() as conn:
+            _new(conn, "p9")
+            enqueue(conn, "toy", "p9", "http://peer/x", {"@type": "M"})
+        w.wake()
+        deadline = time.time() + 5
+        while time.time() < deadline and _state(toy_engine, "p9")["state"] != SENT:
+            time.sleep(0.02)
+    finally:
+        w.stop()
+    assert _state(toy_engine, "p9")["state"] == SENT
