@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from connector.cli import _serve
 from connector.settings import settings_markdown
 
 __all__ = ["SETTINGS_END", "SETTINGS_START", "app", "main", "replace_settings_table"]
@@ -55,6 +56,8 @@ def settings_cmd(
 
 
 # Sub-apps register below, one line each: app.add_typer(<module>.app, name="<name>").
+app.command("serve")(_serve.serve)
+app.add_typer(_serve.db_app, name="db")
 
 
 def main() -> None:

@@ -1,0 +1,55 @@
+"""``dadam serve`` and ``dadam db migrate``."""
+
+from __future__ import annotations
+
+import typer
+
+from connector.errors import DadamError
+
+__all__ = ["db_app", "serve"]
+
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Interface to bind (default DADAM_HOST)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default DADAM_PORT)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the connector (DSP, management API, data plane) until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from connector.app import create_app
+    from connector.settings import Settings
+
+    try:
+        settings = Settings()
+        app = create_app(settings)
+    except DadamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+    )
+
+
+@db_app.command("migrate")
+def migrate_cmd() -> None:
+    """Create or upgrade the schema of DADAM_DATABASE_URL (every package's branch to its head)."""
+    from connector.settings import Settings
+    from connector.store import create_engine, migrate
+
+    settings = Settings()
+    try:
+        engine = create_engine(settings.effective_database_url())
+        migrate(engine)
+    except DadamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    engine.dispose()
+    typer.echo(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
