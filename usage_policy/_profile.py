@@ -317,7 +317,13 @@ def validate_policy(data: Mapping[str, Any]) -> Policy:
         }
     else:
         raw_rules = {}
-    policy = parse_policy(data)
+    try:
+        policy = parse_policy(data)
+    except PolicyError as exc:
+        problems.append(exc.message)
+        raise PolicyError(
+            "policy violates the Catena-X profile: " + "; ".join(problems), context={"problems": problems}
+        ) from exc
     allowed_actions = {ODRL + "use", CX + "access", CX_LEGACY + "access"}
     for key, rules in (
         ("permission", policy.permissions),
