@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from catalog_testing import DSP_BASE, PARTICIPANT
 
 from catalog import CatalogService, CatalogStore
 from catalog.samples import seed_samples
-
-PARTICIPANT = "did:web:provider.example"
-DSP_BASE = "https://provider.example/api/dsp/2025-1"
 
 
 @pytest.fixture

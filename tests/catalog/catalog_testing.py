@@ -1,4 +1,4 @@
-"""Offline validators for the official DSP 2025-1 JSON schemas in ../shared/spec/dsp.
+"""Test helpers shared by catalog and connector tests: constants and offline validators for the official DSP 2025-1 JSON schemas in ../shared/spec/dsp.
 
 The schemas' ``$id``s are ``https://w3id.org/dspace/2025/1/<path>``; we resolve them from the spec
 folder. Three transfer schemas reference ``#definitions/...`` (missing ``/``; spec README defect 1):
@@ -18,6 +18,9 @@ from referencing import Registry, Resource
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 DSP = SPEC / "dsp"
 PREFIX = "https://w3id.org/dspace/2025/1/"
+
+PARTICIPANT = "did:web:provider.example"
+DSP_BASE = "https://provider.example/api/dsp/2025-1"
 
 #: ``@type`` of a body -> its schema path under shared/spec/dsp
 SCHEMAS = {
