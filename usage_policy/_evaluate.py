@@ -91,12 +91,12 @@ class Explanation:
     def line(self) -> str:
         """This node as one human-readable sentence."""
         text = f"{self.label}: {self.outcome}"
-        if self.left_operand is not None and self.outcome not in ("error", "recorded", "deferred"):
-            found = "nothing" if self.left_value is MISSING or self.missing else repr(render(self.left_value))
-            text = (
-                f"{self.label}: {self.left_operand} {self.operator} {render(self.right_operand)!r}"
-                f" (found {found}) -> {self.outcome}"
-            )
+        if self.left_operand is not None and self.outcome != "error":
+            text = f"{self.label}: {self.left_operand} {self.operator} {render(self.right_operand)!r}"
+            if self.outcome in ("satisfied", "unsatisfied"):
+                found = "nothing" if self.missing else repr(render(self.left_value))
+                text += f" (found {found})"
+            text += f" -> {self.outcome}"
         if self.missing:
             text += f"; missing input: {', '.join(self.missing)}"
         if self.note:
