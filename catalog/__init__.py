@@ -17,6 +17,7 @@ from catalog._access import (
     AccessEvaluator,
     FailClosedEvaluator,
     PolicyEngineEvaluator,
+    caller_context,
 )
 from catalog._dsp import CONTEXT, policy_tag
 from catalog._filter import FILTER_PROPERTIES, CatalogFilter, parse_filter
@@ -64,6 +65,7 @@ __all__ = [
     "ResolvedOffer",
     "TemporalCoverage",
     "UseCaseSample",
+    "caller_context",
     "category_iri",
     "model_errors",
     "odrl_problems",

@@ -7,11 +7,12 @@ deployment with the ``usage_policy`` engine uses :class:`PolicyEngineEvaluator`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from catalog._odrl import policy_has_constraints
+from connector.errors import DadamError
 from connector.identity import Caller
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "AccessEvaluator",
     "FailClosedEvaluator",
     "PolicyEngineEvaluator",
+    "caller_context",
 ]
 
 NO_ENGINE_REASON = "access policy has constraints and no policy engine is configured"
@@ -55,35 +57,49 @@ class FailClosedEvaluator:
         return AccessDecision(True, [])
 
 
-class PolicyEngineEvaluator:
-    """Adapter to the ``usage_policy`` engine, evaluating in its CATALOG scope.
+def caller_context(caller: Caller) -> Any:
+    """The ``usage_policy.EvaluationContext`` for a verified DSP caller (claims as the engine names them)."""
+    from usage_policy import EvaluationContext
 
-    ``context_factory(caller)`` builds the engine's ``EvaluationContext`` for a caller; by default
-    ``usage_policy.EvaluationContext.for_caller(caller)`` is used when the engine provides it.
-    A policy the engine cannot parse is denied (with the engine's message), never permitted.
+    claims = caller.claims
+
+    def _set(name: str) -> frozenset[str]:
+        value = claims.get(name) or ()
+        if isinstance(value, str):
+            value = (value,)
+        return frozenset(str(v) for v in value)
+
+    return EvaluationContext(
+        did=caller.did,
+        bpn=claims.get("bpn"),
+        memberships=_set("memberships"),
+        framework_agreements=_set("framework_agreements"),
+        credentials=_set("credentials"),
+        groups=_set("bpn_groups") | _set("groups"),
+        region=claims.get("region"),
+        claims=dict(claims),
+    )
+
+
+class PolicyEngineEvaluator:
+    """Adapter to the ``usage_policy`` engine, evaluating access policies in its CATALOG scope.
+
+    ``context_factory(caller)`` builds the engine's ``EvaluationContext``; the default
+    :func:`caller_context` maps the caller's verified claims. A policy the engine cannot parse or
+    evaluate is denied with the engine's message, never permitted.
     """
 
-    def __init__(self, context_factory: Any = None) -> None:
-        import usage_policy
-
-        self._up: Any = usage_policy
-        self._context_factory = context_factory
-
-    def _context(self, caller: Caller) -> Any:
-        if self._context_factory is not None:
-            return self._context_factory(caller)
-        ctx_cls = self._up.EvaluationContext
-        if hasattr(ctx_cls, "for_caller"):
-            return ctx_cls.for_caller(caller)
-        return ctx_cls(caller=caller)
+    def __init__(self, context_factory: Callable[[Caller], Any] | None = None) -> None:
+        self._context_factory = context_factory or caller_context
 
     def evaluate(self, policy: Mapping[str, Any], caller: Caller) -> AccessDecision:
-        from connector.errors import DadamError
+        import usage_policy
 
         try:
-            parsed = self._up.parse_policy(dict(policy))
-            decision = self._up.evaluate(parsed, self._up.Scope.CATALOG, self._context(caller))
+            parsed = usage_policy.parse_policy(dict(policy))
+            decision = usage_policy.evaluate(
+                parsed, usage_policy.Scope.CATALOG, self._context_factory(caller)
+            )
         except DadamError as exc:
             return AccessDecision(False, [f"access policy cannot be evaluated: {exc}"])
-        reasons = decision.reasons() if callable(getattr(decision, "reasons", None)) else []
-        return AccessDecision(bool(decision.permitted), [str(r) for r in reasons])
+        return AccessDecision(bool(decision.permitted), [str(r) for r in decision.reasons()])

@@ -71,7 +71,7 @@ def create_app(
     """Build the connector app (see the module docstring)."""
     owns_runtime = runtime is None
     if runtime is None:
-        runtime = Runtime.create(settings or Settings())  # type: ignore[call-arg]  # values come from the environment
+        runtime = Runtime.create(settings or Settings())
     settings = runtime.settings
     rt = runtime
 

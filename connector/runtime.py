@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from catalog import AccessEvaluator, CatalogService, CatalogStore
+from catalog import AccessEvaluator, CatalogService, CatalogStore, PolicyEngineEvaluator
 from connector.settings import Settings
 from connector.store import create_engine, migrate
 
@@ -45,7 +45,11 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings, *, access_evaluator: AccessEvaluator | None = None) -> Runtime:
-        """Open and migrate the database and build the catalog service."""
+        """Open and migrate the database and build the catalog service.
+
+        Access policies are evaluated by the ``usage_policy`` engine (fail closed) unless another
+        ``access_evaluator`` is given.
+        """
         engine = create_engine(settings.effective_database_url(), pool_size=settings.db_pool_size)
         migrate(engine)
         store = CatalogStore(engine)
@@ -53,7 +57,7 @@ class Runtime:
             store,
             participant_id=settings.did,
             dsp_base_url=settings.dsp_base_url,
-            access_evaluator=access_evaluator,
+            access_evaluator=access_evaluator or PolicyEngineEvaluator(),
         )
         return cls(settings=settings, engine=engine, catalog_store=store, catalog=service)
 
