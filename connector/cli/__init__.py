@@ -8,6 +8,7 @@ import typer
 
 from connector.cli import _serve
 from connector.settings import settings_markdown
+from usage_policy import _cli as _policy_cli
 
 __all__ = ["SETTINGS_END", "SETTINGS_START", "app", "main", "replace_settings_table"]
 
@@ -58,6 +59,7 @@ def settings_cmd(
 # Sub-apps register below, one line each: app.add_typer(<module>.app, name="<name>").
 app.command("serve")(_serve.serve)
 app.add_typer(_serve.db_app, name="db")
+app.add_typer(_policy_cli.app, name="policy")
 
 
 def main() -> None:

@@ -1,0 +1,69 @@
+"""Ready-made policies: valid, round-trip, and mean what they say."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from usage_policy import CATENA_X, EvaluationContext, Scope, evaluate, parse_policy, templates, validate_policy
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+BPN = "BPNL00000000000A"
+
+
+def test_catena_x_templates_pass_the_profile() -> None:
+    for policy in (
+        templates.cx_pcf_usage_policy("urn:p:pcf"),
+        templates.access_by_bpnl([BPN], "urn:p:a"),
+        templates.access_by_group(["tier1"], "urn:p:g"),
+    ):
+        assert validate_policy(policy.to_dsp()) == policy
+
+
+def test_pcf_policy_text() -> None:
+    dsp = templates.cx_pcf_usage_policy().to_dsp()
+    (group,) = dsp["permission"][0]["constraint"]
+    assert {c["leftOperand"]: c["rightOperand"] for c in group["and"]} == {
+        "cx-policy:FrameworkAgreement": "DataExchangeGovernance:1.0",
+        "cx-policy:Membership": "active",
+        "cx-policy:UsagePurpose": ["cx.pcf.base:1"],
+    }
+
+
+@pytest.mark.parametrize(
+    "payment",
+    [
+        templates.flat_fee("99.00", "EUR", "P1M"),
+        templates.metered("0.002", "EUR", "record"),
+        templates.lump_sum("10000", "USD"),
+        templates.revenue_share("15"),
+    ],
+    ids=["flat_fee", "metered", "lump_sum", "revenue_share"],
+)
+def test_data_bank_contracts(payment: templates.Payment) -> None:
+    ctx = EvaluationContext(now=NOW, did="did:web:consumer")
+    provision = templates.data_provision("did:web:p", payment, target="urn:ds:1", uid="urn:c:1")
+    joint = templates.jointly_created_data("did:web:p", ["did:web:co1", "did:web:co2"], payment, target="urn:ds:1")
+    resale = templates.brokered_resale("did:web:broker", "did:web:origin", payment, "30", target="urn:ds:1")
+    for policy in (provision, joint, resale):
+        assert parse_policy(policy.to_dsp()) == policy
+        decision = evaluate(policy, Scope.NEGOTIATION, ctx)
+        assert decision.permitted, decision.reasons()
+        assert decision.price_terms[0].mode == payment.mode
+        assert not evaluate(policy, Scope.USAGE, EvaluationContext(now=NOW, did="x", action="distribute")).permitted
+    joint_terms = evaluate(joint, Scope.NEGOTIATION, ctx)
+    assert joint_terms.price_terms[0].payees == ("did:web:p", "did:web:co1", "did:web:co2")
+    assert any(o.action == "inform" for o in joint_terms.obligations)
+    resale_terms = evaluate(resale, Scope.NEGOTIATION, ctx).price_terms
+    share = [t for t in resale_terms if t.payees == ("did:web:origin",)]
+    assert share and share[0].mode == "revenue_share" and share[0].percentage == Decimal("30")
+    assert share[0].payer == "did:web:broker"
+    assert not evaluate(resale, Scope.USAGE, EvaluationContext(now=NOW, action="sell")).permitted
+
+
+def test_access_templates_decide_by_claims() -> None:
+    member = EvaluationContext(now=NOW, bpn=BPN, memberships=frozenset({CATENA_X}))
+    assert evaluate(templates.access_by_bpnl([BPN]), Scope.CATALOG, member).permitted
+    assert not evaluate(templates.access_by_bpnl(["BPNL00000000000B"]), Scope.CATALOG, member).permitted
