@@ -105,7 +105,9 @@ def management_router(
     async def create_dataset(request: Request, dataset: Dataset = Body(...)) -> Response:
         """Create a dataset (with its private data address); 409 if the id exists."""
         ds = await run_in_threadpool(store.create_dataset, dataset)
-        return _json(_dump(ds), 201, {"Location": str(request.url_for("get_dataset", dataset_id=ds.id))})
+        return _json(
+            _dump(ds), 201, {"Location": str(request.url_for("management_get_dataset", dataset_id=ds.id))}
+        )
 
     @router.get("/datasets", dependencies=read, tags=["datasets"])
     async def query_datasets(
@@ -130,6 +132,7 @@ def management_router(
         dependencies=read,
         tags=["datasets"],
         responses={200: {"model": Dataset}},
+        name="management_get_dataset",
     )
     async def get_dataset(dataset_id: str) -> Response:
         return _json(_dump(await run_in_threadpool(store.get_dataset, dataset_id)))
@@ -161,7 +164,9 @@ def management_router(
     async def create_policy(request: Request, policy: PolicyDefinition = Body(...)) -> Response:
         """Store an ODRL policy (checked structurally); 409 if the id exists."""
         p = await run_in_threadpool(store.create_policy, policy)
-        return _json(_dump(p), 201, {"Location": str(request.url_for("get_policy", policy_id=p.id))})
+        return _json(
+            _dump(p), 201, {"Location": str(request.url_for("management_get_policy", policy_id=p.id))}
+        )
 
     @router.get("/policies", dependencies=read, tags=["policies"])
     async def query_policies(
@@ -175,6 +180,7 @@ def management_router(
         dependencies=read,
         tags=["policies"],
         responses={200: {"model": PolicyDefinition}},
+        name="management_get_policy",
     )
     async def get_policy(policy_id: str) -> Response:
         return _json(_dump(await run_in_threadpool(store.get_policy, policy_id)))
@@ -210,7 +216,9 @@ def management_router(
         """Create a contract definition; 400 if a referenced policy is missing, 409 if the id exists."""
         cd = await run_in_threadpool(store.create_contract_definition, definition)
         return _json(
-            _dump(cd), 201, {"Location": str(request.url_for("get_contract_definition", definition_id=cd.id))}
+            _dump(cd),
+            201,
+            {"Location": str(request.url_for("management_get_contract_definition", definition_id=cd.id))},
         )
 
     @router.get("/contract-definitions", dependencies=read, tags=["contract-definitions"])
@@ -233,6 +241,7 @@ def management_router(
         dependencies=read,
         tags=["contract-definitions"],
         responses={200: {"model": ContractDefinition}},
+        name="management_get_contract_definition",
     )
     async def get_contract_definition(definition_id: str) -> Response:
         return _json(_dump(await run_in_threadpool(store.get_contract_definition, definition_id)))
