@@ -8,7 +8,7 @@ requested policy against an offer (:func:`is_within`), or start from a ready-mad
 
 from __future__ import annotations
 
-from usage_policy import templates
+from usage_policy import templates as templates  # public module (not in __all__: modules are not names)
 from usage_policy._context import CATENA_X, DutyState, EvaluationContext, PaymentState, Scope, UsageState
 from usage_policy._evaluate import (
     Decision,
@@ -59,7 +59,6 @@ __all__ = [
     "is_within",
     "left_operand",
     "parse_policy",
-    "templates",
     "validate_cx_constraint",
     "validate_policy",
 ]

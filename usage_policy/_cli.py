@@ -122,7 +122,9 @@ def explain(
     try:
         the_scope = Scope(scope)
     except ValueError:
-        typer.echo(f"error: unknown scope {scope!r} (use one of: {', '.join(s.value for s in Scope)})", err=True)
+        typer.echo(
+            f"error: unknown scope {scope!r} (use one of: {', '.join(s.value for s in Scope)})", err=True
+        )
         raise typer.Exit(2) from None
     doc = _unwrap(_read_json(file, "policy"))
     ctx_doc = _read_json(context, "context")

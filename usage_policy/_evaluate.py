@@ -230,7 +230,9 @@ def compile_constraint(c: ConstraintNode, label: str, polarity: Polarity) -> Che
                 ok = sum(1 for ch in children if ch.holds) == 1
             else:
                 ok = all(ch.holds for ch in children)
-            return Explanation(op, "satisfied" if ok else "unsatisfied", ok, label, uid=c.uid, children=children)
+            return Explanation(
+                op, "satisfied" if ok else "unsatisfied", ok, label, uid=c.uid, children=children
+            )
 
         return run_logical
     return _compile_atomic(c, label, polarity)
@@ -264,7 +266,11 @@ def _compile_atomic(c: Constraint, label: str, polarity: Polarity) -> Check:
         right = (right,)
     base = {"uid": c.uid, "left_operand": left_name, "operator": op, "right_operand": right}
     if polarity == "terms" or definition.mode in ("recorded", "price"):
-        note = "payment term" if polarity == "terms" else "contractual term: recorded in the agreement, not checkable"
+        note = (
+            "payment term"
+            if polarity == "terms"
+            else "contractual term: recorded in the agreement, not checkable"
+        )
         return _const(
             Explanation(
                 "constraint", "recorded", polarity != "negative", label, note=note, left_value=MISSING, **base
@@ -281,18 +287,28 @@ def _compile_atomic(c: Constraint, label: str, polarity: Polarity) -> Check:
     def run(ctx: EvaluationContext, scope: Scope) -> Explanation:
         if scope not in scopes:
             return Explanation(
-                "constraint", "deferred", positive, label, note=f"checked in scope {later}", left_value=MISSING, **base
+                "constraint",
+                "deferred",
+                positive,
+                label,
+                note=f"checked in scope {later}",
+                left_value=MISSING,
+                **base,
             )
         left = resolve(ctx)
         if left is MISSING:
-            return Explanation("constraint", "unsatisfied", False, label, left_value=MISSING, missing=missing, **base)
+            return Explanation(
+                "constraint", "unsatisfied", False, label, left_value=MISSING, missing=missing, **base
+            )
         try:
             if needs_coercion and isinstance(left, str | int | float) and not isinstance(left, bool):
                 left = coerce(left, kind)
             ok = compare(op, left, right)
         except (OperandTypeError, TypeError, ValueError) as exc:
             return Explanation("constraint", "error", False, label, left_value=left, note=str(exc), **base)
-        return Explanation("constraint", "satisfied" if ok else "unsatisfied", ok, label, left_value=left, **base)
+        return Explanation(
+            "constraint", "satisfied" if ok else "unsatisfied", ok, label, left_value=left, **base
+        )
 
     return run
 
@@ -345,7 +361,8 @@ def _compile_rule(rule: Rule, label: str, policy: Policy) -> _CompiledRule:
         target=rule.target or (policy.target if inherit else None),
         assignee=rule.assignee or (policy.assignee if inherit else None),
         constraints=tuple(
-            compile_constraint(c, f"{label}.constraint[{i}]", polarity) for i, c in enumerate(rule.constraints)
+            compile_constraint(c, f"{label}.constraint[{i}]", polarity)
+            for i, c in enumerate(rule.constraints)
         ),
         duties=tuple(_compile_rule(d, f"{label}.duty[{i}]", policy) for i, d in enumerate(rule.duties)),
         remedies=tuple(_compile_rule(d, f"{label}.remedy[{i}]", policy) for i, d in enumerate(rule.remedies)),
@@ -355,7 +372,9 @@ def _compile_rule(rule: Rule, label: str, policy: Policy) -> _CompiledRule:
 def _action_node(cr: _CompiledRule, requested: str, ctx: EvaluationContext, scope: Scope) -> Explanation:
     label = f"{cr.label}.action"
     if cr.action_iri is None:
-        return Explanation("action", "satisfied", True, label, note="rule names no action: applies to every action")
+        return Explanation(
+            "action", "satisfied", True, label, note="rule names no action: applies to every action"
+        )
     name = cr.rule.action.name.name if cr.rule.action else ""
     if cr.action_error:
         return Explanation("action", "error", False, label, note=cr.action_error)
@@ -377,11 +396,17 @@ def _target_node(cr: _CompiledRule, ctx: EvaluationContext) -> Explanation | Non
     label = f"{cr.label}.target"
     want = _ref_label(ref)
     if ctx.target is None:
-        return Explanation("target", "satisfied", True, label, note=f"no target in request; rule target {want}")
+        return Explanation(
+            "target", "satisfied", True, label, note=f"no target in request; rule target {want}"
+        )
     ok = ctx.target == ref.uid or (ref.uid is not None and ref.uid in ctx.asset_collections)
     ok = ok or (ref.source is not None and (ref.source == ctx.target or ref.source in ctx.asset_collections))
     return Explanation(
-        "target", "satisfied" if ok else "unsatisfied", ok, label, note=f"rule target {want}, requested {ctx.target}"
+        "target",
+        "satisfied" if ok else "unsatisfied",
+        ok,
+        label,
+        note=f"rule target {want}, requested {ctx.target}",
     )
 
 
@@ -393,11 +418,15 @@ def _party_node(cr: _CompiledRule, ctx: EvaluationContext) -> Explanation | None
     want = _ref_label(ref)
     ids = ctx.identities()
     if not ids:
-        return Explanation("party", "unsatisfied", False, label, missing=("did/bpn/party",), note=f"assignee {want}")
+        return Explanation(
+            "party", "unsatisfied", False, label, missing=("did/bpn/party",), note=f"assignee {want}"
+        )
     names = {n for n in (ref.uid, ref.source) if n}
     ok = bool(names & ids) or bool(names & ctx.party_collections)
     who = ", ".join(sorted(ids))
-    return Explanation("party", "satisfied" if ok else "unsatisfied", ok, label, note=f"assignee {want}, requester {who}")
+    return Explanation(
+        "party", "satisfied" if ok else "unsatisfied", ok, label, note=f"assignee {want}, requester {who}"
+    )
 
 
 @dataclass
@@ -438,9 +467,7 @@ def _price_terms(cr: _CompiledRule) -> PriceTerms | None:
     payees = cr.rule.extra.get("compensatedParty", ())
     payees = (payees,) if isinstance(payees, str) else tuple(str(p) for p in payees)
     payer = cr.assignee.uid if cr.assignee is not None else None
-    return PriceTerms(
-        cr.rule.uid, mode, payees, payer, amount, currency, unit_of_count, percentage, interval
-    )
+    return PriceTerms(cr.rule.uid, mode, payees, payer, amount, currency, unit_of_count, percentage, interval)
 
 
 def _atoms(nodes: tuple[ConstraintNode, ...]) -> Iterator[Constraint]:
@@ -460,7 +487,11 @@ def _deadline(cr: _CompiledRule, ctx: EvaluationContext) -> tuple[datetime | Non
         try:
             if name == "dateTime" and c.operator.iri.removeprefix(ODRL) in ("lt", "lteq", "eq"):
                 deadline = coerce(c.right, "datetime")
-            elif name in ("elapsedTime", "delayPeriod") and c.operator.iri.removeprefix(ODRL) in ("lt", "lteq", "eq"):
+            elif name in ("elapsedTime", "delayPeriod") and c.operator.iri.removeprefix(ODRL) in (
+                "lt",
+                "lteq",
+                "eq",
+            ):
                 within = coerce(c.right, "duration")
         except OperandTypeError:
             continue
@@ -529,15 +560,19 @@ def _eval_duty(cr: _CompiledRule, ctx: EvaluationContext, scope: Scope, acc: _Ac
                 state=state.value,
                 deadline=deadline,
                 within=within,
-                terms=tuple(c.to_json() for c in _atoms((cr.rule.action.refinement if cr.rule.action else ()))),
+                terms=tuple(c.to_json() for c in _atoms(cr.rule.action.refinement if cr.rule.action else ())),
             )
         )
     ok = state is not DutyState.VIOLATED
     note = {"pending": "to be fulfilled", "fulfilled": "fulfilled", "violated": "violated"}[state.value]
-    return Explanation(cr.rule.kind, state.value, ok, label, uid=cr.rule.uid, note=note, children=tuple(children))
+    return Explanation(
+        cr.rule.kind, state.value, ok, label, uid=cr.rule.uid, note=note, children=tuple(children)
+    )
 
 
-def _eval_rule(cr: _CompiledRule, requested: str, ctx: EvaluationContext, scope: Scope, acc: _Acc) -> Explanation:
+def _eval_rule(
+    cr: _CompiledRule, requested: str, ctx: EvaluationContext, scope: Scope, acc: _Acc
+) -> Explanation:
     children: list[Explanation] = []
     action_node = _action_node(cr, requested, ctx, scope)
     children.append(action_node)
@@ -562,11 +597,10 @@ def _eval_rule(cr: _CompiledRule, requested: str, ctx: EvaluationContext, scope:
     has_error = any(node.outcome == "error" for _, node in _walk_all(children))
     active = premises_ok and all(d.holds for d in duty_nodes) and not has_error
     name = cr.rule.action.name.name if cr.rule.action else "any action"
-    if has_error:
-        outcome = "error"
-    else:
-        outcome = "active" if active else "inactive"
-    return Explanation(cr.rule.kind, outcome, active, f"{cr.label} ({name})", uid=cr.rule.uid, children=tuple(children))
+    outcome = "error" if has_error else ("active" if active else "inactive")
+    return Explanation(
+        cr.rule.kind, outcome, active, f"{cr.label} ({name})", uid=cr.rule.uid, children=tuple(children)
+    )
 
 
 def _walk_all(nodes: list[Explanation]) -> Iterator[tuple[int, Explanation]]:
@@ -595,7 +629,9 @@ class CompiledPolicy:
         acc = _Acc()
         label = f"{self.policy.type} {self.policy.uid or ''}".strip()
         if not is_known_action(requested):
-            root = Explanation("policy", "deny", False, label, note=f"unsupported action {requested_token!r} requested")
+            root = Explanation(
+                "policy", "deny", False, label, note=f"unsupported action {requested_token!r} requested"
+            )
             return Decision(Outcome.DENY, scope, root, policy_digest=self.digest)
         perms = [_eval_rule(r, requested, ctx, scope, acc) for r in self.permissions]
         prohibs = [_eval_rule(r, requested, ctx, scope, acc) for r in self.prohibitions]
@@ -612,11 +648,20 @@ class CompiledPolicy:
             note = "fail closed: " + "; ".join(sorted({e.note or "" for e in errors}))
         elif forbidden and granted:
             if self.conflict == "perm":
-                outcome, note = Outcome.PERMIT, "permission and prohibition both apply; conflict strategy perm"
+                outcome, note = (
+                    Outcome.PERMIT,
+                    "permission and prohibition both apply; conflict strategy perm",
+                )
             elif self.conflict == "prohibit":
-                outcome, note = Outcome.DENY, "permission and prohibition both apply; conflict strategy prohibit"
+                outcome, note = (
+                    Outcome.DENY,
+                    "permission and prohibition both apply; conflict strategy prohibit",
+                )
             else:
-                outcome, note = Outcome.DENY, "permission and prohibition both apply; conflict strategy invalid"
+                outcome, note = (
+                    Outcome.DENY,
+                    "permission and prohibition both apply; conflict strategy invalid",
+                )
         elif forbidden:
             outcome, note = Outcome.DENY, "a prohibition applies"
         elif granted and obligation_violated:
@@ -631,7 +676,13 @@ class CompiledPolicy:
             acc.obligations.extend(oblig_acc.obligations)
             acc.price_terms.extend(oblig_acc.price_terms)
         root = Explanation(
-            "policy", outcome.value, outcome is Outcome.PERMIT, label, uid=self.policy.uid, note=note, children=children
+            "policy",
+            outcome.value,
+            outcome is Outcome.PERMIT,
+            label,
+            uid=self.policy.uid,
+            note=note,
+            children=children,
         )
         if outcome is not Outcome.PERMIT:
             return Decision(outcome, scope, root, policy_digest=self.digest)
@@ -658,11 +709,15 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         compiled = CompiledPolicy(
             policy=policy,
             digest=digest,
-            permissions=tuple(_compile_rule(r, f"permission[{i}]", policy) for i, r in enumerate(policy.permissions)),
+            permissions=tuple(
+                _compile_rule(r, f"permission[{i}]", policy) for i, r in enumerate(policy.permissions)
+            ),
             prohibitions=tuple(
                 _compile_rule(r, f"prohibition[{i}]", policy) for i, r in enumerate(policy.prohibitions)
             ),
-            obligations=tuple(_compile_rule(r, f"obligation[{i}]", policy) for i, r in enumerate(policy.obligations)),
+            obligations=tuple(
+                _compile_rule(r, f"obligation[{i}]", policy) for i, r in enumerate(policy.obligations)
+            ),
             conflict=(policy.conflict or "invalid").removeprefix("odrl:").removeprefix(ODRL),
         )
         _BY_DIGEST[digest] = compiled
@@ -678,7 +733,12 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
 
 def _rebind(compiled: CompiledPolicy, policy: Policy) -> CompiledPolicy:
     return CompiledPolicy(
-        policy, compiled.digest, compiled.permissions, compiled.prohibitions, compiled.obligations, compiled.conflict
+        policy,
+        compiled.digest,
+        compiled.permissions,
+        compiled.prohibitions,
+        compiled.obligations,
+        compiled.conflict,
     )
 
 

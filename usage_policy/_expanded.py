@@ -50,9 +50,11 @@ def _value(node: Any) -> Any:
 
 
 def compact_xsd(iri: str) -> str:
-    return "xsd:" + iri[len("http://www.w3.org/2001/XMLSchema#") :] if iri.startswith(
-        "http://www.w3.org/2001/XMLSchema#"
-    ) else iri
+    return (
+        "xsd:" + iri[len("http://www.w3.org/2001/XMLSchema#") :]
+        if iri.startswith("http://www.w3.org/2001/XMLSchema#")
+        else iri
+    )
 
 
 def _node(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,16 +89,15 @@ def _node(node: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = [_value(v) for v in items]
         elif name in _TERM_PROPS or name == "rdf:value":
             if len(items) != 1:
-                raise PolicyError(f"{name}: expected exactly one value, got {len(items)}", context={"path": name})
+                raise PolicyError(
+                    f"{name}: expected exactly one value, got {len(items)}", context={"path": name}
+                )
             val = _value(items[0])
             if name == "rdf:value":
                 out[name] = {"@id": compact_iri(val) if isinstance(val, str) else val}
             else:
                 out[name] = compact_iri(val) if isinstance(val, str) else val
-        elif name in _ID_PROPS:
-            vals = [_value(v) for v in items]
-            out[name] = vals[0] if len(vals) == 1 else vals
-        elif name == "rightOperand":
+        elif name in _ID_PROPS or name == "rightOperand":
             vals = [_value(v) for v in items]
             out[name] = vals[0] if len(vals) == 1 else vals
         else:

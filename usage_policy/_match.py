@@ -152,7 +152,9 @@ def _rule_within(req: Any, off: Any) -> list[str]:
     _, ra, rref, rtarget, rcons, rduties, _ = req
     _, oa, oref, otarget, ocons, oduties, _ = off
     if oa is not None and (ra is None or not action_covers(oa, ra)):
-        problems.append(f"action {str(ra).removeprefix(ODRL)!r} is not covered by offered {str(oa).removeprefix(ODRL)!r}")
+        problems.append(
+            f"action {str(ra).removeprefix(ODRL)!r} is not covered by offered {str(oa).removeprefix(ODRL)!r}"
+        )
     if otarget is not None and rtarget != otarget:
         problems.append(f"target {rtarget and rtarget[0]!r} differs from offered {otarget[0]!r}")
     for c in ocons | oref:
@@ -170,7 +172,11 @@ def is_within(requested: Policy, offered: Policy) -> MatchResult:
     if creq == coff and _canon_ref(requested.target) == _canon_ref(offered.target):
         return MatchResult(True, True, [])
     reasons: list[str] = []
-    if offered.target is not None and requested.target is not None and requested.target.uid != offered.target.uid:
+    if (
+        offered.target is not None
+        and requested.target is not None
+        and requested.target.uid != offered.target.uid
+    ):
         reasons.append(f"target {requested.target.uid!r} differs from offered {offered.target.uid!r}")
     req_perms, off_perms = creq[0], coff[0]
     if not req_perms and off_perms:
@@ -191,7 +197,9 @@ def is_within(requested: Policy, offered: Policy) -> MatchResult:
     for kind, req_set, off_set in (("prohibition", creq[1], coff[1]), ("obligation", creq[2], coff[2])):
         for rule in off_set:
             if rule not in req_set:
-                reasons.append(f"offered {kind} about {str(rule[1]).removeprefix(ODRL)!r} is missing or changed")
+                reasons.append(
+                    f"offered {kind} about {str(rule[1]).removeprefix(ODRL)!r} is missing or changed"
+                )
     if creq[3] != coff[3]:
         reasons.append(f"conflict strategy {creq[3]!r} differs from offered {coff[3]!r}")
     return MatchResult(False, not reasons, reasons)

@@ -154,9 +154,11 @@ class Action:
         out: dict[str, Any] = {}
         if self.uid is not None:
             out["@id"] = self.uid
-        out["rdf:value"] = {"@id": "odrl:" + self.name.iri[len(ODRL) :]} if self.name.iri.startswith(
-            ODRL
-        ) else {"@id": self.name.iri}
+        out["rdf:value"] = (
+            {"@id": "odrl:" + self.name.iri[len(ODRL) :]}
+            if self.name.iri.startswith(ODRL)
+            else {"@id": self.name.iri}
+        )
         if self.refinement:
             out["refinement"] = [c.to_json() for c in self.refinement]
         out.update(self.extra)
@@ -190,7 +192,11 @@ class Rule:
                 out[key] = ref.to_json()
         if self.constraints:
             out["constraint"] = [c.to_json() for c in self.constraints]
-        for key, rules in (("duty", self.duties), ("remedy", self.remedies), ("consequence", self.consequences)):
+        for key, rules in (
+            ("duty", self.duties),
+            ("remedy", self.remedies),
+            ("consequence", self.consequences),
+        ):
             if rules:
                 out[key] = [r.to_json() for r in rules]
         out.update(self.extra)
@@ -295,7 +301,8 @@ class _Parser:
         if isinstance(source, Mapping):
             source = source.get("@id")
         refinement = tuple(
-            self.constraint(c, f"{path}.refinement[{i}]") for i, c in enumerate(_as_list(data.pop("refinement", None)))
+            self.constraint(c, f"{path}.refinement[{i}]")
+            for i, c in enumerate(_as_list(data.pop("refinement", None)))
         )
         return Ref(
             uid=uid if isinstance(uid, str) else None,
@@ -374,7 +381,8 @@ class _Parser:
                 return Action(name=self.term(uid, path, "action"))
             raise _fail(path, "an action object needs 'rdf:value' naming the action")
         refinement = tuple(
-            self.constraint(c, f"{path}.refinement[{i}]") for i, c in enumerate(_as_list(data.pop("refinement", None)))
+            self.constraint(c, f"{path}.refinement[{i}]")
+            for i, c in enumerate(_as_list(data.pop("refinement", None)))
         )
         return Action(
             name=self.term(name, f"{path}.rdf:value", "action"),
@@ -396,11 +404,15 @@ class _Parser:
         for key in ("target", "assigner", "assignee"):
             refs[key] = self.ref(data.pop(key), f"{path}.{key}") if key in data else None
         constraints = tuple(
-            self.constraint(c, f"{path}.constraint[{i}]") for i, c in enumerate(_as_list(data.pop("constraint", None)))
+            self.constraint(c, f"{path}.constraint[{i}]")
+            for i, c in enumerate(_as_list(data.pop("constraint", None)))
         )
 
         def sub(key: str, sub_kind: RuleKind) -> tuple[Rule, ...]:
-            return tuple(self.rule(r, f"{path}.{key}[{i}]", sub_kind) for i, r in enumerate(_as_list(data.pop(key, None))))
+            return tuple(
+                self.rule(r, f"{path}.{key}[{i}]", sub_kind)
+                for i, r in enumerate(_as_list(data.pop(key, None)))
+            )
 
         duties = sub("duty", "duty")
         remedies = sub("remedy", "remedy")
@@ -436,19 +448,27 @@ class _Parser:
             raise _fail("@type", f"policy type must be a string, got {ptype!r}")
         short = ptype[len(ODRL) :] if ptype.startswith(ODRL) else ptype.removeprefix("odrl:")
         if short not in POLICY_TYPES:
-            raise _fail("@type", f"unsupported policy type {ptype!r} (expected one of {sorted(POLICY_TYPES)})")
+            raise _fail(
+                "@type", f"unsupported policy type {ptype!r} (expected one of {sorted(POLICY_TYPES)})"
+            )
         refs: dict[str, Ref | None] = {}
         for key in ("target", "assigner", "assignee"):
             refs[key] = self.ref(data.pop(key), key) if key in data else None
 
         def rules(key: str, kind: RuleKind) -> tuple[Rule, ...]:
-            return tuple(self.rule(r, f"{key}[{i}]", kind) for i, r in enumerate(_as_list(data.pop(key, None))))
+            return tuple(
+                self.rule(r, f"{key}[{i}]", kind) for i, r in enumerate(_as_list(data.pop(key, None)))
+            )
 
         permissions = rules("permission", "permission")
         prohibitions = rules("prohibition", "prohibition")
         obligations = rules("obligation", "obligation")
         if self.require_action:
-            for key, group in (("permission", permissions), ("prohibition", prohibitions), ("obligation", obligations)):
+            for key, group in (
+                ("permission", permissions),
+                ("prohibition", prohibitions),
+                ("obligation", obligations),
+            ):
                 for i, r in enumerate(group):
                     if r.action is None:
                         raise _fail(f"{key}[{i}]", f"a {key} needs an action")
@@ -462,7 +482,9 @@ class _Parser:
             if not isinstance(conflict, str):
                 raise _fail("conflict", f"expected perm, prohibit or invalid, got {conflict!r}")
             if conflict.removeprefix("odrl:").removeprefix(ODRL) not in ("perm", "prohibit", "invalid"):
-                raise _fail("conflict", f"unsupported conflict strategy {conflict!r} (perm, prohibit, invalid)")
+                raise _fail(
+                    "conflict", f"unsupported conflict strategy {conflict!r} (perm, prohibit, invalid)"
+                )
         timestamp = data.pop("timestamp", None)
         return Policy(
             type=short if ptype.startswith(ODRL) else ptype,
@@ -487,7 +509,7 @@ def _context_prefixes(ctx: Any) -> dict[str, str]:
     for item in _as_list(ctx):
         if isinstance(item, Mapping):
             for key, val in item.items():
-                if isinstance(val, str) and (val.endswith("/") or val.endswith("#")) and not key.startswith("@"):
+                if isinstance(val, str) and val.endswith(("/", "#")) and not key.startswith("@"):
                     out[key] = val
     return out
 

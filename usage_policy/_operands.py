@@ -173,14 +173,6 @@ for _name in sorted(ODRL_LEFT_OPERANDS):
 # --- Catena-X profile (CX-0152) --------------------------------------------------------------
 
 
-def _eq_only(op: str, left: Any, right: Any) -> bool:
-    if op == "eq":
-        return bool(left == right)
-    if op == "neq":
-        return bool(left != right)
-    raise ValueError(op)
-
-
 @left_operand(*_cx("Membership"), kind="string", input="memberships", operators=frozenset({"eq"}))
 def _membership(ctx: EvaluationContext) -> Any:
     return "active" if CATENA_X in ctx.memberships else "none"
@@ -189,10 +181,7 @@ def _membership(ctx: EvaluationContext) -> Any:
 def _framework_compare(op: str, left: Any, right: Any) -> bool:
     """``Name:version`` must be held exactly; a bare ``Name`` matches any version held."""
     held: frozenset[str] = left
-    if ":" in right:
-        found = right in held
-    else:
-        found = any(h == right or h.startswith(right + ":") for h in held)
+    found = right in held if ":" in right else any(h == right or h.startswith(right + ":") for h in held)
     return found if op == "eq" else not found
 
 
@@ -242,7 +231,14 @@ def _usage_end_compare(op: str, left: Any, right: Any) -> bool:
 
 
 REGISTRY[CX + "DataUsageEndDate"] = LeftOperandDef(
-    CX + "DataUsageEndDate", "datetime", _usage_end, "now", ALL_SCOPES, frozenset({"eq"}), "check", _usage_end_compare
+    CX + "DataUsageEndDate",
+    "datetime",
+    _usage_end,
+    "now",
+    ALL_SCOPES,
+    frozenset({"eq"}),
+    "check",
+    _usage_end_compare,
 )
 REGISTRY[CX_LEGACY + "DataUsageEndDate"] = REGISTRY[CX + "DataUsageEndDate"]
 
@@ -266,7 +262,10 @@ def _restriction_compare(op: str, left: Any, right: Any) -> bool:
     """``UsageRestriction isAllOf [cx.thirdParty.forbidden:1, ...]`` (in a prohibition) holds,
     i.e. the prohibition bites, when the requester declares one of the forbidden activities."""
     declared: frozenset[str] = left
-    forbidden = {r.removeprefix("cx.").split(".forbidden")[0] for r in (right if isinstance(right, tuple) else (right,))}
+    forbidden = {
+        r.removeprefix("cx.").split(".forbidden")[0]
+        for r in (right if isinstance(right, tuple) else (right,))
+    }
     return bool(declared & forbidden)
 
 

@@ -243,7 +243,9 @@ def validate_cx_constraint(data: Mapping[str, Any], placement: str | None = None
     if problem:
         problems.append(f"{name}: rightOperand {problem}")
     if placement is not None and placement not in term.placements:
-        problems.append(f"{name}: not allowed in a {placement} (allowed in: {', '.join(sorted(term.placements))})")
+        problems.append(
+            f"{name}: not allowed in a {placement} (allowed in: {', '.join(sorted(term.placements))})"
+        )
     return problems
 
 
@@ -268,7 +270,9 @@ def _raw_constraints(rule: Any, path: str, problems: list[str]) -> list[tuple[st
     if value is None:
         return out
     if not isinstance(value, list):
-        problems.append(f"{path}.constraint: must be an array (DSP 2025-1), got a single {type(value).__name__}")
+        problems.append(
+            f"{path}.constraint: must be an array (DSP 2025-1), got a single {type(value).__name__}"
+        )
         value = [value]
 
     def walk(items: list[Any], p: str) -> None:
@@ -356,7 +360,9 @@ def validate_policy(data: Mapping[str, Any]) -> Policy:
                         groups[term.exclusive_group] = name
             if raw_rule is None:  # expanded input: check the parsed constraints
                 for j, atom in enumerate(_atoms(rule.constraints)):
-                    for problem in validate_cx_constraint(atom.to_json() | {"leftOperand": atom.left.iri}, placement):
+                    for problem in validate_cx_constraint(
+                        atom.to_json() | {"leftOperand": atom.left.iri}, placement
+                    ):
                         problems.append(f"{path}.constraint[{j}]: {problem}")
                     names.append(_cx_name(atom.left.iri) or "")
             if placement == USE:

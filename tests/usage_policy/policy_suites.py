@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import rdflib
-
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 from rdflib import RDF, Literal, URIRef
 
 from usage_policy import DutyState, EvaluationContext
+
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 
 ODRL = rdflib.Namespace("http://www.w3.org/ns/odrl/2/")
 REPORT = rdflib.Namespace("https://w3id.org/force/compliance-report#")
@@ -26,7 +26,7 @@ EX = rdflib.Namespace("http://example.org/")
 DCT = rdflib.Namespace("http://purl.org/dc/terms/")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def graph(path: Path) -> rdflib.Graph:
     return rdflib.Graph().parse(path)
 
@@ -34,7 +34,11 @@ def graph(path: Path) -> rdflib.Graph:
 def _ref(g: rdflib.Graph, node: Any) -> Any:
     kind = g.value(node, RDF.type)
     if kind in (ODRL.PartyCollection, ODRL.AssetCollection):
-        return {"@id": str(node), "@type": str(kind).rsplit("/", 1)[-1], "source": str(g.value(node, ODRL.source))}
+        return {
+            "@id": str(node),
+            "@type": str(kind).rsplit("/", 1)[-1],
+            "source": str(g.value(node, ODRL.source)),
+        }
     return str(node)
 
 
@@ -77,7 +81,11 @@ def _rule(g: rdflib.Graph, node: Any) -> dict[str, Any]:
 
 def policy_json(path: Path) -> dict[str, Any]:
     g = graph(path)
-    (node,) = [s for s in g.subjects(RDF.type, None) if g.value(s, RDF.type) in (ODRL.Set, ODRL.Offer, ODRL.Agreement)]
+    (node,) = [
+        s
+        for s in g.subjects(RDF.type, None)
+        if g.value(s, RDF.type) in (ODRL.Set, ODRL.Offer, ODRL.Agreement)
+    ]
     out: dict[str, Any] = {"@id": str(node), "@type": str(g.value(node, RDF.type)).rsplit("/", 1)[-1]}
     for key in ("permission", "prohibition", "obligation"):
         rules = [_rule(g, r) for r in g.objects(node, ODRL[key])]
@@ -164,7 +172,8 @@ def cases(base: Path) -> list[Case]:
             )
         out.append(
             Case(
-                name=exp_path.stem + ("" if len(list(eg.subjects(RDF.type, EX.TestCase))) == 1 else f"#{str(tc)[-8:]}"),
+                name=exp_path.stem
+                + ("" if len(list(eg.subjects(RDF.type, EX.TestCase))) == 1 else f"#{str(tc)[-8:]}"),
                 title=str(idx.value(tc, DCT.title)),
                 policy=local(EX.policySource, "policies"),
                 request=local(EX.requestSource, "requests"),

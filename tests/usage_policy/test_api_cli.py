@@ -42,7 +42,15 @@ def client() -> TestClient:
 def test_validate_endpoint(client: TestClient) -> None:
     ok = client.post("/management/policies/validate", json={"policy": PCF})
     assert ok.status_code == 200 and ok.json()["valid"] is True and ok.json()["policy"] == PCF
-    bad = dict(PCF, permission=[{"action": "use", "constraint": [{"leftOperand": "Membership", "operator": "eq", "rightOperand": "yes"}]}])
+    bad = dict(
+        PCF,
+        permission=[
+            {
+                "action": "use",
+                "constraint": [{"leftOperand": "Membership", "operator": "eq", "rightOperand": "yes"}],
+            }
+        ],
+    )
     res = client.post("/management/policies/validate", json={"policy": bad})
     body = res.json()
     assert res.status_code == 200 and body["valid"] is False
@@ -53,14 +61,19 @@ def test_validate_endpoint(client: TestClient) -> None:
 
 
 def test_evaluate_endpoint(client: TestClient) -> None:
-    res = client.post("/management/policies/evaluate", json={"policy": PCF, "scope": "negotiation", "context": MEMBER})
+    res = client.post(
+        "/management/policies/evaluate", json={"policy": PCF, "scope": "negotiation", "context": MEMBER}
+    )
     assert res.status_code == 200
     body = res.json()
     assert body["outcome"] == "permit" and body["explanation"]["children"][0]["outcome"] == "active"
     denied = client.post(
-        "/management/policies/evaluate", json={"policy": PCF, "scope": "negotiation", "context": {**MEMBER, "purpose": "x"}}
+        "/management/policies/evaluate",
+        json={"policy": PCF, "scope": "negotiation", "context": {**MEMBER, "purpose": "x"}},
     ).json()
-    assert denied["outcome"] == "deny" and any("UsagePurpose" in r and "unsatisfied" in r for r in denied["reasons"])
+    assert denied["outcome"] == "deny" and any(
+        "UsagePurpose" in r and "unsatisfied" in r for r in denied["reasons"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +81,11 @@ def test_evaluate_endpoint(client: TestClient) -> None:
     [
         ({"policy": PCF, "scope": "sometime"}, 400, "unknown scope"),
         ({"policy": PCF, "context": {"bpnl": "x"}}, 400, "unknown context field"),
-        ({"policy": {"@type": "Set", "permission": [{"constraint": []}]}}, 400, "permission[0]: a permission needs an action"),
+        (
+            {"policy": {"@type": "Set", "permission": [{"constraint": []}]}},
+            400,
+            "permission[0]: a permission needs an action",
+        ),
         ({"scope": "usage"}, 400, "invalid request"),
     ],
 )
@@ -93,13 +110,29 @@ def _write(tmp_path: Path, name: str, doc: Any) -> str:
 
 
 def test_cli_check(tmp_path: Path) -> None:
-    good = _write(tmp_path, "pcf.json", {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], **PCF})
+    good = _write(
+        tmp_path, "pcf.json", {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], **PCF}
+    )
     result = runner.invoke(cli_app, ["policy", "check", good])
     assert result.exit_code == 0 and "valid" in result.output
-    bad = _write(tmp_path, "bad.json", {"@type": "Set", "permission": [{"action": "use", "constraint": [{"leftOperand": "Nonsense", "operator": "eq", "rightOperand": "x"}]}]})
+    bad = _write(
+        tmp_path,
+        "bad.json",
+        {
+            "@type": "Set",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [{"leftOperand": "Nonsense", "operator": "eq", "rightOperand": "x"}],
+                }
+            ],
+        },
+    )
     result = runner.invoke(cli_app, ["policy", "check", bad, "--json"])
     assert result.exit_code == 1
-    assert any("'Nonsense' is not a Catena-X profile term" in p for p in json.loads(result.output)["problems"])
+    assert any(
+        "'Nonsense' is not a Catena-X profile term" in p for p in json.loads(result.output)["problems"]
+    )
     assert runner.invoke(cli_app, ["policy", "check", str(tmp_path / "missing.json")]).exit_code == 2
     (tmp_path / "broken.json").write_text("{")
     assert runner.invoke(cli_app, ["policy", "check", str(tmp_path / "broken.json")]).exit_code == 2
@@ -112,9 +145,14 @@ def test_cli_explain(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "PERMIT" in result.output and "UsagePurpose" in result.output
     no_purpose = _write(tmp_path, "ctx2.json", {k: v for k, v in MEMBER.items() if k != "purpose"})
-    result = runner.invoke(cli_app, ["policy", "explain", policy, "--context", no_purpose, "--scope", "negotiation", "--json"])
+    result = runner.invoke(
+        cli_app, ["policy", "explain", policy, "--context", no_purpose, "--scope", "negotiation", "--json"]
+    )
     assert result.exit_code == 1
     body = json.loads(result.output)
     assert body["outcome"] == "deny" and any("missing input: purpose" in r for r in body["reasons"])
-    assert runner.invoke(cli_app, ["policy", "explain", policy, "--context", ctx, "--scope", "later"]).exit_code == 2
+    assert (
+        runner.invoke(cli_app, ["policy", "explain", policy, "--context", ctx, "--scope", "later"]).exit_code
+        == 2
+    )
     assert runner.invoke(cli_app, ["policy", "explain", policy]).exit_code == 2

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft201909Validator
+from policy_suites import SPEC
 from referencing import Registry, Resource
 
 from connector.errors import PolicyError
-from policy_suites import SPEC
 from usage_policy import validate_cx_constraint, validate_policy
 from usage_policy._profile import CX_PROFILE
 
@@ -49,7 +49,10 @@ def test_official_samples(path: Path) -> None:
                 validate_policy(doc)
             for name in expected_bad:
                 assert name in str(info.value)
-            assert all(p.startswith(("permission[", "prohibition[", "obligation[")) for p in info.value.context["problems"])
+            assert all(
+                p.startswith(("permission[", "prohibition[", "obligation["))
+                for p in info.value.context["problems"]
+            )
     else:
         problems = validate_cx_constraint(doc)
         if expected_bad is None:
@@ -74,27 +77,93 @@ def test_comprehensive_sample_names_each_offending_constraint() -> None:
 
 
 def test_profile_rules_beyond_atomic_constraints() -> None:
-    base = {"leftOperand": "FrameworkAgreement", "operator": "eq", "rightOperand": "DataExchangeGovernance:1.0"}
+    base = {
+        "leftOperand": "FrameworkAgreement",
+        "operator": "eq",
+        "rightOperand": "DataExchangeGovernance:1.0",
+    }
     purpose = {"leftOperand": "UsagePurpose", "operator": "isAnyOf", "rightOperand": ["cx.pcf.base:1"]}
     ok = {"@type": "Set", "permission": [{"action": "use", "constraint": [{"and": [base, purpose]}]}]}
     assert validate_policy(ok).permissions
     cases = [
-        ({"@type": "Set", "permission": [{"action": "use", "constraint": [{"or": [base, purpose]}]}]}, "only 'and'"),
-        ({"@type": "Set", "permission": [{"action": "use", "constraint": [base]}]}, "needs a UsagePurpose"),
-        ({"@type": "Set", "permission": [{"action": "read", "constraint": [base, purpose]}]}, "is not 'use' or 'access'"),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [base, purpose, {"leftOperand": "BusinessPartnerNumber", "operator": "isAnyOf", "rightOperand": ["BPNL000000000001"]}]}]},
+            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"or": [base, purpose]}]}]},
+            "only 'and'",
+        ),
+        ({"@type": "Set", "permission": [{"action": "use", "constraint": [base]}]}, "needs a UsagePurpose"),
+        (
+            {"@type": "Set", "permission": [{"action": "read", "constraint": [base, purpose]}]},
+            "is not 'use' or 'access'",
+        ),
+        (
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [
+                            base,
+                            purpose,
+                            {
+                                "leftOperand": "BusinessPartnerNumber",
+                                "operator": "isAnyOf",
+                                "rightOperand": ["BPNL000000000001"],
+                            },
+                        ],
+                    }
+                ],
+            },
             "BusinessPartnerNumber: not allowed in a use permission",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [base, purpose, {"leftOperand": "dateTime", "operator": "lt", "rightOperand": "2030-01-01T00:00:00Z"}]}]},
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [
+                            base,
+                            purpose,
+                            {
+                                "leftOperand": "dateTime",
+                                "operator": "lt",
+                                "rightOperand": "2030-01-01T00:00:00Z",
+                            },
+                        ],
+                    }
+                ],
+            },
             "'dateTime' is not a Catena-X profile term",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [base, purpose, {"leftOperand": "DataUsageEndDate", "operator": "eq", "rightOperand": "2030-01-01T00:00:00Z"}, {"leftOperand": "DataUsageEndDefinition", "operator": "eq", "rightOperand": "cx.dataUsageEnd.unlimited:1"}]}]},
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [
+                            base,
+                            purpose,
+                            {
+                                "leftOperand": "DataUsageEndDate",
+                                "operator": "eq",
+                                "rightOperand": "2030-01-01T00:00:00Z",
+                            },
+                            {
+                                "leftOperand": "DataUsageEndDefinition",
+                                "operator": "eq",
+                                "rightOperand": "cx.dataUsageEnd.unlimited:1",
+                            },
+                        ],
+                    }
+                ],
+            },
             "use only one",
         ),
-        ({"@type": "Request", "permission": [{"action": "use", "constraint": [base, purpose]}]}, "Set, Offer or Agreement"),
+        (
+            {"@type": "Request", "permission": [{"action": "use", "constraint": [base, purpose]}]},
+            "Set, Offer or Agreement",
+        ),
     ]
     for doc, message in cases:
         with pytest.raises(PolicyError) as info:
@@ -107,7 +176,11 @@ def test_profile_rules_beyond_atomic_constraints() -> None:
 
 def _validator() -> Draft201909Validator:
     resources = []
-    for path in [*(CX / "constraint").glob("*.json"), CX / "atomic-constraint-schemas.json", SPEC / "dsp" / "negotiation" / "contract-schema.json"]:
+    for path in [
+        *(CX / "constraint").glob("*.json"),
+        CX / "atomic-constraint-schemas.json",
+        SPEC / "dsp" / "negotiation" / "contract-schema.json",
+    ]:
         schema = _load(path)
         resources.append((schema["$id"], Resource.from_contents(schema)))
     registry: Registry = Registry().with_resources(resources)

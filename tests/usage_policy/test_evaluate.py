@@ -27,7 +27,9 @@ BPN = "BPNL000000000001"
 
 
 def _perm(*constraints: dict[str, Any], action: str = "use", **extra: Any) -> Any:
-    return parse_policy({"@type": "Set", "permission": [{"action": action, "constraint": list(constraints)}], **extra})
+    return parse_policy(
+        {"@type": "Set", "permission": [{"action": action, "constraint": list(constraints)}], **extra}
+    )
 
 
 def _c(left: str, op: str, right: Any, **kw: Any) -> dict[str, Any]:
@@ -47,10 +49,16 @@ def _ctx(**kw: Any) -> EvaluationContext:
     [
         (_c("partner", "eq", "gold"), "unsupported left operand 'partner'"),
         (_c("dateTime", "within", "2020-01-01"), "unsupported operator"),
-        (_c("dateTime", "isAnyOf", ["2020-01-01"]), "unsupported operator 'isAnyOf' for left operand 'dateTime'"),
+        (
+            _c("dateTime", "isAnyOf", ["2020-01-01"]),
+            "unsupported operator 'isAnyOf' for left operand 'dateTime'",
+        ),
         (_c("dateTime", "lt", "yesterday"), "invalid right operand for dateTime"),
         (_c("count", "lt", "many"), "invalid right operand for count"),
-        ({"leftOperand": "dateTime", "operator": "lt", "rightOperandReference": "http://x/ref"}, "rightOperandReference"),
+        (
+            {"leftOperand": "dateTime", "operator": "lt", "rightOperandReference": "http://x/ref"},
+            "rightOperandReference",
+        ),
     ],
 )
 def test_unsupported_or_invalid_denies_and_says_why(constraint: dict[str, Any], message: str) -> None:
@@ -64,7 +72,11 @@ def test_unsupported_or_invalid_denies_and_says_why(constraint: dict[str, Any], 
 
 def test_unsupported_constraint_in_a_prohibition_still_denies() -> None:
     policy = parse_policy(
-        {"@type": "Set", "permission": [{"action": "use"}], "prohibition": [{"action": "use", "constraint": [_c("mood", "eq", "bad")]}]}
+        {
+            "@type": "Set",
+            "permission": [{"action": "use"}],
+            "prohibition": [{"action": "use", "constraint": [_c("mood", "eq", "bad")]}],
+        }
     )
     decision = evaluate(policy, Scope.USAGE, _ctx())
     assert decision.outcome is Outcome.DENY and "unsupported left operand 'mood'" in decision.reasons()[0]
@@ -79,7 +91,10 @@ def test_unknown_actions_deny() -> None:
 
 
 def test_nothing_is_dropped_every_constraint_is_explained() -> None:
-    policy = _perm(_c("dateTime", "lt", "2030-01-01T00:00:00Z"), {"and": [_c("count", "lteq", "5"), _c("purpose", "eq", "research")]})
+    policy = _perm(
+        _c("dateTime", "lt", "2030-01-01T00:00:00Z"),
+        {"and": [_c("count", "lteq", "5"), _c("purpose", "eq", "research")]},
+    )
     decision = evaluate(policy, Scope.USAGE, _ctx(purpose="research"))
     leaves = [n for _, n in decision.explanation.walk() if n.kind == "constraint"]
     assert [n.left_operand for n in leaves] == ["dateTime", "count", "purpose"]
@@ -110,9 +125,17 @@ def test_missing_input_is_reported() -> None:
         (_c("dateTime", "gteq", "2025-06-01T14:00:00+02:00"), {}, True),
         (_c("count", "lteq", {"@value": "3", "@type": "xsd:integer"}), {"usage": UsageState(count=2)}, True),
         (_c("count", "lteq", "3"), {"usage": UsageState(count=3)}, False),
-        (_c("elapsedTime", "lteq", {"@value": "P30D", "@type": "xsd:duration"}), {"usage": UsageState(first_use=NOW - timedelta(days=29))}, True),
+        (
+            _c("elapsedTime", "lteq", {"@value": "P30D", "@type": "xsd:duration"}),
+            {"usage": UsageState(first_use=NOW - timedelta(days=29))},
+            True,
+        ),
         (_c("elapsedTime", "lteq", "PT1H"), {"usage": UsageState(first_use=NOW - timedelta(hours=2))}, False),
-        (_c("payAmount", "gteq", {"@value": "5.00", "@type": "xsd:decimal"}), {"payment": PaymentState(paid=Decimal("5"))}, True),
+        (
+            _c("payAmount", "gteq", {"@value": "5.00", "@type": "xsd:decimal"}),
+            {"payment": PaymentState(paid=Decimal("5"))},
+            True,
+        ),
         (_c("percentage", "lt", "12.5"), {"values": {"percentage": "12.4"}}, True),
         (_c("purpose", "isAnyOf", ["a", "b"]), {"purpose": "b"}, True),
         (_c("purpose", "isNoneOf", ["a", "b"]), {"purpose": "b"}, False),
@@ -143,9 +166,16 @@ def test_logical_operators() -> None:
 # --- rules, conflicts, scopes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("strategy", "outcome"), [("perm", Outcome.PERMIT), ("prohibit", Outcome.DENY), ("invalid", Outcome.DENY), (None, Outcome.DENY)])
+@pytest.mark.parametrize(
+    ("strategy", "outcome"),
+    [("perm", Outcome.PERMIT), ("prohibit", Outcome.DENY), ("invalid", Outcome.DENY), (None, Outcome.DENY)],
+)
 def test_conflict_strategies(strategy: str | None, outcome: Outcome) -> None:
-    doc: dict[str, Any] = {"@type": "Set", "permission": [{"action": "use"}], "prohibition": [{"action": "read"}]}
+    doc: dict[str, Any] = {
+        "@type": "Set",
+        "permission": [{"action": "use"}],
+        "prohibition": [{"action": "read"}],
+    }
     if strategy:
         doc["conflict"] = strategy
     decision = evaluate(parse_policy(doc), Scope.USAGE, _ctx(action="read"))
@@ -163,7 +193,11 @@ def test_not_applicable_when_no_rule_is_about_the_action() -> None:
 
 def test_purpose_is_deferred_in_catalog_scope_and_checked_later() -> None:
     policy = templates.cx_pcf_usage_policy()
-    member = _ctx(bpn=BPN, memberships=frozenset({CATENA_X}), framework_agreements=frozenset({"DataExchangeGovernance:1.0"}))
+    member = _ctx(
+        bpn=BPN,
+        memberships=frozenset({CATENA_X}),
+        framework_agreements=frozenset({"DataExchangeGovernance:1.0"}),
+    )
     catalog = evaluate(policy, Scope.CATALOG, member.__class__(**{**_fields(member), "action": "use"}))
     assert catalog.permitted
     assert any("deferred" in r and "UsagePurpose" in r for r in catalog.reasons())
@@ -182,10 +216,14 @@ def test_catena_x_credentials() -> None:
     access = templates.access_by_bpnl([BPN])
     member = _ctx(bpn=BPN, memberships=frozenset({CATENA_X}))
     assert evaluate(access, Scope.CATALOG, member).permitted
-    assert not evaluate(access, Scope.CATALOG, _ctx(bpn="BPNL000000000002", memberships=frozenset({CATENA_X}))).permitted
+    assert not evaluate(
+        access, Scope.CATALOG, _ctx(bpn="BPNL000000000002", memberships=frozenset({CATENA_X}))
+    ).permitted
     assert not evaluate(access, Scope.CATALOG, _ctx(bpn=BPN)).permitted  # no membership credential
     groups = templates.access_by_group(["gold"])
-    assert evaluate(groups, Scope.CATALOG, _ctx(bpn=BPN, memberships=frozenset({CATENA_X}), groups=frozenset({"gold"}))).permitted
+    assert evaluate(
+        groups, Scope.CATALOG, _ctx(bpn=BPN, memberships=frozenset({CATENA_X}), groups=frozenset({"gold"}))
+    ).permitted
     assert not evaluate(groups, Scope.CATALOG, _ctx(bpn=BPN, memberships=frozenset({CATENA_X}))).permitted
     # a bare framework name matches any version held, a versioned one only that version
     fa = _perm(_c("cx-policy:FrameworkAgreement", "eq", "Pcf"))
@@ -195,7 +233,10 @@ def test_catena_x_credentials() -> None:
 
 
 def test_contractual_terms_are_recorded_not_checked() -> None:
-    policy = _perm(_c("cx-policy:ContractReference", "isAllOf", ["C-1"]), _c("cx-policy:Liability", "eq", "cx.grossNegligence:1"))
+    policy = _perm(
+        _c("cx-policy:ContractReference", "isAllOf", ["C-1"]),
+        _c("cx-policy:Liability", "eq", "cx.grossNegligence:1"),
+    )
     decision = evaluate(policy, Scope.USAGE, _ctx())
     assert decision.permitted
     assert sum("recorded" in r for r in decision.reasons()) == 2
@@ -206,11 +247,20 @@ def test_usage_restriction_prohibition_bites_on_declared_activity() -> None:
         {
             "@type": "Set",
             "permission": [{"action": "use"}],
-            "prohibition": [{"action": "use", "constraint": [_c("cx-policy:UsageRestriction", "isAllOf", ["cx.thirdParty.forbidden:1"])]}],
+            "prohibition": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        _c("cx-policy:UsageRestriction", "isAllOf", ["cx.thirdParty.forbidden:1"])
+                    ],
+                }
+            ],
         }
     )
     assert evaluate(policy, Scope.USAGE, _ctx()).permitted
-    assert evaluate(policy, Scope.NEGOTIATION, _ctx(activities=frozenset({"thirdParty"}))).permitted  # deferred
+    assert evaluate(
+        policy, Scope.NEGOTIATION, _ctx(activities=frozenset({"thirdParty"}))
+    ).permitted  # deferred
     decision = evaluate(policy, Scope.USAGE, _ctx(activities=frozenset({"thirdParty"})))
     # permission and prohibition both apply: the default strategy (invalid) denies
     assert decision.outcome is Outcome.DENY and "conflict strategy invalid" in decision.reasons()[0]
@@ -223,7 +273,9 @@ def test_data_usage_end() -> None:
     assert not evaluate(policy, Scope.USAGE, _ctx(now=datetime(2025, 7, 1, tzinfo=UTC))).permitted
     days = _perm(_c("cx-policy:DataUsageEndDurationDays", "eq", "30"))
     assert evaluate(days, Scope.USAGE, _ctx(usage=UsageState(agreed_at=NOW - timedelta(days=10)))).permitted
-    assert not evaluate(days, Scope.USAGE, _ctx(usage=UsageState(agreed_at=NOW - timedelta(days=31)))).permitted
+    assert not evaluate(
+        days, Scope.USAGE, _ctx(usage=UsageState(agreed_at=NOW - timedelta(days=31)))
+    ).permitted
     missing = evaluate(days, Scope.USAGE, _ctx())
     assert any("missing input: usage.agreed_at" in r for r in missing.reasons())
 
@@ -240,7 +292,13 @@ def test_time_boxed_and_count_limited_templates() -> None:
 
 def test_party_and_target() -> None:
     policy = parse_policy(
-        {"@type": "Agreement", "assigner": "did:web:p", "assignee": "did:web:c", "target": "urn:ds:1", "permission": [{"action": "use"}]}
+        {
+            "@type": "Agreement",
+            "assigner": "did:web:p",
+            "assignee": "did:web:c",
+            "target": "urn:ds:1",
+            "permission": [{"action": "use"}],
+        }
     )
     assert evaluate(policy, Scope.TRANSFER_START, _ctx(did="did:web:c", target="urn:ds:1")).permitted
     assert evaluate(policy, Scope.TRANSFER_START, _ctx(did="did:web:c")).permitted  # target implicit
@@ -270,10 +328,18 @@ def test_compensate_duty_gives_price_terms() -> None:
         assert not evaluate(policy, Scope.USAGE, _ctx(did="did:web:c")).permitted
         billed = evaluate(policy, Scope.USAGE, _ctx(did="did:web:c", payment=PaymentState(account_open=True)))
         assert billed.permitted
-        overdue = evaluate(policy, Scope.USAGE, _ctx(did="did:web:c", payment=PaymentState(account_open=True, overdue=True)))
+        overdue = evaluate(
+            policy, Scope.USAGE, _ctx(did="did:web:c", payment=PaymentState(account_open=True, overdue=True))
+        )
         assert not overdue.permitted and any("violated" in r for r in overdue.reasons())
-    metered = evaluate(templates.data_provision("p", templates.metered("0.05", "EUR", "MB")), Scope.NEGOTIATION, _ctx())
-    assert (metered.price_terms[0].amount, metered.price_terms[0].currency, metered.price_terms[0].unit_of_count) == (Decimal("0.05"), "EUR", "MB")
+    metered = evaluate(
+        templates.data_provision("p", templates.metered("0.05", "EUR", "MB")), Scope.NEGOTIATION, _ctx()
+    )
+    assert (
+        metered.price_terms[0].amount,
+        metered.price_terms[0].currency,
+        metered.price_terms[0].unit_of_count,
+    ) == (Decimal("0.05"), "EUR", "MB")
 
 
 def test_obligations_are_recorded_with_deadlines() -> None:
@@ -284,7 +350,15 @@ def test_obligations_are_recorded_with_deadlines() -> None:
                 {
                     "action": "use",
                     "duty": [
-                        {"@id": "urn:duty:del", "action": [{"rdf:value": {"@id": "odrl:delete"}, "refinement": [_c("dateTime", "lteq", "2025-12-31T00:00:00Z")]}]},
+                        {
+                            "@id": "urn:duty:del",
+                            "action": [
+                                {
+                                    "rdf:value": {"@id": "odrl:delete"},
+                                    "refinement": [_c("dateTime", "lteq", "2025-12-31T00:00:00Z")],
+                                }
+                            ],
+                        },
                         {"action": "inform"},
                         {"@id": "urn:duty:consent", "action": "obtainConsent"},
                     ],
@@ -306,7 +380,13 @@ def test_obligations_are_recorded_with_deadlines() -> None:
 
 
 def test_policy_obligation_violation_denies() -> None:
-    policy = parse_policy({"@type": "Set", "permission": [{"action": "use"}], "obligation": [{"@id": "urn:o:1", "action": "inform"}]})
+    policy = parse_policy(
+        {
+            "@type": "Set",
+            "permission": [{"action": "use"}],
+            "obligation": [{"@id": "urn:o:1", "action": "inform"}],
+        }
+    )
     assert evaluate(policy, Scope.USAGE, _ctx()).permitted
     assert not evaluate(policy, Scope.USAGE, _ctx(duty_states={"urn:o:1": DutyState.VIOLATED})).permitted
 
@@ -324,7 +404,13 @@ def test_compiled_policies_are_cached_by_content() -> None:
 def test_context_from_dict_round_trips_and_rejects_unknown_fields() -> None:
     from connector.errors import ValidationError
 
-    ctx = _ctx(bpn=BPN, memberships=frozenset({CATENA_X}), usage=UsageState(count=2, first_use=NOW), payment=PaymentState(paid=Decimal("1.5")), duty_states={"d": DutyState.PENDING})
+    ctx = _ctx(
+        bpn=BPN,
+        memberships=frozenset({CATENA_X}),
+        usage=UsageState(count=2, first_use=NOW),
+        payment=PaymentState(paid=Decimal("1.5")),
+        duty_states={"d": DutyState.PENDING},
+    )
     assert EvaluationContext.from_dict(ctx.to_dict()) == ctx
     with pytest.raises(ValidationError, match="unknown context field"):
         EvaluationContext.from_dict({"bpnl": BPN})

@@ -17,9 +17,21 @@ OFFER = {
             "constraint": [
                 {
                     "and": [
-                        {"leftOperand": "cx-policy:FrameworkAgreement", "operator": "eq", "rightOperand": "DataExchangeGovernance:1.0"},
-                        {"leftOperand": "cx-policy:UsagePurpose", "operator": "isAnyOf", "rightOperand": ["cx.pcf.base:1", "cx.quality.base:1"]},
-                        {"leftOperand": "dateTime", "operator": "lteq", "rightOperand": "2026-01-01T00:00:00Z"},
+                        {
+                            "leftOperand": "cx-policy:FrameworkAgreement",
+                            "operator": "eq",
+                            "rightOperand": "DataExchangeGovernance:1.0",
+                        },
+                        {
+                            "leftOperand": "cx-policy:UsagePurpose",
+                            "operator": "isAnyOf",
+                            "rightOperand": ["cx.pcf.base:1", "cx.quality.base:1"],
+                        },
+                        {
+                            "leftOperand": "dateTime",
+                            "operator": "lteq",
+                            "rightOperand": "2026-01-01T00:00:00Z",
+                        },
                     ]
                 }
             ],
@@ -49,9 +61,21 @@ def test_same_meaning_different_bytes_is_equal() -> None:
                 "duty": [{"action": "http://www.w3.org/ns/odrl/2/inform"}],
                 "action": "use",
                 "constraint": [  # flattened, reordered, list order changed, other date spelling
-                    {"leftOperand": "dateTime", "operator": "lteq", "rightOperand": "2026-01-01T01:00:00+01:00"},
-                    {"leftOperand": "https://w3id.org/catenax/2025/9/policy/UsagePurpose", "operator": "isAnyOf", "rightOperand": ["cx.quality.base:1", "cx.pcf.base:1"]},
-                    {"leftOperand": "cx-policy:FrameworkAgreement", "operator": "eq", "rightOperand": "DataExchangeGovernance:1.0"},
+                    {
+                        "leftOperand": "dateTime",
+                        "operator": "lteq",
+                        "rightOperand": "2026-01-01T01:00:00+01:00",
+                    },
+                    {
+                        "leftOperand": "https://w3id.org/catenax/2025/9/policy/UsagePurpose",
+                        "operator": "isAnyOf",
+                        "rightOperand": ["cx.quality.base:1", "cx.pcf.base:1"],
+                    },
+                    {
+                        "leftOperand": "cx-policy:FrameworkAgreement",
+                        "operator": "eq",
+                        "rightOperand": "DataExchangeGovernance:1.0",
+                    },
                 ],
             }
         ],
@@ -97,7 +121,9 @@ def test_widened_or_weakened_requests_are_rejected_with_reasons() -> None:
 def test_templates_match_themselves_and_price_changes_are_caught() -> None:
     offer = templates.data_provision("did:web:p", templates.metered("0.05", "EUR", "call"), target="urn:ds:1")
     same = templates.data_provision("did:web:p", templates.metered("0.050", "EUR", "call"), target="urn:ds:1")
-    cheaper = templates.data_provision("did:web:p", templates.metered("0.01", "EUR", "call"), target="urn:ds:1")
+    cheaper = templates.data_provision(
+        "did:web:p", templates.metered("0.01", "EUR", "call"), target="urn:ds:1"
+    )
     assert is_within(same, offer).equal
     result = is_within(cheaper, offer)
     assert not result and any("duty 'compensate'" in r for r in result.reasons)

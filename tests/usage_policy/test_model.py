@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from policy_suites import SPEC
 
 from connector.errors import PolicyError
-from policy_suites import SPEC
 from usage_policy import Constraint, LogicalConstraint, Policy, parse_policy
 from usage_policy._match import canonical
 from vocab import expand
@@ -99,9 +99,15 @@ def test_spellings_of_one_term_are_equal() -> None:
     forms = [
         {"leftOperand": "dateTime", "operator": "lt", "rightOperand": "2030-01-01T00:00:00Z"},
         {"leftOperand": "odrl:dateTime", "operator": "odrl:lt", "rightOperand": "2030-01-01T00:00:00Z"},
-        {"leftOperand": ODRL + "dateTime", "operator": {"@id": ODRL + "lt"}, "rightOperand": "2030-01-01T00:00:00Z"},
+        {
+            "leftOperand": ODRL + "dateTime",
+            "operator": {"@id": ODRL + "lt"},
+            "rightOperand": "2030-01-01T00:00:00Z",
+        },
     ]
-    parsed = [parse_policy({"@type": "Set", "permission": [{"action": "use", "constraint": [f]}]}) for f in forms]
+    parsed = [
+        parse_policy({"@type": "Set", "permission": [{"action": "use", "constraint": [f]}]}) for f in forms
+    ]
     assert parsed[0] == parsed[1] == parsed[2]
     # ... but each writes back as it was spelled
     assert [p.to_dsp()["permission"][0]["constraint"][0]["leftOperand"] for p in parsed] == [
@@ -115,14 +121,31 @@ def test_catena_x_prefix_and_legacy_namespace() -> None:
     new = parse_policy(
         {
             "@type": "Set",
-            "permission": [{"action": "use", "constraint": [{"leftOperand": "cx-policy:Membership", "operator": "eq", "rightOperand": "active"}]}],
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "cx-policy:Membership", "operator": "eq", "rightOperand": "active"}
+                    ],
+                }
+            ],
         }
     )
     legacy = parse_policy(
         {
-            "@context": ["http://www.w3.org/ns/odrl.jsonld", {"cx-policy": "https://w3id.org/catenax/policy/"}],
+            "@context": [
+                "http://www.w3.org/ns/odrl.jsonld",
+                {"cx-policy": "https://w3id.org/catenax/policy/"},
+            ],
             "@type": "Set",
-            "permission": [{"action": "use", "constraint": [{"leftOperand": "cx-policy:Membership", "operator": "eq", "rightOperand": "active"}]}],
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "cx-policy:Membership", "operator": "eq", "rightOperand": "active"}
+                    ],
+                }
+            ],
         }
     )
     c_new = new.permissions[0].constraints[0]
@@ -141,7 +164,19 @@ def test_w3c_context_features_parse() -> None:
             "permission": [
                 {
                     "target": {"@type": "AssetCollection", "source": "http://example.com/c1"},
-                    "action": [{"rdf:value": {"@id": "odrl:print"}, "refinement": [{"leftOperand": "resolution", "operator": "lteq", "rightOperand": {"@value": "1200", "@type": "xsd:integer"}, "unit": "http://dbpedia.org/resource/Dots_per_inch"}]}],
+                    "action": [
+                        {
+                            "rdf:value": {"@id": "odrl:print"},
+                            "refinement": [
+                                {
+                                    "leftOperand": "resolution",
+                                    "operator": "lteq",
+                                    "rightOperand": {"@value": "1200", "@type": "xsd:integer"},
+                                    "unit": "http://dbpedia.org/resource/Dots_per_inch",
+                                }
+                            ],
+                        }
+                    ],
                     "duty": [{"action": "compensate"}],
                 }
             ],
@@ -152,7 +187,9 @@ def test_w3c_context_features_parse() -> None:
     assert policy.uid == "http://example.com/policy:1"
     perm = policy.permissions[0]
     assert perm.action is not None and perm.action.name.iri == ODRL + "print"
-    assert perm.action.refinement and perm.target is not None and perm.target.source == "http://example.com/c1"
+    assert (
+        perm.action.refinement and perm.target is not None and perm.target.source == "http://example.com/c1"
+    )
     assert policy.prohibitions[0].remedies[0].action is not None
     assert policy.conflict == "perm"
     assert parse_policy(policy.to_dsp()) == policy
@@ -166,7 +203,21 @@ def test_logical_constraints_nest() -> None:
                 {
                     "action": "use",
                     "constraint": [
-                        {"or": [{"and": [{"leftOperand": "count", "operator": "lt", "rightOperand": "3"}, {"leftOperand": "purpose", "operator": "eq", "rightOperand": "x"}]}, {"xone": [{"leftOperand": "spatial", "operator": "eq", "rightOperand": "EU"}]}]}
+                        {
+                            "or": [
+                                {
+                                    "and": [
+                                        {"leftOperand": "count", "operator": "lt", "rightOperand": "3"},
+                                        {"leftOperand": "purpose", "operator": "eq", "rightOperand": "x"},
+                                    ]
+                                },
+                                {
+                                    "xone": [
+                                        {"leftOperand": "spatial", "operator": "eq", "rightOperand": "EU"}
+                                    ]
+                                },
+                            ]
+                        }
                     ],
                 }
             ],
@@ -185,28 +236,73 @@ def test_logical_constraints_nest() -> None:
         ({"@type": "Set", "permission": [{"constraint": []}]}, "permission[0]: a permission needs an action"),
         ({"@type": "Set", "permission": ["use"]}, "permission[0]: a permission must be an object"),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"leftOperand": "count", "operator": "lt"}]}]},
+            {
+                "@type": "Set",
+                "permission": [{"action": "use", "constraint": [{"leftOperand": "count", "operator": "lt"}]}],
+            },
             "permission[0].constraint[0]: constraint has neither 'rightOperand'",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"operator": "lt", "rightOperand": 1}]}]},
+            {
+                "@type": "Set",
+                "permission": [{"action": "use", "constraint": [{"operator": "lt", "rightOperand": 1}]}],
+            },
             "permission[0].constraint[0]: constraint has no 'leftOperand'",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"and": [], }]}]},
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [
+                            {
+                                "and": [],
+                            }
+                        ],
+                    }
+                ],
+            },
             "permission[0].constraint[0]: logical constraint 'and' has no operands",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"and": [{"leftOperand": "count", "operator": "lt", "rightOperand": "1"}], "or": [{"leftOperand": "count", "operator": "lt", "rightOperand": "1"}]}]}]},
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [
+                            {
+                                "and": [{"leftOperand": "count", "operator": "lt", "rightOperand": "1"}],
+                                "or": [{"leftOperand": "count", "operator": "lt", "rightOperand": "1"}],
+                            }
+                        ],
+                    }
+                ],
+            },
             "exactly one operator",
         ),
         (
-            {"@type": "Set", "permission": [{"action": "use", "constraint": [{"and": [{"leftOperand": 5, "operator": "lt", "rightOperand": "1"}]}]}]},
+            {
+                "@type": "Set",
+                "permission": [
+                    {
+                        "action": "use",
+                        "constraint": [{"and": [{"leftOperand": 5, "operator": "lt", "rightOperand": "1"}]}],
+                    }
+                ],
+            },
             "permission[0].constraint[0].and[0].leftOperand: leftOperand must be a non-empty string",
         ),
-        ({"@type": "Set", "prohibition": [{"action": "use", "duty": [{"action": "inform"}]}]}, "prohibition[0]: a prohibition cannot have duties"),
+        (
+            {"@type": "Set", "prohibition": [{"action": "use", "duty": [{"action": "inform"}]}]},
+            "prohibition[0]: a prohibition cannot have duties",
+        ),
         ({"@type": "Set", "conflict": "maybe"}, "conflict: unsupported conflict strategy"),
-        ({"@type": "Set", "permission": [{"action": ["use", "read"]}]}, "permission[0].action: a rule has exactly one action"),
+        (
+            {"@type": "Set", "permission": [{"action": ["use", "read"]}]},
+            "permission[0].action: a rule has exactly one action",
+        ),
     ],
 )
 def test_malformed_policies_name_the_path(doc: Any, message: str) -> None:
@@ -216,7 +312,21 @@ def test_malformed_policies_name_the_path(doc: Any, message: str) -> None:
 
 
 def test_policy_is_typed() -> None:
-    policy = parse_policy({"@type": "Agreement", "@id": "a1", "assigner": "p", "assignee": "c", "target": "t", "timestamp": "2024-01-01T00:00:00Z", "permission": [{"action": "use"}]})
+    policy = parse_policy(
+        {
+            "@type": "Agreement",
+            "@id": "a1",
+            "assigner": "p",
+            "assignee": "c",
+            "target": "t",
+            "timestamp": "2024-01-01T00:00:00Z",
+            "permission": [{"action": "use"}],
+        }
+    )
     assert isinstance(policy, Policy)
-    assert (policy.type, policy.assigner and policy.assigner.uid, policy.assignee and policy.assignee.uid) == ("Agreement", "p", "c")
+    assert (
+        policy.type,
+        policy.assigner and policy.assigner.uid,
+        policy.assignee and policy.assignee.uid,
+    ) == ("Agreement", "p", "c")
     assert policy.timestamp == "2024-01-01T00:00:00Z"

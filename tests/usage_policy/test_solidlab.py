@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import policy_suites as solidlab
+import pytest
 
 from usage_policy import Explanation, Outcome, Scope, evaluate, parse_policy
 

@@ -7,7 +7,15 @@ from decimal import Decimal
 
 import pytest
 
-from usage_policy import CATENA_X, EvaluationContext, Scope, evaluate, parse_policy, templates, validate_policy
+from usage_policy import (
+    CATENA_X,
+    EvaluationContext,
+    Scope,
+    evaluate,
+    parse_policy,
+    templates,
+    validate_policy,
+)
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 BPN = "BPNL00000000000A"
@@ -45,14 +53,18 @@ def test_pcf_policy_text() -> None:
 def test_data_bank_contracts(payment: templates.Payment) -> None:
     ctx = EvaluationContext(now=NOW, did="did:web:consumer")
     provision = templates.data_provision("did:web:p", payment, target="urn:ds:1", uid="urn:c:1")
-    joint = templates.jointly_created_data("did:web:p", ["did:web:co1", "did:web:co2"], payment, target="urn:ds:1")
+    joint = templates.jointly_created_data(
+        "did:web:p", ["did:web:co1", "did:web:co2"], payment, target="urn:ds:1"
+    )
     resale = templates.brokered_resale("did:web:broker", "did:web:origin", payment, "30", target="urn:ds:1")
     for policy in (provision, joint, resale):
         assert parse_policy(policy.to_dsp()) == policy
         decision = evaluate(policy, Scope.NEGOTIATION, ctx)
         assert decision.permitted, decision.reasons()
         assert decision.price_terms[0].mode == payment.mode
-        assert not evaluate(policy, Scope.USAGE, EvaluationContext(now=NOW, did="x", action="distribute")).permitted
+        assert not evaluate(
+            policy, Scope.USAGE, EvaluationContext(now=NOW, did="x", action="distribute")
+        ).permitted
     joint_terms = evaluate(joint, Scope.NEGOTIATION, ctx)
     assert joint_terms.price_terms[0].payees == ("did:web:p", "did:web:co1", "did:web:co2")
     assert any(o.action == "inform" for o in joint_terms.obligations)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from policy_suites import SPEC
+
 from usage_policy import DutyState, EvaluationContext, Explanation, Scope, evaluate, parse_policy
 
 BASE = SPEC / "odrl" / "w3c-cg-formal-semantics" / "examples"
@@ -106,7 +106,10 @@ def test_example(request_path: Path) -> None:
                 assert rule.holds == (entry["report:activationState"] == "report:Active"), decision.reasons()
         elif rtype == "report:ConstraintReport":
             node = nodes[entry["report:constraint"]]
-            assert node.holds == (entry["report:satisfactionState"] == "report:Satisfied"), (key, decision.reasons())
+            assert node.holds == (entry["report:satisfactionState"] == "report:Satisfied"), (
+                key,
+                decision.reasons(),
+            )
         elif rtype == "report:ConditionReport":
             duty = nodes[entry.get("report:condition") or entry["report:constraint"]]
             deontic = entry["report:deonticState"]
@@ -119,7 +122,9 @@ def test_example(request_path: Path) -> None:
 
 
 def test_a2_prohibition_parses_and_denies_archiving_before_2025() -> None:
-    policy = parse_policy(_load(BASE / "A_Evaluation_of_Constraints/A2_Example_of_a_constrained_prohibition/policyA2.json"))
+    policy = parse_policy(
+        _load(BASE / "A_Evaluation_of_Constraints/A2_Example_of_a_constrained_prohibition/policyA2.json")
+    )
     from datetime import UTC, datetime
 
     ctx = EvaluationContext(
