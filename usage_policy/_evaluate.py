@@ -197,6 +197,7 @@ class Decision:
 # Constraints
 
 Check = Callable[[EvaluationContext, Scope], Explanation]
+_SET_OPERATORS = frozenset({"isAnyOf", "isNoneOf", "isAllOf", "isPartOf", "hasPart", "isA"})
 Polarity = Literal["positive", "negative", "terms"]
 
 
@@ -265,6 +266,8 @@ def _compile_atomic(c: Constraint, label: str, polarity: Polarity) -> Check:
     if op in ("isAnyOf", "isNoneOf", "isAllOf", "isPartOf", "hasPart") and not isinstance(right, tuple):
         right = (right,)
     base = {"uid": c.uid, "left_operand": left_name, "operator": op, "right_operand": right}
+    # set operators compare against a frozenset built once, not per check
+    right_cmp: Any = frozenset(right) if isinstance(right, tuple) and op in _SET_OPERATORS else right
     if polarity == "terms" or definition.mode in ("recorded", "price"):
         note = (
             "payment term"
@@ -301,9 +304,9 @@ def _compile_atomic(c: Constraint, label: str, polarity: Polarity) -> Check:
                 "constraint", "unsatisfied", False, label, left_value=MISSING, missing=missing, **base
             )
         try:
-            if needs_coercion and isinstance(left, str | int | float) and not isinstance(left, bool):
+            if needs_coercion and isinstance(left, str):
                 left = coerce(left, kind)
-            ok = compare(op, left, right)
+            ok = compare(op, left, right_cmp)
         except (OperandTypeError, TypeError, ValueError) as exc:
             return Explanation("constraint", "error", False, label, left_value=left, note=str(exc), **base)
         return Explanation(

@@ -262,10 +262,8 @@ def _restriction_compare(op: str, left: Any, right: Any) -> bool:
     """``UsageRestriction isAllOf [cx.thirdParty.forbidden:1, ...]`` (in a prohibition) holds,
     i.e. the prohibition bites, when the requester declares one of the forbidden activities."""
     declared: frozenset[str] = left
-    forbidden = {
-        r.removeprefix("cx.").split(".forbidden")[0]
-        for r in (right if isinstance(right, tuple) else (right,))
-    }
+    values = right if isinstance(right, tuple | frozenset) else (right,)
+    forbidden = {r.removeprefix("cx.").split(".forbidden")[0] for r in values}
     return bool(declared & forbidden)
 
 
