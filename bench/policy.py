@@ -47,7 +47,15 @@ def _rate(fn: Callable[[], Any], seconds: float) -> float:
 
 def _atomic(left: str, op: str, right: Any) -> Constraint:
     policy = parse_policy(
-        {"@type": "Set", "permission": [{"action": "use", "constraint": [{"leftOperand": left, "operator": op, "rightOperand": right}]}]}
+        {
+            "@type": "Set",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [{"leftOperand": left, "operator": op, "rightOperand": right}],
+                }
+            ],
+        }
     )
     constraint = policy.permissions[0].constraints[0]
     assert isinstance(constraint, Constraint)
@@ -78,7 +86,9 @@ def main() -> None:
     atomic_cases = {
         "dateTime lt": _atomic("dateTime", "lt", "2030-01-01T00:00:00Z"),
         "BusinessPartnerNumber isAnyOf (50)": _atomic("cx-policy:BusinessPartnerNumber", "isAnyOf", bpns),
-        "UsagePurpose isAnyOf": _atomic("cx-policy:UsagePurpose", "isAnyOf", ["cx.pcf.base:1", "cx.quality.base:1"]),
+        "UsagePurpose isAnyOf": _atomic(
+            "cx-policy:UsagePurpose", "isAnyOf", ["cx.pcf.base:1", "cx.quality.base:1"]
+        ),
         "FrameworkAgreement eq": _atomic("cx-policy:FrameworkAgreement", "eq", "DataExchangeGovernance:1.0"),
         "count lteq": _atomic("count", "lteq", "1000"),
     }

@@ -398,6 +398,10 @@ def _target_node(cr: _CompiledRule, ctx: EvaluationContext) -> Explanation | Non
         return None
     label = f"{cr.label}.target"
     want = _ref_label(ref)
+    if ref.refinement:
+        return Explanation(
+            "target", "error", False, label, note="unsupported refinement on an asset collection"
+        )
     if ctx.target is None:
         return Explanation(
             "target", "satisfied", True, label, note=f"no target in request; rule target {want}"
@@ -419,6 +423,10 @@ def _party_node(cr: _CompiledRule, ctx: EvaluationContext) -> Explanation | None
         return None
     label = f"{cr.label}.assignee"
     want = _ref_label(ref)
+    if ref.refinement:
+        return Explanation(
+            "party", "error", False, label, note="unsupported refinement on a party collection"
+        )
     ids = ctx.identities()
     if not ids:
         return Explanation(
@@ -631,6 +639,15 @@ class CompiledPolicy:
         requested = expand_token(requested_token)
         acc = _Acc()
         label = f"{self.policy.type} {self.policy.uid or ''}".strip()
+        if self.policy.inherit_from is not None:
+            root = Explanation(
+                "policy",
+                "deny",
+                False,
+                label,
+                note="unsupported inheritFrom: resolve the parent policy first",
+            )
+            return Decision(Outcome.DENY, scope, root, policy_digest=self.digest)
         if not is_known_action(requested):
             root = Explanation(
                 "policy", "deny", False, label, note=f"unsupported action {requested_token!r} requested"

@@ -21,6 +21,7 @@ from usage_policy._terms import (
     POLICY_TYPES,
     RDF_VALUE,
     compact_iri,
+    display_name,
     expand_token,
 )
 
@@ -50,7 +51,7 @@ class Term:
     @property
     def name(self) -> str:
         """The compact token (``use``, ``cx-policy:Membership``) used in messages."""
-        return compact_iri(self.iri)
+        return display_name(self.iri)
 
     def to_json(self) -> str:
         return self.spelling or compact_iri(self.iri)

@@ -23,6 +23,7 @@ __all__ = [
     "XSD",
     "action_covers",
     "compact_iri",
+    "display_name",
     "expand_token",
     "is_known_action",
 ]
@@ -165,9 +166,19 @@ def expand_token(token: str, *, prefixes: dict[str, str] | None = None, vocab: s
 
 
 def compact_iri(iri: str) -> str:
-    """The DSP compact token of ``iri``: a bare ODRL term, ``cx-policy:X``, or the IRI itself."""
+    """The DSP wire token of ``iri``: a bare ODRL term (the DSP context maps those), else the
+    full IRI (the DSP context defines no Catena-X prefix, and the wire carries only it)."""
+    if iri.startswith(ODRL):
+        return iri[len(ODRL) :]
+    return iri
+
+
+def display_name(iri: str) -> str:
+    """A short name for messages: ``use``, ``cx-policy:Membership``, or the IRI."""
     if iri.startswith(ODRL):
         return iri[len(ODRL) :]
     if iri.startswith(CX):
         return "cx-policy:" + iri[len(CX) :]
+    if iri.startswith(CX_LEGACY):
+        return "cx-policy(2024):" + iri[len(CX_LEGACY) :]
     return iri

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from usage_policy._model import Policy, parse_policy
+from usage_policy._terms import CX
 from usage_policy._values import render
 
 __all__ = [
@@ -62,9 +63,9 @@ def cx_pcf_usage_policy(uid: str | None = None) -> Policy:
                 "constraint": [
                     {
                         "and": [
-                            _c("cx-policy:FrameworkAgreement", "eq", DATA_EXCHANGE_GOVERNANCE),
-                            _c("cx-policy:Membership", "eq", "active"),
-                            _c("cx-policy:UsagePurpose", "isAnyOf", [PCF_PURPOSE]),
+                            _c(CX + "FrameworkAgreement", "eq", DATA_EXCHANGE_GOVERNANCE),
+                            _c(CX + "Membership", "eq", "active"),
+                            _c(CX + "UsagePurpose", "isAnyOf", [PCF_PURPOSE]),
                         ]
                     }
                 ],
@@ -79,12 +80,12 @@ def access_by_bpnl(bpnls: Sequence[str], uid: str | None = None) -> Policy:
         uid,
         permission=[
             {
-                "action": "cx-policy:access",
+                "action": CX + "access",
                 "constraint": [
                     {
                         "and": [
-                            _c("cx-policy:Membership", "eq", "active"),
-                            _c("cx-policy:BusinessPartnerNumber", "isAnyOf", list(bpnls)),
+                            _c(CX + "Membership", "eq", "active"),
+                            _c(CX + "BusinessPartnerNumber", "isAnyOf", list(bpnls)),
                         ]
                     }
                 ],
@@ -99,12 +100,12 @@ def access_by_group(groups: Sequence[str], uid: str | None = None) -> Policy:
         uid,
         permission=[
             {
-                "action": "cx-policy:access",
+                "action": CX + "access",
                 "constraint": [
                     {
                         "and": [
-                            _c("cx-policy:Membership", "eq", "active"),
-                            _c("cx-policy:BusinessPartnerGroup", "isAnyOf", list(groups)),
+                            _c(CX + "Membership", "eq", "active"),
+                            _c(CX + "BusinessPartnerGroup", "isAnyOf", list(groups)),
                         ]
                     }
                 ],

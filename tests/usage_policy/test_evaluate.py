@@ -416,3 +416,42 @@ def test_context_from_dict_round_trips_and_rejects_unknown_fields() -> None:
         EvaluationContext.from_dict({"bpnl": BPN})
     with pytest.raises(ValidationError):
         EvaluationContext.from_dict({"now": "not a date"})
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"@type": "Set", "inheritFrom": "urn:parent", "permission": [{"action": "use"}]},
+        {
+            "@type": "Set",
+            "permission": [
+                {
+                    "action": "use",
+                    "assignee": {
+                        "@type": "PartyCollection",
+                        "source": "urn:g",
+                        "refinement": [_c("spatial", "eq", "EU")],
+                    },
+                }
+            ],
+        },
+        {
+            "@type": "Set",
+            "permission": [
+                {
+                    "action": "use",
+                    "target": {
+                        "@type": "AssetCollection",
+                        "source": "urn:a",
+                        "refinement": [_c("fileFormat", "eq", "csv")],
+                    },
+                }
+            ],
+        },
+    ],
+    ids=["inheritFrom", "party-refinement", "asset-refinement"],
+)
+def test_features_we_do_not_evaluate_deny_instead_of_being_ignored(doc: dict[str, Any]) -> None:
+    decision = evaluate(parse_policy(doc), Scope.USAGE, _ctx(party="urn:g", target="urn:a"))
+    assert decision.outcome is Outcome.DENY
+    assert "unsupported" in " ".join(decision.reasons())

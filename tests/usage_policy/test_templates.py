@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -16,6 +17,7 @@ from usage_policy import (
     templates,
     validate_policy,
 )
+from vocab import expand
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 BPN = "BPNL00000000000A"
@@ -30,13 +32,24 @@ def test_catena_x_templates_pass_the_profile() -> None:
         assert validate_policy(policy.to_dsp()) == policy
 
 
-def test_pcf_policy_text() -> None:
-    dsp = templates.cx_pcf_usage_policy().to_dsp()
+def test_pcf_policy_on_the_dsp_wire_means_catena_x_terms() -> None:
+    """With only the DSP context on the wire, Catena-X terms must be full IRIs to expand right."""
+    dsp = templates.cx_pcf_usage_policy("urn:p:pcf").to_dsp()
+    message = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractOfferMessage",
+        "providerPid": "urn:p",
+        "consumerPid": "urn:c",
+        "offer": {**dsp, "@type": "Offer"},
+    }
+    expanded = json.dumps(expand(message))
+    for term in ("FrameworkAgreement", "Membership", "UsagePurpose"):
+        assert f'"https://w3id.org/catenax/2025/9/policy/{term}"' in expanded
     (group,) = dsp["permission"][0]["constraint"]
-    assert {c["leftOperand"]: c["rightOperand"] for c in group["and"]} == {
-        "cx-policy:FrameworkAgreement": "DataExchangeGovernance:1.0",
-        "cx-policy:Membership": "active",
-        "cx-policy:UsagePurpose": ["cx.pcf.base:1"],
+    assert {c["leftOperand"].rsplit("/", 1)[-1]: c["rightOperand"] for c in group["and"]} == {
+        "FrameworkAgreement": "DataExchangeGovernance:1.0",
+        "Membership": "active",
+        "UsagePurpose": ["cx.pcf.base:1"],
     }
 
 
