@@ -1,0 +1,193 @@
+"""HTTP edges of contract negotiation: the DSP endpoints and the management API (FastAPI routers).
+
+The routers are factories so the application decides prefixes and authentication:
+
+* :func:`negotiation_dsp_router` (mount under the DSP base, e.g. ``/api/dsp/2025-1``) serves the
+  provider endpoints and the consumer callback endpoints (our ``callbackAddress`` is the DSP base,
+  so both roles share ``/negotiations/{pid}/events`` and ``/termination``: the pid decides).
+  Errors are :class:`~connector.errors.DadamError` subclasses carrying ``providerPid`` /
+  ``consumerPid`` in their context; the app's error handlers render them as
+  ``ContractNegotiationError`` (400 invalid message or transition, 404 unknown or not yours).
+* :func:`negotiation_management_router` (mount under the management base) starts, lists, reads,
+  terminates, approves and counter-offers negotiations, exports agreements, and streams state
+  changes as server-sent events (``GET /negotiations/events``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from connector.errors import ValidationError
+from connector.identity import Caller
+from contracts._manager import NegotiationManager
+from contracts._negotiation_states import Role
+
+__all__ = ["negotiation_dsp_router", "negotiation_management_router"]
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError("request body is not JSON", errors=[str(exc)]) from None
+
+
+def _respond(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Callable[..., Any]) -> APIRouter:
+    """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks)."""
+    router = APIRouter(tags=["dsp-negotiation"])
+
+    def wake(tasks: BackgroundTasks) -> None:
+        tasks.add_task(manager.worker.wake)
+
+    @router.post("/negotiations/request")
+    async def initial_request(
+        request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
+    ) -> Response:
+        body = await _json(request)
+        ack = await asyncio.to_thread(manager.provider_request, body, caller)
+        wake(tasks)
+        return _respond(ack, 201)
+
+    @router.post("/negotiations/offers")
+    async def initial_offer(request: Request, caller: Caller = Depends(caller_dependency)) -> Response:
+        from connector.errors import RemoteProtocolError
+
+        await _json(request)
+        raise RemoteProtocolError(
+            "provider-initiated negotiations (initial ContractOfferMessage) are not accepted"
+        )
+
+    @router.get("/negotiations/{pid}")
+    async def get_negotiation(pid: str, caller: Caller = Depends(caller_dependency)) -> Response:
+        def work() -> dict[str, Any]:
+            return manager.dsp_get(manager.role_of(pid), pid, caller)
+
+        return _respond(await asyncio.to_thread(work))
+
+    def _post(endpoint: str, role: Role | None) -> Callable[..., Any]:
+        async def handler(
+            pid: str, request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
+        ) -> Response:
+            body = await _json(request)
+
+            def work() -> dict[str, Any]:
+                r = role or manager.role_of(pid)
+                return manager.receive(r, endpoint, pid, body, caller)
+
+            ack = await asyncio.to_thread(work)
+            wake(tasks)
+            return _respond(ack)
+
+        return handler
+
+    router.add_api_route("/negotiations/{pid}/request", _post("request", Role.PROVIDER), methods=["POST"])
+    router.add_api_route(
+        "/negotiations/{pid}/agreement/verification", _post("verification", Role.PROVIDER), methods=["POST"]
+    )
+    router.add_api_route("/negotiations/{pid}/offers", _post("offers", Role.CONSUMER), methods=["POST"])
+    router.add_api_route("/negotiations/{pid}/agreement", _post("agreement", Role.CONSUMER), methods=["POST"])
+    router.add_api_route("/negotiations/{pid}/events", _post("events", None), methods=["POST"])
+    router.add_api_route("/negotiations/{pid}/termination", _post("termination", None), methods=["POST"])
+    return router
+
+
+def negotiation_management_router(
+    manager: NegotiationManager, read_dep: Callable[..., Any], write_dep: Callable[..., Any]
+) -> APIRouter:
+    """Management API for negotiations (JSON in and out, no JSON-LD)."""
+    router = APIRouter(tags=["negotiations"])
+
+    @router.post("/negotiations", status_code=201, dependencies=[Depends(write_dep)])
+    async def start(request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be an object")
+        address = body.get("counterPartyAddress")
+        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+            raise ValidationError("counterPartyAddress required", errors=["counterPartyAddress: http(s) URL"])
+        callbacks = body.get("callbackAddresses") or []
+        if not isinstance(callbacks, list) or not all(isinstance(c, str) for c in callbacks):
+            raise ValidationError("callbackAddresses must be a list of URLs")
+        offer = body.get("offer") or body.get("policy")
+        if offer is not None and not isinstance(offer, dict):
+            raise ValidationError("offer must be an object")
+
+        def work() -> dict[str, Any]:
+            return manager.start_negotiation(
+                address,
+                offer_id=body.get("offerId"),
+                offer=offer,
+                dataset_id=body.get("datasetId"),
+                counterparty_id=body.get("counterPartyId"),
+                callbacks=callbacks,
+            )
+
+        return _respond(await asyncio.to_thread(work), 201)
+
+    @router.get("/negotiations", dependencies=[Depends(read_dep)])
+    def list_all(
+        offset: int = 0, limit: int = 50, state: str | None = None, role: str | None = None
+    ) -> Response:
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise ValidationError("bad paging", errors=["offset >= 0, 1 <= limit <= 1000"])
+        items = manager.list_negotiations(offset=offset, limit=limit, state=state, role=role)
+        return _respond({"items": items, "offset": offset, "limit": limit})
+
+    @router.get("/negotiations/events", dependencies=[Depends(read_dep)])
+    async def events(request: Request) -> StreamingResponse:
+        queue = manager.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        ev = await asyncio.wait_for(queue.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield b"event: negotiation\ndata: " + orjson.dumps(ev) + b"\n\n"
+            finally:
+                manager.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @router.get("/negotiations/{nid}", dependencies=[Depends(read_dep)])
+    def get_one(nid: str) -> Response:
+        return _respond(manager.get(nid))
+
+    @router.post("/negotiations/{nid}/terminate", dependencies=[Depends(write_dep)])
+    async def terminate(nid: str, request: Request) -> Response:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        reason = str(body.get("reason") or "no reason given") if isinstance(body, dict) else "no reason given"
+        return _respond(await asyncio.to_thread(manager.terminate, nid, reason))
+
+    @router.post("/negotiations/{nid}/approve", dependencies=[Depends(write_dep)])
+    def approve(nid: str) -> Response:
+        return _respond(manager.approve(nid))
+
+    @router.post("/negotiations/{nid}/counter-offer", dependencies=[Depends(write_dep)])
+    async def counter(nid: str, request: Request) -> Response:
+        body = await _json(request)
+        offer = body.get("offer") if isinstance(body, dict) else None
+        if not isinstance(offer, dict):
+            raise ValidationError("offer required", errors=["offer: object with rules"])
+        return _respond(await asyncio.to_thread(manager.counter_offer, nid, offer))
+
+    @router.get("/negotiations/{nid}/agreement", dependencies=[Depends(read_dep)])
+    def agreement(nid: str) -> Response:
+        return _respond(manager.export(nid))
+
+    return router

@@ -1,0 +1,1148 @@
+"""The negotiation driver: DSP messages in, durable state changes, outbox messages out.
+
+:class:`NegotiationManager` is the only thing that touches the database for negotiations. Every
+public method runs one transaction that locks the negotiation row, asks the sans-IO machine
+(:func:`contracts._negotiation_states.handle`) whether the event is allowed, stores the new state
+and puts any message for the peer into the outbox (:mod:`contracts._process`). The DSP ACK is
+returned only after that commit; the :class:`~contracts._process.Worker` sends the outbox
+afterwards, and its callbacks (:meth:`on_delivered`, :meth:`on_failed`, :meth:`on_timeout`)
+move "-ING" states to "-ED" or to TERMINATED with a reason.
+
+Reactions ("what do we do next") are decided here too, inside the same transaction:
+
+* provider, on a ContractRequestMessage: resolve the offer (unknown -> 400), check the requested
+  policy is within the offered one and evaluate the contract policy for the caller's verified
+  identity and claims (:class:`PolicyDecider`); permitted -> agree (or park as *pending* for
+  manual approval when ``manual_approval`` is set), denied -> terminate with the engine's
+  explanation as the reason;
+* provider, on ACCEPTED -> agree; on verification -> check the consumer's countersignature, finalize;
+* consumer, on an offer -> accept when it is within what we asked for, else terminate with why;
+  on an agreement -> check target, parties, policy and the provider's signature, countersign
+  and verify; else terminate with the reason.
+
+A conformance *script* (see :mod:`contracts.conformance`) can replace these reactions per dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+import httpx
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from connector.errors import (
+    ConflictError,
+    DadamError,
+    LocalProtocolError,
+    NotFoundError,
+    PolicyError,
+    RemoteProtocolError,
+    ValidationError,
+)
+from connector.identity import Caller
+from contracts._messages import (
+    AgreementMessage,
+    AgreementVerificationMessage,
+    ContractRequestMessage,
+    NegotiationEventMessage,
+    NegotiationMessage,
+    OfferMessage,
+    TerminationMessage,
+    negotiation_body,
+    parse_message,
+)
+from contracts._negotiation_states import TERMINAL_STATES, Event, Role, State, handle, wire_state
+from contracts._process import (
+    Delivery,
+    HttpSender,
+    OutboxMessage,
+    RetryPolicy,
+    Worker,
+    body_digest,
+    cancel_pending,
+    enqueue,
+    lock_process,
+    record_received,
+    save_state,
+)
+from contracts._signing import (
+    KeyResolver,
+    Signer,
+    export_agreement,
+    sign_agreement,
+    verify_agreement_signature,
+)
+from contracts._tables import negotiations
+
+__all__ = [
+    "KIND",
+    "NegotiationConfig",
+    "NegotiationManager",
+    "OfferResolver",
+    "PolicyDecider",
+    "PolicyVerdict",
+    "Script",
+    "UsagePolicyDecider",
+]
+
+log = logging.getLogger("dadam.contracts")
+
+KIND = "cn"
+WEBHOOK_KIND = "cn-webhook"
+
+
+class OfferResolver(Protocol):
+    """Resolves an offer id for a caller (``catalog.CatalogService`` implements it).
+
+    The result has ``.dataset.id`` and ``.offer_policy_json`` (the offer as the catalog shows it).
+    Raises NotFoundError when the offer does not exist or the caller may not see it.
+    """
+
+    def resolve_offer(self, offer_id: str, caller: Caller) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVerdict:
+    permitted: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+class PolicyDecider(Protocol):
+    """Decides whether ``caller`` may get a contract for ``requested`` given the ``offered`` policy."""
+
+    def decide(
+        self, offered: Mapping[str, Any], requested: Mapping[str, Any], caller: Caller
+    ) -> PolicyVerdict: ...
+
+    def matches(self, requested: Mapping[str, Any], received: Mapping[str, Any]) -> PolicyVerdict:
+        """Consumer side: is the ``received`` offer/agreement within what we ``requested``?"""
+        ...
+
+
+class UsagePolicyDecider:
+    """The real engine: :mod:`usage_policy` (fail closed: anything it cannot parse is a denial)."""
+
+    def decide(
+        self, offered: Mapping[str, Any], requested: Mapping[str, Any], caller: Caller
+    ) -> PolicyVerdict:
+        import usage_policy as up
+
+        try:
+            off = up.parse_policy(_policy_part(offered))
+            req = up.parse_policy(_policy_part(requested))
+        except (PolicyError, DadamError) as exc:
+            return PolicyVerdict(False, [f"policy not understood: {r}" for r in exc.reasons()])
+        match = up.is_within(req, off)
+        if not match.within:
+            return PolicyVerdict(False, ["the requested policy is not within the offer", *match.reasons])
+        claims = dict(caller.claims)
+        ctx = up.EvaluationContext(
+            did=caller.did,
+            bpn=claims.get("bpn"),
+            memberships=frozenset(claims.get("memberships") or ()),
+            framework_agreements=frozenset(claims.get("framework_agreements") or ()),
+            credentials=frozenset(claims.get("credentials") or ()),
+            groups=frozenset(claims.get("bpn_groups") or claims.get("groups") or ()),
+            claims=claims,
+            region=claims.get("region"),
+            purpose=claims.get("purpose"),
+            target=str(requested.get("target")) if requested.get("target") else None,
+        )
+        decision = up.evaluate(off, up.Scope.NEGOTIATION, ctx)
+        return PolicyVerdict(decision.permitted, decision.reasons())
+
+    def matches(self, requested: Mapping[str, Any], received: Mapping[str, Any]) -> PolicyVerdict:
+        import usage_policy as up
+
+        try:
+            got = up.parse_policy(_policy_part(received))
+            want = up.parse_policy(_policy_part(requested))
+        except (PolicyError, DadamError) as exc:
+            return PolicyVerdict(False, [f"policy not understood: {r}" for r in exc.reasons()])
+        match = up.is_within(got, want)
+        return PolicyVerdict(match.within, list(match.reasons))
+
+
+_RULE_KEYS = ("permission", "prohibition", "obligation")
+
+
+def _policy_part(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """Rules (and type) of an offer or agreement, for comparison: ids, parties and timestamps dropped."""
+    out: dict[str, Any] = {"@type": "Set"}
+    for k in _RULE_KEYS:
+        if policy.get(k):
+            out[k] = policy[k]
+    return out
+
+
+#: A conformance script: trigger -> commands. Triggers: "request", "counter", "accepted",
+#: "verification", "offer", "agreement", "ack:<command>"; commands: "offer", "agree",
+#: "finalize", "terminate", "accept", "verify", "counter", "nothing".
+Script = Mapping[str, Sequence[str]]
+
+
+@dataclass
+class NegotiationConfig:
+    """What the manager needs to know about this connector."""
+
+    participant_id: str
+    #: Our DSP base URL: consumer callbackAddress, and where peers reach our provider endpoints.
+    dsp_base_url: str
+    state_timeout_s: float = 3600.0
+    #: Park permitted requests as pending until approved in the management API.
+    manual_approval: bool = False
+    #: Delay before a reply to a received message is sent (the ACK must reach the peer first).
+    reply_delay_s: float = 0.0
+    #: Delay before a scripted follow-up message (TCK: handlers are registered late).
+    script_delay_s: float = 0.5
+
+
+@dataclass
+class _Effects:
+    """Collected during a transaction, acted on after commit."""
+
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    wake: bool = False
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class NegotiationManager:
+    """Drives provider and consumer negotiations (see the module docstring)."""
+
+    kind = KIND
+    table = negotiations
+    terminal_states = frozenset(int(s) for s in TERMINAL_STATES)
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: NegotiationConfig,
+        *,
+        offers: OfferResolver | None = None,
+        decider: PolicyDecider | None = None,
+        signer: Signer | None = None,
+        keys: KeyResolver | None = None,
+        http: httpx.Client | None = None,
+        auth_for: Callable[[str | None], httpx.Auth | None] | None = None,
+        retry: RetryPolicy | None = None,
+        scripts: Callable[[str | None], Script | None] | None = None,
+        worker_owner: str | None = None,
+        lease_s: float = 30.0,
+        batch_size: int = 20,
+        poll_s: float = 0.2,
+        concurrency: int = 8,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.offers = offers
+        self.decider: PolicyDecider = decider or UsagePolicyDecider()
+        self.signer = signer
+        self.keys = keys
+        self.http = http or httpx.Client(timeout=10.0)
+        self.auth_for = auth_for
+        self.scripts = scripts
+        self.worker = Worker(
+            engine,
+            [self],
+            HttpSender(self.http, auth_for),
+            owner=worker_owner,
+            retry=retry,
+            lease_s=lease_s,
+            batch_size=batch_size,
+            poll_s=poll_s,
+            concurrency=concurrency,
+        )
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = []
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    # -- observers (SSE) ---------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue receiving every state change made by this process (call from the event loop)."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        with self._lock:
+            self._listeners.append((asyncio.get_running_loop(), q))
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            self._listeners = [(lp, x) for lp, x in self._listeners if x is not q]
+
+    def _publish(self, fx: _Effects, *, wake: bool = True) -> None:
+        if fx.wake and wake:
+            self.worker.wake()
+        if not fx.changed:
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for loop, q in listeners:
+            for ev in fx.changed:
+                with contextlib.suppress(RuntimeError):  # loop closed
+                    loop.call_soon_threadsafe(q.put_nowait, ev)
+
+    # -- state changes -----------------------------------------------------------------------
+    def _set(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        state: State,
+        fx: _Effects,
+        *,
+        reason: str | None = None,
+        pending: bool = False,
+        **values: Any,
+    ) -> RowMapping:
+        terminal = state in TERMINAL_STATES
+        save_state(
+            conn,
+            negotiations,
+            row["id"],
+            state,
+            timeout_s=None if terminal else self.config.state_timeout_s,
+            error_detail=reason,
+            pending=pending,
+            **values,
+        )
+        new = conn.execute(sa.select(negotiations).where(negotiations.c.id == row["id"])).mappings().one()
+        if state != row["state"] or reason:
+            ev = self._view(new)
+            fx.changed.append(ev)
+            for url in _loads(new["callbacks"]) or []:
+                enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
+                fx.wake = True
+        return new
+
+    def _send(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        event: Event,
+        fx: _Effects,
+        *,
+        delay_s: float = 0.0,
+        reason: str | None = None,
+        **values: Any,
+    ) -> RowMapping:
+        """Apply a SEND_* event: build its message, put it in the outbox, enter the "-ING" state."""
+        role = Role(row["role"])
+        tr = handle(role, State(row["state"]), event)
+        row = self._set(conn, row, tr.state, fx, reason=reason, **values)
+        msg = self._build(row, event, reason)
+        address = row["counterparty_address"].rstrip("/")
+        url = address + self._path(role, row, event)
+        enqueue(conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s)
+        fx.wake = True
+        return row
+
+    @staticmethod
+    def _path(role: Role, row: RowMapping, event: Event) -> str:
+        if role is Role.CONSUMER:
+            pp = row["provider_pid"]
+            return {
+                Event.SEND_REQUEST: f"/negotiations/{pp}/request" if pp else "/negotiations/request",
+                Event.SEND_ACCEPTED: f"/negotiations/{pp}/events",
+                Event.SEND_VERIFICATION: f"/negotiations/{pp}/agreement/verification",
+                Event.SEND_TERMINATION: f"/negotiations/{pp}/termination",
+            }[event]
+        cp = row["consumer_pid"]
+        return {
+            Event.SEND_OFFER: f"/negotiations/{cp}/offers",
+            Event.SEND_AGREEMENT: f"/negotiations/{cp}/agreement",
+            Event.SEND_FINALIZED: f"/negotiations/{cp}/events",
+            Event.SEND_TERMINATION: f"/negotiations/{cp}/termination",
+        }[event]
+
+    def _build(self, row: RowMapping, event: Event, reason: str | None) -> NegotiationMessage:
+        pp, cp = row["provider_pid"], row["consumer_pid"]
+        mid = f"urn:uuid:{uuid.uuid4()}"
+        if event is Event.SEND_REQUEST:
+            offer = _loads(row["offer"])
+            if pp:
+                return ContractRequestMessage(cp, offer, None, pp, mid)
+            return ContractRequestMessage(cp, offer, self.config.dsp_base_url, None, mid)
+        if event is Event.SEND_OFFER:
+            return OfferMessage(pp, _loads(row["offer"]), cp, None, mid)
+        if event is Event.SEND_AGREEMENT:
+            return AgreementMessage(pp, cp, _loads(row["agreement"]), row["provider_signature"], mid)
+        if event is Event.SEND_VERIFICATION:
+            return AgreementVerificationMessage(pp, cp, row["consumer_signature"], mid)
+        if event is Event.SEND_ACCEPTED:
+            return NegotiationEventMessage(pp, cp, "ACCEPTED", mid)
+        if event is Event.SEND_FINALIZED:
+            return NegotiationEventMessage(pp, cp, "FINALIZED", mid)
+        return TerminationMessage(pp, cp, "terminated", (reason or "terminated",), mid)
+
+    # -- views -------------------------------------------------------------------------------
+    def _view(self, row: RowMapping) -> dict[str, Any]:
+        agreement = _loads(row["agreement"])
+        signed_by = [r for r in ("provider", "consumer") if row[f"{r}_signature"]]
+        return {
+            "id": row["id"],
+            "role": row["role"],
+            "state": wire_state(State(row["state"])),
+            "internalState": State(row["state"]).name,
+            "providerPid": row["provider_pid"],
+            "consumerPid": row["consumer_pid"],
+            "counterPartyAddress": row["counterparty_address"],
+            "counterPartyId": row["counterparty_id"],
+            "offerId": row["offer_id"],
+            "datasetId": row["dataset_id"],
+            "offer": _loads(row["offer"]),
+            "agreement": agreement,
+            "signedBy": signed_by,
+            "pending": bool(row["pending"]),
+            "errorDetail": row["error_detail"],
+            "createdAt": row["created_at"],
+            "updatedAt": row["updated_at"],
+        }
+
+    def _ack(self, row: RowMapping) -> dict[str, Any]:
+        return negotiation_body(row["provider_pid"], row["consumer_pid"], wire_state(State(row["state"])))
+
+    # -- lookup ------------------------------------------------------------------------------
+    def _find(self, conn: Connection, role: Role, pid: str, caller: Caller | None, lock: bool) -> RowMapping:
+        col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
+        stmt = sa.select(negotiations).where(negotiations.c.role == role.value, col == pid)
+        if lock and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        ctx = {"providerPid" if role is Role.PROVIDER else "consumerPid": pid}
+        if row is None:
+            raise NotFoundError(f"no negotiation {pid!r}", context=ctx)
+        if caller is not None and row["counterparty_id"] and caller.did != row["counterparty_id"]:
+            raise NotFoundError(f"no negotiation {pid!r}", context=ctx)  # not yours: 404, as DSP says
+        return row
+
+    def role_of(self, pid: str) -> Role:
+        """Which of our negotiations ``pid`` names (provider and consumer share DSP paths)."""
+        with self.engine.connect() as conn:
+            role = conn.execute(
+                sa.select(negotiations.c.role)
+                .where(
+                    sa.or_(
+                        sa.and_(negotiations.c.role == "provider", negotiations.c.provider_pid == pid),
+                        sa.and_(negotiations.c.role == "consumer", negotiations.c.consumer_pid == pid),
+                    )
+                )
+                .limit(1)
+            ).scalar()
+        if role is None:
+            raise NotFoundError(f"no negotiation {pid!r}", context={"providerPid": pid})
+        return Role(role)
+
+    def dsp_get(self, role: Role, pid: str, caller: Caller | None) -> dict[str, Any]:
+        """``GET /negotiations/:pid`` (provider) or ``<callback>/negotiations/:pid`` (consumer)."""
+        with self.engine.connect() as conn:
+            return self._ack(self._find(conn, role, pid, caller, lock=False))
+
+    # -- received DSP messages ---------------------------------------------------------------
+    def provider_request(self, body: Any, caller: Caller) -> dict[str, Any]:
+        """Initial ContractRequestMessage (``POST /negotiations/request``): 201 body."""
+        msg = parse_message(body, "ContractRequestMessage")
+        assert isinstance(msg, ContractRequestMessage)
+        ctx = {"consumerPid": msg.consumer_pid}
+        if msg.provider_pid is not None or not msg.callback_address:
+            raise RemoteProtocolError(
+                "an initial request needs callbackAddress and no providerPid", context=ctx
+            )
+        if not msg.callback_address.startswith(("http://", "https://")):
+            raise ValidationError(
+                "unusable callbackAddress", errors=["callbackAddress: http(s) URL"], context=ctx
+            )
+        offer_id = str(msg.offer.get("@id"))
+        target = msg.offer.get("target")
+        if self.offers is None:
+            raise NotFoundError(f"offer {offer_id!r} is not known (no catalog)", context=ctx)
+        try:
+            resolved = self.offers.resolve_offer(offer_id, caller)
+        except DadamError as exc:
+            # Unknown offer: the provider MUST answer with an error (400, not 404: the
+            # endpoint exists, the offer in the body does not).
+            raise ValidationError(
+                f"offer {offer_id!r} cannot be negotiated", errors=exc.reasons(), context=ctx
+            ) from None
+        dataset_id = str(resolved.dataset.id)
+        if target is not None and str(target) != dataset_id:
+            raise ValidationError(
+                f"offer {offer_id!r} is for dataset {dataset_id!r}, not {target!r}",
+                errors=[f"offer.target: expected {dataset_id!r}"],
+                context=ctx,
+            )
+        fx = _Effects()
+        digest = body_digest(body)
+        with self.engine.begin() as conn:
+            if msg.id:
+                # A resent initial request (same @id) gets the same negotiation back.
+                known = (
+                    conn.execute(
+                        sa.select(negotiations).where(
+                            negotiations.c.role == "provider",
+                            negotiations.c.consumer_pid == msg.consumer_pid,
+                            negotiations.c.counterparty_id == caller.did,
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if known is not None:
+                    status = record_received(conn, KIND, known["id"], msg.id, digest)
+                    if status == "duplicate":
+                        return self._ack(known)
+            pid = f"urn:uuid:{uuid.uuid4()}"
+            now = time.time()
+            conn.execute(
+                sa.insert(negotiations).values(
+                    id=pid,
+                    state=int(State.INITIAL),
+                    state_since=now,
+                    deadline=now + self.config.state_timeout_s,
+                    pending=False,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                    role="provider",
+                    provider_pid=pid,
+                    consumer_pid=msg.consumer_pid,
+                    counterparty_address=msg.callback_address.rstrip("/"),
+                    counterparty_id=caller.did,
+                    offer_id=offer_id,
+                    dataset_id=dataset_id,
+                    offer=_dumps(msg.offer),
+                    offer_by="consumer",
+                    extra=_dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
+                )
+            )
+            row = lock_process(conn, negotiations, pid)
+            record_received(conn, KIND, pid, msg.id, digest)
+            tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
+            row = self._set(conn, row, tr.state, fx)
+            row = self._react_provider(conn, row, "request", msg, caller, fx)
+            ack = self._ack(row)
+        # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
+        # response (the worker's poll picks it up otherwise).
+        self._publish(fx, wake=False)
+        return ack
+
+    _EXPECTED: ClassVar[dict[tuple[Role, str], tuple[str, ...]]] = {
+        (Role.PROVIDER, "request"): ("ContractRequestMessage",),
+        (Role.PROVIDER, "events"): ("ContractNegotiationEventMessage",),
+        (Role.PROVIDER, "verification"): ("ContractAgreementVerificationMessage",),
+        (Role.PROVIDER, "termination"): ("ContractNegotiationTerminationMessage",),
+        (Role.CONSUMER, "offers"): ("ContractOfferMessage",),
+        (Role.CONSUMER, "agreement"): ("ContractAgreementMessage",),
+        (Role.CONSUMER, "events"): ("ContractNegotiationEventMessage",),
+        (Role.CONSUMER, "termination"): ("ContractNegotiationTerminationMessage",),
+    }
+
+    def receive(self, role: Role, endpoint: str, pid: str, body: Any, caller: Caller) -> dict[str, Any]:
+        """A DSP message for an existing negotiation; returns the ACK body (state after commit)."""
+        msg = parse_message(body, self._EXPECTED[(role, endpoint)])
+        event = _event_for(role, msg)
+        fx = _Effects()
+        with self.engine.begin() as conn:
+            row = self._find(conn, role, pid, caller, lock=True)
+            ctx = {"providerPid": row["provider_pid"], "consumerPid": row["consumer_pid"]}
+            # Wrongly addressed: the pids in the body must name this negotiation.
+            mine = row["provider_pid"] if role is Role.PROVIDER else row["consumer_pid"]
+            theirs_col = "consumer_pid" if role is Role.PROVIDER else "provider_pid"
+            body_mine = msg.provider_pid if role is Role.PROVIDER else getattr(msg, "consumer_pid", None)
+            body_theirs = getattr(msg, "consumer_pid", None) if role is Role.PROVIDER else msg.provider_pid
+            if body_mine != mine:
+                raise RemoteProtocolError(
+                    f"message addressed to {body_mine!r}, but this is negotiation {mine!r}", context=ctx
+                )
+            if row[theirs_col] and body_theirs and body_theirs != row[theirs_col]:
+                raise RemoteProtocolError(
+                    f"message names the peer's pid {body_theirs!r}, expected {row[theirs_col]!r}", context=ctx
+                )
+            seen = record_received(conn, KIND, row["id"], msg.id, body_digest(body))
+            if seen == "duplicate":
+                return self._ack(row)  # redelivery: same answer, no change
+            if seen == "conflict":
+                raise ConflictError(
+                    f"message id {msg.id!r} was already used for another message", context=ctx
+                )
+            try:
+                tr = handle(role, State(row["state"]), event)
+            except RemoteProtocolError as exc:
+                exc.context.update(ctx)
+                raise
+            values: dict[str, Any] = {}
+            if role is Role.CONSUMER and not row["provider_pid"]:
+                values["provider_pid"] = msg.provider_pid
+            reason = None
+            if isinstance(msg, TerminationMessage):
+                reason = "terminated by the counter-party: " + ("; ".join(msg.reason) or "no reason given")
+                if msg.code:
+                    reason += f" (code {msg.code})"
+                cancel_pending(conn, KIND, row["id"], "negotiation terminated by the counter-party")
+            if isinstance(msg, (OfferMessage, ContractRequestMessage)):
+                values["offer"] = _dumps(msg.offer)
+                values["offer_by"] = "provider" if isinstance(msg, OfferMessage) else "consumer"
+            if isinstance(msg, AgreementMessage):
+                values["agreement"] = _dumps(msg.agreement)
+                values["agreement_id"] = str(msg.agreement.get("@id"))
+                values["provider_signature"] = msg.signature
+            if isinstance(msg, AgreementVerificationMessage):
+                values["consumer_signature"] = msg.signature
+            row = self._set(conn, row, tr.state, fx, reason=reason, **values)
+            if role is Role.PROVIDER:
+                trigger = {
+                    Event.RECV_COUNTER_REQUEST: "counter",
+                    Event.RECV_ACCEPTED: "accepted",
+                    Event.RECV_VERIFICATION: "verification",
+                }.get(event)
+                if trigger:
+                    row = self._react_provider(conn, row, trigger, msg, caller, fx)
+            else:
+                trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
+                if trigger:
+                    row = self._react_consumer(conn, row, trigger, msg, fx)
+            ack = self._ack(row)
+        # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
+        # response (the worker's poll picks it up otherwise).
+        self._publish(fx, wake=False)
+        return ack
+
+    # -- reactions ---------------------------------------------------------------------------
+    def _script(self, row: RowMapping) -> Script | None:
+        if self.scripts is None:
+            return None
+        return self.scripts(row["dataset_id"])
+
+    def _run_script(
+        self, conn: Connection, row: RowMapping, commands: Sequence[str], fx: _Effects, delay_s: float
+    ) -> RowMapping:
+        for i, command in enumerate(commands):
+            if command == "nothing":
+                continue
+            if i > 0:
+                # A second scripted send waits for the first ACK: record it as a follow-up.
+                extra = _loads(row["extra"]) or {}
+                extra["after_ack"] = list(commands[i:])
+                save_state(
+                    conn,
+                    negotiations,
+                    row["id"],
+                    State(row["state"]),
+                    timeout_s=self.config.state_timeout_s,
+                    extra=_dumps(extra),
+                )
+                return (
+                    conn.execute(sa.select(negotiations).where(negotiations.c.id == row["id"]))
+                    .mappings()
+                    .one()
+                )
+            row = self._command(conn, row, command, fx, delay_s=delay_s, reason="scripted termination")
+        return row
+
+    def _command(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        command: str,
+        fx: _Effects,
+        *,
+        delay_s: float,
+        reason: str | None,
+    ) -> RowMapping:
+        if command == "offer":
+            offer = dict(_loads(row["offer"]) or {})
+            offer.setdefault("target", row["dataset_id"])
+            offer["assigner"] = self.config.participant_id
+            return self._send(
+                conn, row, Event.SEND_OFFER, fx, delay_s=delay_s, offer=_dumps(offer), offer_by="provider"
+            )
+        if command == "agree":
+            return self._agree(conn, row, fx, delay_s=delay_s)
+        if command == "finalize":
+            return self._send(conn, row, Event.SEND_FINALIZED, fx, delay_s=delay_s)
+        if command == "terminate":
+            return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay_s, reason=reason)
+        if command == "accept":
+            return self._send(conn, row, Event.SEND_ACCEPTED, fx, delay_s=delay_s)
+        if command == "verify":
+            return self._verify(conn, row, fx, delay_s=delay_s)
+        if command == "counter":
+            return self._send(conn, row, Event.SEND_REQUEST, fx, delay_s=delay_s, offer_by="consumer")
+        raise LocalProtocolError(f"unknown command {command!r}")
+
+    def _agree(self, conn: Connection, row: RowMapping, fx: _Effects, *, delay_s: float) -> RowMapping:
+        offer = _loads(row["offer"]) or {}
+        agreement: dict[str, Any] = {
+            "@id": f"urn:uuid:{uuid.uuid4()}",
+            "@type": "Agreement",
+            "target": row["dataset_id"] or offer.get("target"),
+            "timestamp": _now_iso(),
+            "assigner": self.config.participant_id,
+            "assignee": row["counterparty_id"] or "anonymous",
+        }
+        for k in _RULE_KEYS:
+            if offer.get(k):
+                agreement[k] = offer[k]
+        if not any(agreement.get(k) for k in _RULE_KEYS):
+            agreement["permission"] = [{"action": "use"}]
+        signature = sign_agreement(self.signer, agreement) if self.signer is not None else None
+        return self._send(
+            conn,
+            row,
+            Event.SEND_AGREEMENT,
+            fx,
+            delay_s=delay_s,
+            agreement=_dumps(agreement),
+            agreement_id=agreement["@id"],
+            provider_signature=signature,
+        )
+
+    def _verify(self, conn: Connection, row: RowMapping, fx: _Effects, *, delay_s: float) -> RowMapping:
+        agreement = _loads(row["agreement"]) or {}
+        signature = sign_agreement(self.signer, agreement) if self.signer is not None else None
+        return self._send(
+            conn, row, Event.SEND_VERIFICATION, fx, delay_s=delay_s, consumer_signature=signature
+        )
+
+    def _react_provider(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        trigger: str,
+        msg: NegotiationMessage,
+        caller: Caller,
+        fx: _Effects,
+    ) -> RowMapping:
+        delay = self.config.reply_delay_s
+        script = self._script(row)
+        if script is not None:
+            return self._run_script(
+                conn, row, script.get(trigger, ()), fx, max(delay, self.config.script_delay_s)
+            )
+        if trigger in ("request", "counter"):
+            extra = _loads(row["extra"]) or {}
+            offered = extra.get("offered") or {}
+            requested = _loads(row["offer"]) or {}
+            verdict = self.decider.decide(offered, requested, caller)
+            if not verdict.permitted:
+                why = "contract policy denied: " + "; ".join(verdict.reasons or ["no reason given"])
+                return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
+            if self.config.manual_approval:
+                return self._set(
+                    conn, row, State(row["state"]), fx, pending=True, reason="waiting for manual approval"
+                )
+            return self._agree(conn, row, fx, delay_s=delay)
+        if trigger == "accepted":
+            return self._agree(conn, row, fx, delay_s=delay)
+        if trigger == "verification":
+            assert isinstance(msg, AgreementVerificationMessage)
+            if msg.signature:
+                check = verify_agreement_signature(
+                    msg.signature,
+                    _loads(row["agreement"]) or {},
+                    expected_did=row["counterparty_id"],
+                    resolver=self.keys,
+                )
+                if not check.ok:
+                    return self._send(
+                        conn,
+                        row,
+                        Event.SEND_TERMINATION,
+                        fx,
+                        delay_s=delay,
+                        reason=f"consumer countersignature rejected: {check.reason}",
+                        consumer_signature=None,
+                    )
+            return self._send(conn, row, Event.SEND_FINALIZED, fx, delay_s=delay)
+        return row
+
+    def _react_consumer(
+        self, conn: Connection, row: RowMapping, trigger: str, msg: NegotiationMessage, fx: _Effects
+    ) -> RowMapping:
+        delay = self.config.reply_delay_s
+        script = self._script(row)
+        if script is not None:
+            return self._run_script(
+                conn, row, script.get(trigger, ()), fx, max(delay, self.config.script_delay_s)
+            )
+        extra = _loads(row["extra"]) or {}
+        requested = extra.get("requested") or {}
+        if trigger == "offer":
+            assert isinstance(msg, OfferMessage)
+            verdict = self.decider.matches(requested, msg.offer)
+            if verdict.permitted:
+                return self._send(conn, row, Event.SEND_ACCEPTED, fx, delay_s=delay)
+            why = "offer is not what we asked for: " + "; ".join(verdict.reasons)
+            return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
+        if trigger == "agreement":
+            assert isinstance(msg, AgreementMessage)
+            problems = self._check_agreement(row, msg, requested)
+            if problems:
+                why = "agreement rejected: " + "; ".join(problems)
+                return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
+            return self._verify(conn, row, fx, delay_s=delay)
+        return row
+
+    def _check_agreement(
+        self, row: RowMapping, msg: AgreementMessage, requested: Mapping[str, Any]
+    ) -> list[str]:
+        a = msg.agreement
+        problems: list[str] = []
+        if row["dataset_id"] and str(a.get("target")) != row["dataset_id"]:
+            problems.append(
+                f"target {a.get('target')!r} is not the dataset we asked for ({row['dataset_id']!r})"
+            )
+        if str(a.get("assignee")) != self.config.participant_id:
+            problems.append(f"assignee {a.get('assignee')!r} is not us ({self.config.participant_id!r})")
+        if row["counterparty_id"] and str(a.get("assigner")) != row["counterparty_id"]:
+            problems.append(
+                f"assigner {a.get('assigner')!r} is not the provider ({row['counterparty_id']!r})"
+            )
+        if requested:
+            verdict = self.decider.matches(requested, a)
+            if not verdict.permitted:
+                problems.append("policy differs from what we asked for: " + "; ".join(verdict.reasons))
+        if msg.signature:
+            check = verify_agreement_signature(
+                msg.signature, a, expected_did=str(a.get("assigner")), resolver=self.keys
+            )
+            if not check.ok:
+                problems.append(f"provider signature invalid: {check.reason}")
+        return problems
+
+    # -- worker callbacks (ProcessHandler) ---------------------------------------------------
+    def on_delivered(
+        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+    ) -> None:
+        fx = _Effects()
+        values: dict[str, Any] = {}
+        if (
+            process["role"] == "consumer"
+            and not process["provider_pid"]
+            and isinstance(delivery.response_json, dict)
+            and isinstance(delivery.response_json.get("providerPid"), str)
+        ):
+            values["provider_pid"] = delivery.response_json["providerPid"]
+        role = Role(process["role"])
+        tr = handle(role, State(process["state"]), Event.ACKED)
+        row = process
+        if tr.state != process["state"] or values:
+            row = self._set(conn, process, tr.state, fx, **values)
+        extra = _loads(row["extra"]) or {}
+        follow = extra.pop("after_ack", None)
+        if follow and row["state"] not in TERMINAL_STATES:
+            save_state(
+                conn,
+                negotiations,
+                row["id"],
+                State(row["state"]),
+                timeout_s=self.config.state_timeout_s,
+                extra=_dumps(extra),
+            )
+            row = conn.execute(sa.select(negotiations).where(negotiations.c.id == row["id"])).mappings().one()
+            try:
+                self._run_script(conn, row, follow, fx, self.config.script_delay_s)
+            except DadamError as exc:
+                log.warning("scripted follow-up of %s failed: %s", row["id"], exc)
+        self._after_commit(conn, fx)
+
+    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+        fx = _Effects()
+        if process["state"] in TERMINAL_STATES:
+            return
+        cancel_pending(conn, KIND, process["id"], "negotiation terminated")
+        self._set(
+            conn,
+            process,
+            State.TERMINATED,
+            fx,
+            reason=f"could not deliver {message.message_type}: {reason}",
+        )
+        self._after_commit(conn, fx)
+
+    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+        fx = _Effects()
+        state = State(process["state"])
+        waited = time.time() - process["state_since"]
+        why = f"timed out in state {state.name} after {waited:.0f} s (limit {self.config.state_timeout_s:.0f} s)"
+        cancel_pending(conn, KIND, process["id"], why)
+        if process["provider_pid"] and process["consumer_pid"] and state is not State.TERMINATING:
+            # Tell the peer, best effort: the negotiation is TERMINATED here whatever happens.
+            row = process
+            msg = self._build(row, Event.SEND_TERMINATION, why)
+            url = row["counterparty_address"].rstrip("/") + self._path(
+                Role(row["role"]), row, Event.SEND_TERMINATION
+            )
+            enqueue(conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"])
+            fx.wake = True
+        self._set(conn, process, State.TERMINATED, fx, reason=why)
+        self._after_commit(conn, fx)
+
+    def _after_commit(self, conn: Connection, fx: _Effects) -> None:
+        # Worker callbacks run inside the worker's transaction: publish once it has committed.
+        # (An SSE listener may see the event a few ms before the commit; it re-reads if needed.)
+        self._publish(fx)
+
+    # -- management API ----------------------------------------------------------------------
+    def start_negotiation(
+        self,
+        counterparty_address: str,
+        *,
+        offer_id: str | None = None,
+        offer: Mapping[str, Any] | None = None,
+        dataset_id: str | None = None,
+        counterparty_id: str | None = None,
+        callbacks: Iterable[str] = (),
+        fetch_offer: bool = True,
+    ) -> dict[str, Any]:
+        """Consumer: start a negotiation for an offer id (fetched from the provider's catalog
+        unless ``fetch_offer`` is false) or for a proposed ``offer`` policy."""
+        address = counterparty_address.rstrip("/")
+        if offer is None:
+            if not offer_id:
+                raise ValidationError("give offerId or a proposed offer", errors=["offerId: required"])
+            if dataset_id is None:
+                parts = offer_id.split(":")
+                dataset_id = parts[1] if len(parts) >= 3 else None
+            if fetch_offer:
+                offer = self._fetch_offer(address, offer_id, dataset_id, counterparty_id)
+            else:
+                offer = {"@id": offer_id, "@type": "Offer", "permission": [{"action": "use"}]}
+        offer = dict(offer)
+        offer.setdefault("@type", "Offer")
+        if offer_id is None:
+            offer_id = str(offer.get("@id") or f"urn:uuid:{uuid.uuid4()}")
+        offer["@id"] = offer_id
+        if dataset_id is None:
+            dataset_id = str(offer.get("target")) if offer.get("target") else None
+        if not dataset_id:
+            raise ValidationError("which dataset?", errors=["datasetId: required (or offer.target)"])
+        offer["target"] = dataset_id
+        if counterparty_id is None and isinstance(offer.get("assigner"), str):
+            counterparty_id = offer["assigner"]
+        for rule_key in _RULE_KEYS:
+            for rule in offer.get(rule_key) or []:
+                if isinstance(rule, dict):
+                    rule.pop("target", None)
+        fx = _Effects()
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(negotiations).values(
+                    id=pid,
+                    state=int(State.INITIAL),
+                    state_since=now,
+                    deadline=now + self.config.state_timeout_s,
+                    pending=False,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                    role="consumer",
+                    consumer_pid=pid,
+                    counterparty_address=address,
+                    counterparty_id=counterparty_id,
+                    offer_id=offer_id,
+                    dataset_id=dataset_id,
+                    offer=_dumps(offer),
+                    offer_by="consumer",
+                    callbacks=_dumps(list(callbacks)),
+                    extra=_dumps({"requested": offer}),
+                )
+            )
+            row = lock_process(conn, negotiations, pid)
+            row = self._send(conn, row, Event.SEND_REQUEST, fx)
+            script = self._script(row)
+            if script is not None and script.get("ack:request"):
+                extra = _loads(row["extra"]) or {}
+                extra["after_ack"] = list(script["ack:request"])
+                save_state(
+                    conn,
+                    negotiations,
+                    pid,
+                    State(row["state"]),
+                    timeout_s=self.config.state_timeout_s,
+                    extra=_dumps(extra),
+                )
+                row = lock_process(conn, negotiations, pid)
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def _fetch_offer(
+        self, address: str, offer_id: str, dataset_id: str | None, counterparty_id: str | None
+    ) -> dict[str, Any]:
+        if not dataset_id:
+            raise ValidationError(
+                f"cannot tell the dataset of offer {offer_id!r}",
+                errors=["datasetId: required for this offer id"],
+            )
+        auth = self.auth_for(counterparty_id) if self.auth_for else None
+        url = f"{address}/catalog/datasets/{dataset_id}"
+        try:
+            resp = self.http.get(url, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT)
+        except httpx.HTTPError as exc:
+            raise DadamError(f"cannot fetch dataset {dataset_id!r} from {address}: {exc!r}") from None
+        if resp.status_code != 200:
+            raise NotFoundError(
+                f"provider answered {resp.status_code} for dataset {dataset_id!r}", context={"url": url}
+            )
+        ds = resp.json()
+        policies = ds.get("hasPolicy") or ds.get("odrl:hasPolicy") or []
+        if isinstance(policies, dict):
+            policies = [policies]
+        for p in policies:
+            if isinstance(p, dict) and p.get("@id") == offer_id:
+                found = dict(p)
+                found["target"] = dataset_id
+                return found
+        raise NotFoundError(
+            f"dataset {dataset_id!r} has no offer {offer_id!r}",
+            context={"offers": ", ".join(str(p.get("@id")) for p in policies if isinstance(p, dict))},
+        )
+
+    def get(self, nid: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(negotiations).where(negotiations.c.id == nid)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no negotiation {nid!r}")
+        return self._view(row)
+
+    def list_negotiations(
+        self, *, offset: int = 0, limit: int = 50, state: str | None = None, role: str | None = None
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(negotiations).order_by(negotiations.c.created_at, negotiations.c.id)
+        if role:
+            stmt = stmt.where(negotiations.c.role == role)
+        if state:
+            try:
+                wanted = State[state.upper()]
+            except KeyError:
+                raise ValidationError(
+                    f"unknown state {state!r}", errors=[f"state: one of {', '.join(State.__members__)}"]
+                ) from None
+            ing = [s for s in State if wire_state(s) == wanted.name]
+            stmt = stmt.where(negotiations.c.state.in_([int(s) for s in ing]))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt.offset(offset).limit(limit)).mappings().all()
+        return [self._view(r) for r in rows]
+
+    def terminate(self, nid: str, reason: str) -> dict[str, Any]:
+        """Terminate a negotiation we take part in: TERMINATION message to the peer, then TERMINATED."""
+        fx = _Effects()
+        with self.engine.begin() as conn:
+            row = lock_process(conn, negotiations, nid)
+            cancel_pending(conn, KIND, nid, "terminated by the user")
+            if not (row["provider_pid"] and row["consumer_pid"]):
+                row = self._set(conn, row, State.TERMINATED, fx, reason=f"terminated by the user: {reason}")
+            else:
+                row = self._send(
+                    conn, row, Event.SEND_TERMINATION, fx, reason=f"terminated by the user: {reason}"
+                )
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def approve(self, nid: str) -> dict[str, Any]:
+        """Provider: agree to a negotiation waiting for manual approval."""
+        fx = _Effects()
+        with self.engine.begin() as conn:
+            row = lock_process(conn, negotiations, nid)
+            if row["role"] != "provider" or not row["pending"]:
+                raise ConflictError(f"negotiation {nid!r} is not waiting for approval")
+            row = self._agree(conn, row, fx, delay_s=0.0)
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def counter_offer(self, nid: str, offer: Mapping[str, Any]) -> dict[str, Any]:
+        """Provider: answer a request with a counter-offer instead of agreeing."""
+        fx = _Effects()
+        with self.engine.begin() as conn:
+            row = lock_process(conn, negotiations, nid)
+            if row["role"] != "provider":
+                raise ConflictError("only a provider sends counter-offers (a consumer starts a new request)")
+            new_offer = dict(offer)
+            new_offer.setdefault("@type", "Offer")
+            new_offer.setdefault("@id", f"urn:uuid:{uuid.uuid4()}")
+            new_offer["target"] = row["dataset_id"]
+            new_offer["assigner"] = self.config.participant_id
+            row = self._send(conn, row, Event.SEND_OFFER, fx, offer=_dumps(new_offer), offer_by="provider")
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def export(self, nid: str) -> dict[str, Any]:
+        """The agreement of a negotiation with both signatures and public keys (offline-verifiable)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(negotiations).where(negotiations.c.id == nid)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no negotiation {nid!r}")
+        agreement = _loads(row["agreement"])
+        if not agreement:
+            raise NotFoundError(
+                f"negotiation {nid!r} has no agreement (state {wire_state(State(row['state']))})"
+            )
+
+        def key(sig: str | None) -> dict[str, Any] | None:
+            if not sig:
+                return None
+            from contracts._signing import _header
+
+            kid = _header(sig).get("kid")
+            if self.signer is not None and kid == self.signer.kid:
+                return self.signer.public_jwk()
+            return self.keys.public_jwk(str(kid)) if self.keys is not None else None
+
+        return export_agreement(
+            agreement,
+            provider_signature=row["provider_signature"],
+            consumer_signature=row["consumer_signature"],
+            provider_jwk=key(row["provider_signature"]),
+            consumer_jwk=key(row["consumer_signature"]),
+            negotiation={
+                "id": row["id"],
+                "providerPid": row["provider_pid"],
+                "consumerPid": row["consumer_pid"],
+                "state": wire_state(State(row["state"])),
+            },
+        )
+
+
+def _event_for(role: Role, msg: NegotiationMessage) -> Event:
+    if isinstance(msg, ContractRequestMessage):
+        return Event.RECV_COUNTER_REQUEST if msg.provider_pid else Event.RECV_REQUEST
+    if isinstance(msg, OfferMessage):
+        return Event.RECV_OFFER if msg.consumer_pid else Event.RECV_INITIAL_OFFER
+    if isinstance(msg, AgreementMessage):
+        return Event.RECV_AGREEMENT
+    if isinstance(msg, AgreementVerificationMessage):
+        return Event.RECV_VERIFICATION
+    if isinstance(msg, NegotiationEventMessage):
+        return Event.RECV_ACCEPTED if msg.event_type == "ACCEPTED" else Event.RECV_FINALIZED
+    return Event.RECV_TERMINATION

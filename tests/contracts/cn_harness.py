@@ -1,0 +1,186 @@
+"""Test harness for contract negotiation: connectors (manager + FastAPI app) served on loopback.
+
+A :class:`Node` is one connector's negotiation stack: its own database, a
+:class:`~contracts.NegotiationManager`, a FastAPI app with the DSP and management routers, and a
+real uvicorn server on 127.0.0.1 (in a thread, stopped at teardown). Peers identify themselves
+with the ``X-Test-Caller`` header (a stand-in for DCP tokens; the identity package has its own
+tests), so "not yours" and "wrongly addressed" can be tested.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI, Header
+
+from connector.api import install_error_handlers
+from connector.identity import Caller
+from connector.store import create_engine, migrate
+from contracts import (
+    LocalKeySigner,
+    NegotiationConfig,
+    NegotiationManager,
+    RetryPolicy,
+    StaticKeyResolver,
+    negotiation_dsp_router,
+    negotiation_management_router,
+)
+
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
+PG_ADMIN_URL = os.environ.get("DADAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DSP = "/dsp"
+MGMT = "/mgmt"
+
+OPEN_POLICY: dict[str, Any] = {"permission": [{"action": "use"}]}
+MEMBERS_ONLY: dict[str, Any] = {
+    "permission": [
+        {
+            "action": "use",
+            "constraint": [
+                {
+                    "leftOperand": "https://w3id.org/catenax/policy/Membership",
+                    "operator": "eq",
+                    "rightOperand": "active",
+                }
+            ],
+        }
+    ]
+}
+
+
+class FakeOffers:
+    """OfferResolver over a dict: offer id -> (dataset id, offer policy)."""
+
+    def __init__(self, offers: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        self.offers = offers
+
+    def resolve_offer(self, offer_id: str, caller: Caller) -> Any:
+        from connector.errors import NotFoundError
+
+        if offer_id not in self.offers:
+            raise NotFoundError(f"no offer {offer_id!r}")
+        ds, policy = self.offers[offer_id]
+        return SimpleNamespace(
+            dataset=SimpleNamespace(id=ds), offer_policy_json={"@id": offer_id, "@type": "Offer", **policy}
+        )
+
+
+class HeaderAuth(httpx.Auth):
+    def __init__(self, did: str) -> None:
+        self.did = did
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["X-Test-Caller"] = self.did
+        yield request
+
+
+CLAIMS: dict[str, dict[str, Any]] = {}
+
+
+def fake_caller(x_test_caller: str | None = Header(None)) -> Caller:
+    did = x_test_caller or "anonymous"
+    return Caller(did=did, claims=CLAIMS.get(did, {}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Node:
+    name: str
+    did: str
+    url: str
+    engine: sa.Engine
+    manager: NegotiationManager
+    signer: LocalKeySigner | None
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: FastAPI
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dsp(self) -> str:
+        return self.url + DSP
+
+    def mgmt(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + MGMT, timeout=10)
+
+    def wait_state(self, nid: str, states: set[str], timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        view = self.manager.get(nid)
+        while time.time() < deadline:
+            view = self.manager.get(nid)
+            if view["internalState"] in states:
+                return view
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name}: {nid} stuck in {view['internalState']} ({view['errorDetail']})")
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.engine.dispose()
+
+
+def make_node(
+    name: str,
+    db_url: str,
+    *,
+    keys: StaticKeyResolver,
+    offers: FakeOffers | None = None,
+    sign: bool = True,
+    config: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    scripts: Callable[[str | None], Any] | None = None,
+    http: httpx.Client | None = None,
+) -> Node:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    did = f"did:web:127.0.0.1%3A{port}:{name}"
+    engine = create_engine(db_url)
+    migrate(engine)
+    signer = LocalKeySigner(did) if sign else None
+    if signer is not None:
+        keys.add(signer.kid, signer.public_jwk())
+    cfg = NegotiationConfig(participant_id=did, dsp_base_url=url + DSP, **(config or {}))
+    manager = NegotiationManager(
+        engine,
+        cfg,
+        offers=offers,
+        signer=signer,
+        keys=keys,
+        http=http or httpx.Client(timeout=5),
+        auth_for=lambda _aud: HeaderAuth(did),
+        retry=retry or RetryPolicy(limit=3, base_s=0.05),
+        scripts=scripts,
+        poll_s=0.05,
+    )
+    app = FastAPI()
+    install_error_handlers(app, dsp_path=DSP)
+    app.include_router(negotiation_dsp_router(manager, fake_caller), prefix=DSP)
+    app.include_router(negotiation_management_router(manager, lambda: None, lambda: None), prefix=MGMT)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.01)
+    assert server.started, "server did not start"
+    manager.start()
+    return Node(name, did, url, engine, manager, signer, server, thread, app)

@@ -1,0 +1,182 @@
+"""Two connectors (separate databases, real HTTP on loopback) negotiate end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from cn_harness import CLAIMS, MEMBERS_ONLY, OPEN_POLICY, FakeOffers, Node, make_node
+
+from contracts import StaticKeyResolver, verify_export
+
+OFFER_ID = "cd1:ds-carbon:v1"
+
+
+def _pair(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], policy: dict[str, Any], **kw: Any
+) -> tuple[Node, Node]:
+    provider = make_node(
+        "provider", db_urls(), keys=keys, offers=FakeOffers({OFFER_ID: ("ds-carbon", policy)}), **kw
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys, sign=kw.get("sign", True))
+    nodes.append(consumer)
+    return provider, consumer
+
+
+def _start(consumer: Node, provider: Node, policy: dict[str, Any]) -> dict[str, Any]:
+    with consumer.mgmt() as c:
+        r = c.post(
+            "/negotiations",
+            json={
+                "counterPartyAddress": provider.dsp,
+                "counterPartyId": provider.did,
+                "offer": {"@id": OFFER_ID, "target": "ds-carbon", **policy},
+            },
+        )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_negotiation_finalizes_with_both_signatures(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    assert done["signedBy"] == ["provider", "consumer"]
+    prov_view = provider.manager.list_negotiations(role="provider")[0]
+    prov_view = provider.wait_state(prov_view["id"], {"FINALIZED"})
+    assert prov_view["signedBy"] == ["provider", "consumer"]
+    assert prov_view["agreement"] == done["agreement"]
+    agreement = done["agreement"]
+    assert agreement["assigner"] == provider.did and agreement["assignee"] == consumer.did
+    assert agreement["target"] == "ds-carbon"
+    # Either side's export verifies offline, and a tampered copy does not.
+    for node, nid in ((consumer, done["id"]), (provider, prov_view["id"])):
+        with node.mgmt() as c:
+            exported = c.get(f"/negotiations/{nid}/agreement").json()
+        assert exported["signedBy"] == "both"
+        assert all(check.ok for check in verify_export(exported)), verify_export(exported)
+        tampered = {**exported, "agreement": {**exported["agreement"], "target": "other"}}
+        assert not any(check.ok for check in verify_export(tampered))
+    # DSP GET on both sides agrees.
+    r = httpx.get(
+        f"{provider.dsp}/negotiations/{done['providerPid']}", headers={"X-Test-Caller": consumer.did}
+    )
+    assert r.json()["state"] == "FINALIZED"
+    r = httpx.get(
+        f"{consumer.dsp}/negotiations/{done['consumerPid']}", headers={"X-Test-Caller": provider.did}
+    )
+    assert r.json()["state"] == "FINALIZED"
+
+
+def test_unsigned_provider_still_interoperates(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider = make_node(
+        "provider",
+        db_urls(),
+        keys=keys,
+        offers=FakeOffers({OFFER_ID: ("ds-carbon", OPEN_POLICY)}),
+        sign=False,
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys)
+    nodes.append(consumer)
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    assert done["signedBy"] == ["consumer"]
+    exported = consumer.manager.export(done["id"])
+    assert exported["signedBy"] == "one party"
+
+
+def test_policy_denial_terminates_with_the_engines_explanation(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, MEMBERS_ONLY)
+    started = _start(consumer, provider, MEMBERS_ONLY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "TERMINATED"
+    assert "contract policy denied" in done["errorDetail"]
+    assert "Membership" in done["errorDetail"] or "permission[0]" in done["errorDetail"]
+
+
+def test_policy_permits_a_member(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, MEMBERS_ONLY)
+    CLAIMS[consumer.did] = {"memberships": ["catena-x"]}
+    started = _start(consumer, provider, MEMBERS_ONLY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+
+
+def test_requesting_more_than_offered_is_refused(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, MEMBERS_ONLY)
+    CLAIMS[consumer.did] = {"memberships": ["catena-x"]}
+    started = _start(consumer, provider, OPEN_POLICY)  # drops the constraint: asks for more
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "TERMINATED"
+    assert "not within the offer" in done["errorDetail"]
+
+
+def test_manual_approval(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY, config={"manual_approval": True})
+    started = _start(consumer, provider, OPEN_POLICY)
+    consumer.wait_state(started["id"], {"REQUESTED"})
+    pending = provider.manager.list_negotiations(role="provider")[0]
+    assert pending["pending"] and pending["state"] == "REQUESTED"
+    with provider.mgmt() as c:
+        assert c.post(f"/negotiations/{pending['id']}/approve").status_code == 200
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+
+
+def test_unknown_offer_is_a_400_with_reason(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    body = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": "urn:uuid:c1",
+        "offer": {"@id": "nope:ds:1", "@type": "Offer", "target": "ds", "permission": [{"action": "use"}]},
+        "callbackAddress": consumer.dsp,
+    }
+    r = httpx.post(f"{provider.dsp}/negotiations/request", json=body, headers={"X-Test-Caller": consumer.did})
+    assert r.status_code == 400
+    err = r.json()
+    assert err["@type"] == "ContractNegotiationError" and any("nope:ds:1" in x for x in err["reason"])
+
+
+def test_peer_down_terminates_with_reason(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    consumer = make_node("consumer", db_urls(), keys=keys)
+    nodes.append(consumer)
+    view = consumer.manager.start_negotiation(
+        "http://127.0.0.1:9/dsp", offer={"@id": OFFER_ID, "target": "ds-carbon", **OPEN_POLICY}
+    )
+    done = consumer.wait_state(view["id"], {"TERMINATED"})
+    assert "could not deliver ContractRequestMessage" in done["errorDetail"]
+    assert "gave up after 3 attempts" in done["errorDetail"] and "cannot reach" in done["errorDetail"]
+
+
+def test_state_timeout_terminates(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY, config={"manual_approval": True})
+    consumer.manager.config.state_timeout_s = 0.5
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"TERMINATED"})
+    assert "timed out in state REQUESTED" in done["errorDetail"]
+    # The provider was told.
+    prov = provider.manager.list_negotiations(role="provider")[0]
+    prov = provider.wait_state(prov["id"], {"TERMINATED"})
+    assert "terminated by the counter-party" in prov["errorDetail"]
