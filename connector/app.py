@@ -28,6 +28,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from connector._dsp_client import DspClient
+from connector._remote_api import remote_catalog_router
 from connector.api import (
     ApiKeyAuth,
     BodyLimitMiddleware,
@@ -124,6 +126,8 @@ def create_app(
         ),
         prefix=settings.management_path,
     )
+    dsp_client = DspClient(auth_for=getattr(rt.identity, "auth_for", None))
+    app.include_router(remote_catalog_router(dsp_client, auth.require_read), prefix=settings.management_path)
     oauth_router = _oauth_router(auth)
     if oauth_router is not None:
         app.include_router(oauth_router, prefix=settings.management_path)

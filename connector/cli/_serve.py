@@ -6,7 +6,7 @@ import typer
 
 from connector.errors import DadamError
 
-__all__ = ["db_app", "serve"]
+__all__ = ["db_app", "demo", "serve"]
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 
@@ -53,3 +53,12 @@ def migrate_cmd() -> None:
         raise typer.Exit(1) from None
     engine.dispose()
     typer.echo(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+
+
+def demo(
+    serve: bool = typer.Option(False, "--serve", help="Keep both connectors running until Ctrl-C."),
+) -> None:
+    """Two connectors on loopback: publish, discover over DSP, and more (see the README)."""
+    from connector._demo import run_demo
+
+    raise typer.Exit(run_demo(serve=serve))

@@ -1,0 +1,262 @@
+"""``dadam demo``: two connectors on loopback, a provider and a consumer, driven end to end.
+
+Each connector is a real ``dadam serve`` process with its own data directory and SQLite database,
+so the demo exercises exactly what a user runs. Steps print as they happen; on any failure the
+demo names the step, shows the tail of the failing connector's log and exits 1. It always stops
+the processes it started (by pid), unless ``--serve`` asks to keep them running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from connector.settings import did_web_for_url
+
+__all__ = ["DemoError", "Node", "free_port", "run_demo", "start_node", "stop_node"]
+
+API_KEY = "demo-api-key-not-for-production"
+console = Console()
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which and why."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Node:
+    """One connector process."""
+
+    name: str
+    port: int
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dsp_url(self) -> str:
+        return self.base_url + "/api/dsp/2025-1"
+
+    @property
+    def mgmt_url(self) -> str:
+        return self.base_url + "/api/management/v1"
+
+    @property
+    def did(self) -> str:
+        return did_web_for_url(self.base_url)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "connector.log"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.mgmt_url, headers={"X-Api-Key": API_KEY}, timeout=60.0)
+
+
+def start_node(
+    name: str, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None
+) -> Node:
+    """Start ``dadam serve`` for a connector named ``name`` (returns at once; see :func:`wait_ready`)."""
+    node = Node(name=name, port=port or free_port(), data_dir=data_dir, env=dict(env or {}))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("DADAM_")}
+    child_env.update(
+        {
+            "DADAM_PUBLIC_URL": node.base_url,
+            "DADAM_HOST": "127.0.0.1",
+            "DADAM_PORT": str(node.port),
+            "DADAM_DATA_DIR": str(data_dir),
+            "DADAM_API_KEY": API_KEY,
+            "DADAM_DID_WEB_ALLOW_HTTP": "true",
+        }
+    )
+    child_env.update(node.env)
+    log = node.log_path.open("wb")
+    node.proc = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "serve", "--log-level", "warning"],
+        env=child_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data_dir,
+    )
+    log.close()
+    return node
+
+
+def wait_ready(node: Node, timeout: float = 60.0) -> None:
+    """Wait until the connector answers its version endpoint; fail with its log if it died."""
+    deadline = time.monotonic() + timeout
+    url = node.base_url + "/.well-known/dspace-version"
+    while time.monotonic() < deadline:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise DemoError(f"{node.name} exited with code {node.proc.returncode}:\n{node.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise DemoError(f"{node.name} did not become ready within {timeout:.0f} s:\n{node.log_tail()}")
+
+
+def stop_node(node: Node, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
+    proc = node.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def _check(resp: httpx.Response, what: str) -> Any:
+    if resp.status_code >= 400:
+        raise DemoError(f"{what} failed with {resp.status_code}: {resp.text[:1000]}")
+    return resp.json() if resp.content else None
+
+
+def seed_provider(node: Node) -> int:
+    """Publish the sample policies, datasets and contract definitions through the management API."""
+    from catalog.samples import sample_contract_definitions, sample_datasets, sample_policies
+
+    count = 0
+    with node.client() as c:
+        for p in sample_policies():
+            _check(
+                c.post("/policies", json=p.model_dump(mode="json", by_alias=True)), f"create policy {p.id}"
+            )
+        for d in sample_datasets():
+            _check(
+                c.post("/datasets", json=d.model_dump(mode="json", by_alias=True)), f"create dataset {d.id}"
+            )
+            count += 1
+        for cd in sample_contract_definitions():
+            _check(
+                c.post("/contract-definitions", json=cd.model_dump(mode="json", by_alias=True)),
+                f"create contract definition {cd.id}",
+            )
+    return count
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return str(value.get("@value") or value.get("@id") or "")
+    return "" if value is None else str(value)
+
+
+def fetch_catalog(consumer: Node, provider: Node) -> dict[str, Any]:
+    """The consumer asks, through its own management API, for the provider's whole catalog over DSP."""
+    with consumer.client() as c:
+        body: dict[str, Any] = _check(
+            c.post(
+                "/catalog/request",
+                json={
+                    "counterPartyAddress": provider.dsp_url,
+                    "counterPartyId": provider.did,
+                    "allPages": True,
+                },
+            ),
+            "catalog request",
+        )
+    return body
+
+
+def print_catalog(catalog: dict[str, Any]) -> None:
+    table = Table(title=f"Catalog of {catalog.get('participantId')}", show_lines=False)
+    for col in ("dataset", "title", "conforms to", "offers", "formats"):
+        table.add_column(col)
+    for ds in catalog.get("dataset", []):
+        offers = ", ".join(o.get("@id", "?") for o in ds.get("hasPolicy", []))
+        formats = ", ".join(_text(d.get("format")) for d in ds.get("distribution", []))
+        table.add_row(
+            ds.get("@id", "?"), _text(ds.get("dct:title")), _text(ds.get("dct:conformsTo")), offers, formats
+        )
+    console.print(table)
+
+
+def _pid(node: Node) -> int:
+    return node.proc.pid if node.proc is not None else -1
+
+
+@contextlib.contextmanager
+def _nodes(root: Path) -> Iterator[tuple[Node, Node]]:
+    provider = start_node("provider", root / "provider")
+    consumer = start_node("consumer", root / "consumer")
+    try:
+        yield provider, consumer
+    finally:
+        stop_node(consumer)
+        stop_node(provider)
+
+
+def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
+    """Run the demo; 0 when every step succeeded."""
+    with contextlib.ExitStack() as stack:
+        root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dadam-demo-")))
+        started = time.monotonic()
+        try:
+            with _nodes(root) as (provider, consumer):
+                console.print(
+                    f"[bold]1[/] starting provider {provider.did} (pid {_pid(provider)}) "
+                    f"and consumer {consumer.did} (pid {_pid(consumer)})"
+                )
+                wait_ready(provider)
+                wait_ready(consumer)
+                n = seed_provider(provider)
+                console.print(
+                    f"[bold]2[/] provider published {n} datasets with policies and contract definitions"
+                )
+                catalog = fetch_catalog(consumer, provider)
+                console.print(
+                    f"[bold]3[/] consumer fetched the provider's catalog over DSP "
+                    f"({len(catalog.get('dataset', []))} datasets visible to it)"
+                )
+                print_catalog(catalog)
+                if serve:
+                    console.print(
+                        f"serving: provider {provider.base_url}, consumer {consumer.base_url} "
+                        f"(X-Api-Key: {API_KEY}); Ctrl-C to stop"
+                    )
+                    with contextlib.suppress(KeyboardInterrupt):
+                        while all(n.proc is not None and n.proc.poll() is None for n in (provider, consumer)):
+                            time.sleep(0.5)
+        except DemoError as exc:
+            console.print(f"[red]demo failed:[/] {exc}")
+            return 1
+        console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/]; connectors stopped")
+    return 0

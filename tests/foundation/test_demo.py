@@ -1,0 +1,31 @@
+"""`make demo` runs `dadam demo`: it must succeed end to end and leave nothing running."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(tmp_path)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "consumer fetched the provider's catalog over DSP" in out
+    assert "bom-brake-assembly-as-built" in out
+    assert "connectors stopped" in out
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
+    assert len(pids) == 2, out
+    for pid in pids:  # both connector processes are gone (stopped and reaped by the demo)
+        assert not Path(f"/proc/{pid}").exists(), f"connector pid {pid} still running"
