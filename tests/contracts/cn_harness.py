@@ -184,3 +184,46 @@ def make_node(
     assert server.started, "server did not start"
     manager.start()
     return Node(name, did, url, engine, manager, signer, server, thread, app)
+
+
+# --- official DSP 2025-1 schemas ----------------------------------------------------------------
+
+CN_SCHEMAS = {
+    "ContractRequestMessage": "negotiation/contract-request-message-schema.json",
+    "ContractOfferMessage": "negotiation/contract-offer-message-schema.json",
+    "ContractAgreementMessage": "negotiation/contract-agreement-message-schema.json",
+    "ContractAgreementVerificationMessage": "negotiation/contract-agreement-verification-message-schema.json",
+    "ContractNegotiationEventMessage": "negotiation/contract-negotiation-event-message-schema.json",
+    "ContractNegotiationTerminationMessage": "negotiation/contract-negotiation-termination-message-schema.json",
+    "ContractNegotiation": "negotiation/contract-negotiation-schema.json",
+    "ContractNegotiationError": "negotiation/contract-negotiation-error-schema.json",
+}
+
+
+def _load_schema(path: Path) -> dict[str, Any]:
+    import json
+
+    doc: dict[str, Any] = json.loads(
+        path.read_text(encoding="utf-8").replace("#definitions/", "#/definitions/")
+    )
+    return doc
+
+
+_REGISTRY: Any = None
+
+
+def schema_errors(body: Any) -> list[str]:
+    """Violations of ``body`` against the official schema registered for its ``@type`` (TCK rule)."""
+    global _REGISTRY
+    from jsonschema import Draft201909Validator
+    from referencing import Registry, Resource
+
+    if _REGISTRY is None:
+        docs = [_load_schema(p) for p in (SPEC / "dsp").glob("*/*-schema.json")]
+        _REGISTRY = Registry().with_resources([(d["$id"], Resource.from_contents(d)) for d in docs])
+    if not isinstance(body, dict) or not isinstance(body.get("@type"), str):
+        return ["body has no string @type"]
+    if body["@type"] not in CN_SCHEMAS:
+        return [f"no schema registered for {body['@type']!r}"]
+    v = Draft201909Validator(_load_schema(SPEC / "dsp" / CN_SCHEMAS[body["@type"]]), registry=_REGISTRY)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(body)]
