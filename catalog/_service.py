@@ -85,6 +85,16 @@ def split_offer_id(offer_id: str) -> tuple[str, str, str]:
     return offer_id[:first], offer_id[first + 1 : last], offer_id[last + 1 :]
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A dataset as of its last write, with its serialised fragments (built lazily, kept across snapshots)."""
+
+    revision: int
+    dataset: Dataset
+    head: bytes | None = None
+    distribution: bytes | None = None
+
+
 @dataclass
 class _Snapshot:
     revision: int
@@ -98,7 +108,7 @@ class _Snapshot:
     #: contract definition id -> b'"@type":"Offer",...' (the offer without its @id), and the tag
     offer_tail: dict[str, bytes]
     tags: dict[str, str]
-    heads: list[bytes | None]
+    entries: list[_Entry]
     assembled: dict[tuple[int, tuple[str, ...]], bytes] = field(default_factory=dict)
     visible: OrderedDict[tuple[frozenset[str], CatalogFilter], list[tuple[int, tuple[str, ...]]]] = field(
         default_factory=OrderedDict
@@ -131,7 +141,7 @@ class CatalogService:
         self.service = _dsp.data_service(f"{participant_id}#dsp-2025-1", self.dsp_base_url)
         self._lock = threading.Lock()
         self._snap: _Snapshot | None = None
-        self._prev_heads: dict[str, tuple[Dataset, bytes]] = {}
+        self._entries: dict[str, _Entry] = {}
         self._catalog_prefix = _inner(
             {
                 "@context": _dsp.CONTEXT,
@@ -158,8 +168,30 @@ class CatalogService:
             self._snap = snap
             return snap
 
+    def _load_entries(self) -> list[_Entry]:
+        """Every dataset, reusing cached entries whose revision did not change (incremental reload)."""
+        revisions = self.store.dataset_revisions()
+        cached = self._entries
+        stale = [i for i, r in revisions if (e := cached.get(i)) is None or e.revision != r]
+        loaded: dict[str, tuple[int, Dataset]] = {}
+        if stale:
+            whole = len(stale) > len(revisions) // 2
+            loaded = self.store.datasets_with_revisions(None if whole else stale)
+        entries: dict[str, _Entry] = {}
+        for ds_id, r in revisions:
+            entry = cached.get(ds_id)
+            if entry is None or entry.revision != r:
+                got = loaded.get(ds_id)
+                if got is None:  # deleted between the two reads; the next revision check reloads
+                    continue
+                entry = _Entry(got[0], got[1])
+            entries[ds_id] = entry
+        self._entries = entries
+        return list(entries.values())
+
     def _build(self, rev: int) -> _Snapshot:
-        datasets = self.store.all_datasets()
+        entries = self._load_entries()
+        datasets = [e.dataset for e in entries]
         definitions = self.store.all_contract_definitions()
         needed = {cd.access_policy_id for cd in definitions} | {cd.contract_policy_id for cd in definitions}
         policies = self.store.policies_by_id(sorted(needed))
@@ -179,26 +211,23 @@ class CatalogService:
             policy = policies[cd.contract_policy_id].policy
             tags[cd.id] = _dsp.policy_tag(policy)
             offer_tail[cd.id] = _inner(_dsp.offer("", policy, self.participant_id))[len(b'"@id":"",') :]
-        # keep serialised heads of unchanged datasets across rebuilds
-        heads: list[bytes | None] = []
-        for ds in datasets:
-            prev = self._prev_heads.get(ds.id)
-            heads.append(prev[1] if prev is not None and prev[0] == ds else None)
-        self._prev_heads = {k: v for k, v in self._prev_heads.items() if k in index}
         selected_sets = {k: frozenset(v) for k, v in selected.items()}
         return _Snapshot(
-            rev, datasets, index, definitions, policies, selected, selected_sets, offer_tail, tags, heads
+            rev, datasets, index, definitions, policies, selected, selected_sets, offer_tail, tags, entries
         )
 
     # ------------------------------------------------------------------ fragments
     def _head(self, snap: _Snapshot, i: int) -> bytes:
-        head = snap.heads[i]
-        if head is None:
-            ds = snap.datasets[i]
-            head = _inner(_dsp.dataset_head(ds))
-            snap.heads[i] = head
-            self._prev_heads[ds.id] = (ds, head)
-        return head
+        entry = snap.entries[i]
+        if entry.head is None:
+            entry.head = _inner(_dsp.dataset_head(entry.dataset))
+        return entry.head
+
+    def _distribution(self, snap: _Snapshot, i: int) -> bytes:
+        entry = snap.entries[i]
+        if entry.distribution is None:
+            entry.distribution = orjson.dumps(_dsp.distributions(entry.dataset, self.service))
+        return entry.distribution
 
     def offer_id(self, cd: ContractDefinition, dataset_id: str, policy: Mapping[str, Any]) -> str:
         """The offer id of ``dataset_id`` under ``cd`` with contract policy ``policy``."""
@@ -214,7 +243,7 @@ class CatalogService:
             b'{"@id":' + orjson.dumps(f"{cd}:{ds.id}:{snap.tags[cd]}") + b"," + snap.offer_tail[cd] + b"}"
             for cd in cds
         )
-        dist = orjson.dumps(_dsp.distributions(ds, self.service))
+        dist = self._distribution(snap, i)
         body = b"{" + self._head(snap, i) + b',"hasPolicy":[' + offers + b'],"distribution":' + dist + b"}"
         snap.assembled[key] = body
         return body

@@ -81,8 +81,10 @@ class CatalogStore:
         return int(value)
 
     @staticmethod
-    def _bump(conn: Connection) -> None:
+    def _bump(conn: Connection) -> int:
+        """Increment the catalog revision inside the caller's transaction; the new value."""
         conn.execute(sa.update(t.revision).where(t.revision.c.id == 1).values(value=t.revision.c.value + 1))
+        return int(conn.execute(sa.select(t.revision.c.value).where(t.revision.c.id == 1)).scalar_one())
 
     # ------------------------------------------------------------------ datasets
     @staticmethod
@@ -136,11 +138,18 @@ class CatalogStore:
         now = _now()
         try:
             with self.engine.begin() as conn:
+                rev = self._bump(conn)
                 if items:
                     conn.execute(
                         sa.insert(t.datasets),
                         [
-                            {"id": d.id, "created_at": now, "updated_at": now, **self._dataset_row(d)}
+                            {
+                                "id": d.id,
+                                "revision": rev,
+                                "created_at": now,
+                                "updated_at": now,
+                                **self._dataset_row(d),
+                            }
                             for d in items
                         ],
                     )
@@ -152,7 +161,6 @@ class CatalogStore:
                     ]
                     if terms:
                         conn.execute(sa.insert(t.dataset_terms), terms)
-                self._bump(conn)
         except sa.exc.IntegrityError as exc:
             raise ConflictError(f"a dataset id already exists: {str(exc.orig)[:200]}") from exc
 
@@ -169,15 +177,15 @@ class CatalogStore:
     def update_dataset(self, ds: Dataset) -> Dataset:
         """Replace the stored dataset with the same id; NotFoundError if there is none."""
         with self.engine.begin() as conn:
+            rev = self._bump(conn)
             result = conn.execute(
                 sa.update(t.datasets)
                 .where(t.datasets.c.id == ds.id)
-                .values(updated_at=_now(), **self._dataset_row(ds))
+                .values(revision=rev, updated_at=_now(), **self._dataset_row(ds))
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"dataset {ds.id!r} does not exist", context={"datasetId": ds.id})
             self._terms(conn, ds)
-            self._bump(conn)
         return ds
 
     def delete_dataset(self, dataset_id: str) -> None:
@@ -231,6 +239,34 @@ class CatalogStore:
             ).all()
             conn.rollback()
         return Page([self._load_dataset(r.body, r.data_address) for r in rows], int(total), offset, limit)
+
+    def dataset_revisions(self) -> list[tuple[str, int]]:
+        """``(id, revision of its last write)`` of every dataset, ordered by id (cheap: no bodies)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.datasets.c.id, t.datasets.c.revision).order_by(t.datasets.c.id)
+            ).all()
+            conn.rollback()
+        return [(r.id, int(r.revision)) for r in rows]
+
+    def datasets_with_revisions(self, ids: Sequence[str] | None = None) -> dict[str, tuple[int, Dataset]]:
+        """``id -> (revision, Dataset)`` for ``ids`` (all datasets when None); unknown ids are absent."""
+        cols = (t.datasets.c.id, t.datasets.c.revision, t.datasets.c.body, t.datasets.c.data_address)
+        out: dict[str, tuple[int, Dataset]] = {}
+        with self.engine.connect() as conn:
+            if ids is None:
+                batches: list[sa.Select[tuple[str, int, str, str]]] = [sa.select(*cols)]
+            else:
+                unique = sorted(set(ids))
+                batches = [
+                    sa.select(*cols).where(t.datasets.c.id.in_(unique[i : i + 500]))
+                    for i in range(0, len(unique), 500)
+                ]
+            for query in batches:
+                for r in conn.execute(query):
+                    out[r.id] = (int(r.revision), self._load_dataset(r.body, r.data_address))
+            conn.rollback()
+        return out
 
     def all_datasets(self) -> list[Dataset]:
         """Every dataset, ordered by id (the catalog service's cache rebuild)."""

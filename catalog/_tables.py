@@ -22,6 +22,8 @@ datasets = sa.Table(
     sa.Column("title", sa.String(500), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("data_address", sa.Text, nullable=False),
+    #: the catalog revision of the dataset's last write (incremental reloads; migration v0002)
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -216,6 +216,11 @@ def test_writes_from_another_process_are_seen(seeded: CatalogStore, db_url: str)
             )
         )
         assert _ids(svc.catalog(ALICE).to_dict()) == ["bom-2"]
+        edited = other.get_dataset("bom-2").model_copy(update={"title": "Edited elsewhere"})
+        other.update_dataset(edited)  # an incremental reload picks up just this row
+        assert svc.catalog(ALICE).to_dict()["dataset"][0]["dct:title"] == "Edited elsewhere"
+        other.delete_dataset("bom-2")
+        assert svc.catalog(ALICE).total == 0
     finally:
         other_engine.dispose()
 
