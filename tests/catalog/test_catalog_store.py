@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from catalog import (
     CatalogStore,
@@ -154,3 +155,15 @@ def test_every_write_bumps_the_revision(store: CatalogStore) -> None:
     bumped()
     store.delete_dataset("ds-001")
     bumped()
+
+
+def test_migrations_match_the_table_definitions(engine: sa.Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from connector.store import metadata
+
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    ours = [d for d in diffs if "catalog_" in repr(d)]
+    assert ours == []
