@@ -571,7 +571,8 @@ def _eval_duty(cr: _CompiledRule, ctx: EvaluationContext, scope: Scope, acc: _Ac
                 state=state.value,
                 deadline=deadline,
                 within=within,
-                terms=tuple(c.to_json() for c in _atoms(cr.rule.action.refinement if cr.rule.action else ())),
+                terms=tuple(c.to_json() for c in _atoms(cr.rule.action.refinement if cr.rule.action else ()))
+                + tuple(c.to_json() for c in cr.rule.constraints),
             )
         )
     ok = state is not DutyState.VIOLATED

@@ -24,6 +24,7 @@ _LIST_PROPS = frozenset(
     {"permission", "prohibition", "obligation", "duty", "remedy", "consequence", "constraint", "refinement"}
 )
 _LOGICAL = frozenset({"and", "or", "xone", "andSequence"})
+_LIST_OPERATORS = frozenset({"isAnyOf", "isAllOf", "isNoneOf"})
 
 
 def is_expanded(data: Any) -> bool:
@@ -103,6 +104,13 @@ def _node(node: Mapping[str, Any]) -> dict[str, Any]:
         else:
             vals = [_value(v) for v in items]
             out[name] = vals[0] if len(vals) == 1 else vals
+    # JSON-LD drops the array around a single value; list operators always take a list
+    if (
+        out.get("operator") in _LIST_OPERATORS
+        and "rightOperand" in out
+        and not isinstance(out["rightOperand"], list)
+    ):
+        out["rightOperand"] = [out["rightOperand"]]
     return out
 
 

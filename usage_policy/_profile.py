@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.errors import PolicyError
-from usage_policy._model import Constraint, ConstraintNode, LogicalConstraint, Policy, Rule, parse_policy
+from usage_policy._expanded import is_expanded, to_compact
+from usage_policy._model import Policy, Rule, parse_policy
 from usage_policy._terms import CX, CX_LEGACY, ODRL
 
 __all__ = ["CX_PROFILE", "validate_cx_constraint", "validate_policy"]
@@ -236,8 +237,14 @@ def validate_cx_constraint(data: Mapping[str, Any], placement: str | None = None
         problems.append(f"{name}: operator {op!r} not allowed (allowed: {', '.join(sorted(term.operators))})")
     right = data["rightOperand"]
     if not isinstance(right, str | list | dict):
+        conflict = (
+            "; CX-0152 wants an integer here and DSP forbids one, so no value satisfies both"
+            if term.right is _integer
+            else ""
+        )
         problems.append(
             f"{name}: rightOperand {right!r} must be a string, object or array (DSP 2025-1 AtomicConstraint)"
+            + conflict
         )
     problem = term.right(right)
     if problem:
@@ -298,20 +305,12 @@ def _placement(rule: Rule, kind: str) -> str:
     return kind
 
 
-def _atoms(nodes: tuple[ConstraintNode, ...]) -> list[Constraint]:
-    out: list[Constraint] = []
-    for n in nodes:
-        if isinstance(n, LogicalConstraint):
-            out.extend(_atoms(n.operands))
-        else:
-            out.append(n)
-    return out
-
-
 def validate_policy(data: Mapping[str, Any]) -> Policy:
     """Parse ``data`` and enforce the Catena-X profile; raise :class:`PolicyError` listing every
     problem (each names the rule path and the offending constraint)."""
     problems: list[str] = []
+    if is_expanded(data):
+        data = to_compact(data)
     if isinstance(data, Mapping):
         ptype = data.get("@type")
         if ptype not in ("Set", "Offer", "Agreement", "odrl:Set", "odrl:Offer", "odrl:Agreement"):
@@ -336,7 +335,7 @@ def validate_policy(data: Mapping[str, Any]) -> Policy:
     ):
         for i, rule in enumerate(rules):
             path = f"{key}[{i}]"
-            raw_rule = raw_rules.get(key, [None] * (i + 1))[i]
+            raw_rule = raw_rules[key][i]
             if rule.action is not None and rule.action.name.iri not in allowed_actions:
                 problems.append(f"{path}.action: {rule.action.name.name!r} is not 'use' or 'access'")
             if key != "permission" and rule.action is not None and rule.action.name.iri != ODRL + "use":
@@ -358,13 +357,6 @@ def validate_policy(data: Mapping[str, Any]) -> Policy:
                                 f"{term.exclusive_group}; use only one"
                             )
                         groups[term.exclusive_group] = name
-            if raw_rule is None:  # expanded input: check the parsed constraints
-                for j, atom in enumerate(_atoms(rule.constraints)):
-                    for problem in validate_cx_constraint(
-                        atom.to_json() | {"leftOperand": atom.left.iri}, placement
-                    ):
-                        problems.append(f"{path}.constraint[{j}]: {problem}")
-                    names.append(_cx_name(atom.left.iri) or "")
             if placement == USE:
                 for required in ("FrameworkAgreement", "UsagePurpose"):
                     if required not in names:

@@ -5,6 +5,7 @@ constraint JSON schemas."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,46 @@ def test_every_profile_term_has_a_schema() -> None:
             if left:
                 schema_terms.add(left)
     assert schema_terms == set(CX_PROFILE)
+
+
+def test_duration_terms_explain_the_schema_conflict() -> None:
+    problems = validate_cx_constraint(
+        _load(CX / "samples" / "data-usage-end-duration-days-constraint-sample.json")
+    )
+    assert any("no value satisfies both" in p for p in problems)
+
+
+def test_expanded_policy_is_validated_too() -> None:
+    from usage_policy import templates
+    from vocab import expand
+
+    dsp = templates.cx_pcf_usage_policy("urn:p:1").to_dsp()
+    expanded = expand(
+        {
+            "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+            "@type": "ContractOfferMessage",
+            "providerPid": "a",
+            "consumerPid": "b",
+            "offer": {**dsp, "@type": "Offer"},
+        }
+    )
+    offer = expanded[0]["https://w3id.org/dspace/2025/1/offer"][0]
+    assert validate_policy(offer).permissions
+    offer_bad = json.loads(json.dumps(offer).replace("DataExchangeGovernance:1.0", "Pcf:1.0"))
+    with pytest.raises(
+        PolicyError, match=re.escape("FrameworkAgreement: rightOperand must be 'DataExchangeGovernance:1.0'")
+    ):
+        validate_policy(offer_bad)
+
+
+def test_catena_x_obligation_is_recorded_with_its_terms() -> None:
+    from usage_policy import EvaluationContext, Scope, evaluate
+
+    policy = validate_policy(_load(CX / "samples" / "usage-policy-individual-constraints-sample.json"))
+    ctx = EvaluationContext(
+        framework_agreements=frozenset({"DataExchangeGovernance:1.0"}), purpose="cx.pcf.base:1"
+    )
+    decision = evaluate(policy, Scope.NEGOTIATION, ctx)
+    assert decision.permitted, decision.reasons()
+    (obligation,) = decision.obligations
+    assert obligation.terms[0]["and"][0]["leftOperand"] == "DataProvisioningEndDate"
