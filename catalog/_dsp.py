@@ -33,6 +33,18 @@ CONTEXT: list[str] = [DSP_CONTEXT]
 IANA_MEDIA_TYPES = "https://www.iana.org/assignments/media-types/"
 
 _RULE_KEYS = ("permission", "prohibition", "obligation")
+# IRIs used per dataset, resolved once (Namespace attribute access builds a new string each time)
+_FOAF_AGENT, _FOAF_NAME = FOAF.Agent, FOAF.name
+_SKOS_CONCEPT, _SKOS_PREF_LABEL, _SKOS_IN_SCHEME = SKOS.Concept, SKOS.prefLabel, SKOS.inScheme
+_ADMS_SAMPLE = ADMS.sample
+_DQV_MEASUREMENT, _DQV_OF, _DQV_VALUE, _DQV_HAS = (
+    DQV.QualityMeasurement,
+    DQV.isMeasurementOf,
+    DQV.value,
+    DQV.hasQualityMeasurement,
+)
+_PURPOSE, _USAGE_NOTE = DADAM_NS + "purpose", DADAM_NS + "usageNote"
+_SCHEME_REF = {"@id": CATEGORY_SCHEME}
 
 
 def _dt(value: datetime) -> dict[str, str]:
@@ -44,7 +56,7 @@ def _d(value: date) -> dict[str, str]:
 
 
 def _agent(a: Agent) -> dict[str, Any]:
-    return {"@id": a.id, "@type": FOAF.Agent, FOAF.name: a.name}
+    return {"@id": a.id, "@type": _FOAF_AGENT, _FOAF_NAME: a.name}
 
 
 def dataset_head(ds: Dataset) -> dict[str, Any]:
@@ -59,9 +71,9 @@ def dataset_head(ds: Dataset) -> dict[str, Any]:
         d["dcat:keyword"] = list(ds.keywords)
     d["dcat:theme"] = {
         "@id": category_iri(ds.category),
-        "@type": SKOS.Concept,
-        SKOS.prefLabel: ds.category.value,
-        SKOS.inScheme: {"@id": CATEGORY_SCHEME},
+        "@type": _SKOS_CONCEPT,
+        _SKOS_PREF_LABEL: ds.category.value,
+        _SKOS_IN_SCHEME: _SCHEME_REF,
     }
     if ds.type:
         d["dct:type"] = {"@id": ds.type}
@@ -90,9 +102,9 @@ def dataset_head(ds: Dataset) -> dict[str, Any]:
     if ds.version:
         d["dcat:version"] = ds.version
     if ds.purpose:
-        d[DADAM_NS + "purpose"] = ds.purpose
+        d[_PURPOSE] = ds.purpose
     if ds.usage_notes:
-        d[DADAM_NS + "usageNote"] = ds.usage_notes
+        d[_USAGE_NOTE] = ds.usage_notes
     if ds.related:
         d["dct:relation"] = [{"@id": r} for r in ds.related]
     if ds.samples:
@@ -104,19 +116,19 @@ def dataset_head(ds: Dataset) -> dict[str, Any]:
             if s.url:
                 sample["dcat:downloadURL"] = {"@id": s.url}
             samples.append(sample)
-        d[ADMS.sample] = samples
+        d[_ADMS_SAMPLE] = samples
     if ds.quality:
         measures = []
         for q in ds.quality:
             m: dict[str, Any] = {
-                "@type": DQV.QualityMeasurement,
-                DQV.isMeasurementOf: {"@id": q.metric},
-                DQV.value: q.value,
+                "@type": _DQV_MEASUREMENT,
+                _DQV_OF: {"@id": q.metric},
+                _DQV_VALUE: q.value,
             }
             if q.computed_on:
                 m["dct:date"] = _d(q.computed_on)
             measures.append(m)
-        d[DQV.hasQualityMeasurement] = measures
+        d[_DQV_HAS] = measures
     return d
 
 
