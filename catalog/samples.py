@@ -40,6 +40,8 @@ __all__ = [
     "sample_datasets",
     "sample_policies",
     "seed_samples",
+    "seed_tck",
+    "tck_dataset_ids",
 ]
 
 CX = "https://w3id.org/catenax/2025/9/policy/"
@@ -246,5 +248,46 @@ def seed_samples(store: CatalogStore) -> None:
         with contextlib.suppress(ConflictError):
             store.create_dataset(ds)
     for cd in sample_contract_definitions():
+        with contextlib.suppress(ConflictError):
+            store.create_contract_definition(cd)
+
+
+def tck_dataset_ids() -> list[str]:
+    """Dataset ids the DSP TCK's sample configuration expects (CAT:01-01/02, CN:01-01 … CN:03-04)."""
+    cn = [f"ACN01{i:02d}" for i in range(1, 5)] + [f"ACN02{i:02d}" for i in range(1, 8)]
+    cn += [f"ACN03{i:02d}" for i in range(1, 5)]
+    return ["CAT0101", "CAT0102", *cn]
+
+
+def seed_tck(store: CatalogStore) -> None:
+    """Seed what the DSP TCK provider tests need: datasets CAT0101, CAT0102 and ACN0xyz (CAT0103 must
+    not exist), open policies, and contract definition ``CD123`` offering the ACN datasets with
+    ``accept_any_offer_tag`` so the TCK's fixed offer ids ``CD123:ACN0xyz:456`` resolve (decision 0101).
+    Existing ids are left alone.
+    """
+    template = sample_datasets()[2]
+    with contextlib.suppress(ConflictError):
+        store.create_policy(PolicyDefinition(id="tck-open", policy={"permission": [{"action": "use"}]}))
+    for ds_id in tck_dataset_ids():
+        with contextlib.suppress(ConflictError):
+            store.create_dataset(
+                template.model_copy(update={"id": ds_id, "title": f"TCK dataset {ds_id}", "related": []})
+            )
+    definitions = [
+        ContractDefinition(
+            id="tck-catalog",
+            access_policy_id="tck-open",
+            contract_policy_id="tck-open",
+            selector=DatasetSelector(dataset_ids=["CAT0101", "CAT0102"]),
+        ),
+        ContractDefinition(
+            id="CD123",
+            access_policy_id="tck-open",
+            contract_policy_id="tck-open",
+            selector=DatasetSelector(dataset_ids=[i for i in tck_dataset_ids() if i.startswith("ACN")]),
+            accept_any_offer_tag=True,
+        ),
+    ]
+    for cd in definitions:
         with contextlib.suppress(ConflictError):
             store.create_contract_definition(cd)

@@ -11,9 +11,10 @@ from connector_testing import CTX, DSP, TestClient
 
 import vocab
 from catalog import Dataset
-from catalog.samples import sample_datasets
+from catalog.samples import sample_datasets, seed_tck, tck_dataset_ids
 from connector.api import dsp_error_body
 from connector.errors import LocalProtocolError, NotFoundError
+from connector.identity import Caller
 from connector.runtime import Runtime
 from vocab import DCAT
 
@@ -205,3 +206,15 @@ def test_dsp_error_bodies_for_negotiation_and_transfer_validate() -> None:
     assert boom["reason"] == ["internal error"] and "secret" not in str(boom)
     with pytest.raises(ValueError, match="unknown DSP area"):
         dsp_error_body("bank", exc)
+
+
+def test_tck_seed_serves_the_tck_catalog_and_offer_ids(client: TestClient, runtime: Runtime) -> None:
+    seed_tck(runtime.catalog_store)
+    seed_tck(runtime.catalog_store)  # idempotent
+    ids = {d["@id"] for d in client.post(f"{DSP}/catalog/request?limit=100", json=REQUEST).json()["dataset"]}
+    assert set(tck_dataset_ids()) <= ids
+    assert "CAT0103" not in ids
+    assert client.get(f"{DSP}/catalog/datasets/CAT0103").status_code == 404
+    resolved = runtime.catalog.resolve_offer("CD123:ACN0304:456", Caller(did="did:web:tck"))
+    assert resolved.dataset.id == "ACN0304"
+    assert resolved.offer_policy_json["@id"] == "CD123:ACN0304:456"
