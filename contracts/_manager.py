@@ -544,8 +544,8 @@ class NegotiationManager:
             record_received(conn, KIND, pid, msg.id, digest)
             tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
             row = self._set(conn, row, tr.state, fx)
-            row = self._react_provider(conn, row, "request", msg, caller, fx)
-            ack = self._ack(row)
+            ack = self._ack(row)  # the state this message led to, before our reaction
+            self._react_provider(conn, row, "request", msg, caller, fx)
         # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
         # response (the worker's poll picks it up otherwise).
         self._publish(fx, wake=False)
@@ -614,6 +614,7 @@ class NegotiationManager:
             if isinstance(msg, AgreementVerificationMessage):
                 values["consumer_signature"] = msg.signature
             row = self._set(conn, row, tr.state, fx, reason=reason, **values)
+            ack = self._ack(row)  # the state this message led to, before our reaction
             if role is Role.PROVIDER:
                 trigger = {
                     Event.RECV_COUNTER_REQUEST: "counter",
@@ -626,7 +627,6 @@ class NegotiationManager:
                 trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
                 if trigger:
                     row = self._react_consumer(conn, row, trigger, msg, fx)
-            ack = self._ack(row)
         # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
         # response (the worker's poll picks it up otherwise).
         self._publish(fx, wake=False)

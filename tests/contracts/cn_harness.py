@@ -10,9 +10,11 @@ tests), so "not yours" and "wrongly addressed" can be tested.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +22,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import orjson
 import sqlalchemy as sa
 import uvicorn
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Request, Response
 
 from connector.api import install_error_handlers
 from connector.identity import Caller
@@ -227,3 +230,75 @@ def schema_errors(body: Any) -> list[str]:
         return [f"no schema registered for {body['@type']!r}"]
     v = Draft201909Validator(_load_schema(SPEC / "dsp" / CN_SCHEMAS[body["@type"]]), registry=_REGISTRY)
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(body)]
+
+
+# --- a scripted TCK counter-party ---------------------------------------------------------------
+
+TCK_DID = "TCK_PARTICIPANT"  # the TCK's participant id, as its token identifies it
+CTX = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+
+
+class Tck:
+    """Plays the DSP TCK's side (dsp-conformance.md §4): records every message the connector
+    under test sends to ``<K>``, checks it against the official schema for its ``@type``,
+    answers 200 (and a ContractNegotiation with its own providerPid for an initial request),
+    and sends TCK-shaped messages to the CUT."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.schema_problems: list[str] = []
+        self.provider_pid = str(uuid.uuid4())
+        app = FastAPI()
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def catch(path: str, request: Request) -> Response:
+            raw = await request.body()
+            body = orjson.loads(raw) if raw else {}
+            problems = schema_errors(body)
+            if problems:
+                self.schema_problems.append(f"/{path}: {problems}")
+            self.received.put(("/" + path, body))
+            if path.rstrip("/") == "negotiations/request":
+                ack = {
+                    "@context": CTX,
+                    "@type": "ContractNegotiation",
+                    "providerPid": self.provider_pid,
+                    "consumerPid": body.get("consumerPid"),
+                    "state": "REQUESTED",
+                }
+                return Response(orjson.dumps(ack), 200, media_type="application/json")
+            return Response(b"", 200)
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.01)
+        self.http = httpx.Client(timeout=10, headers={"X-Test-Caller": TCK_DID})
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def expect(self, type_: str, path_suffix: str, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            path, body = self.received.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the CUT did not send {type_} within {timeout} s") from None
+        assert body.get("@type") == type_, f"expected {type_}, got {body.get('@type')} at {path}"
+        assert path.rstrip("/").endswith(path_suffix), f"{type_} sent to {path}, expected …{path_suffix}"
+        assert not self.schema_problems, self.schema_problems
+        return body
+
+    def nothing_more(self, wait: float = 0.3) -> None:
+        time.sleep(wait)
+        assert self.received.empty(), f"unexpected message: {self.received.get_nowait()}"
+
+    def post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post(url, json={"@context": CTX, "@id": str(uuid.uuid4()), **body})
