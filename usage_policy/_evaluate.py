@@ -475,7 +475,7 @@ def _price_terms(cr: _CompiledRule) -> PriceTerms | None:
         mode = "flat_fee"
     else:
         mode = "lump_sum"
-    payees = cr.rule.extra.get("compensatedParty", ())
+    payees = cr.rule.extra.get("odrl:compensatedParty", cr.rule.extra.get("compensatedParty", ()))
     payees = (payees,) if isinstance(payees, str) else tuple(str(p) for p in payees)
     payer = cr.assignee.uid if cr.assignee is not None else None
     return PriceTerms(cr.rule.uid, mode, payees, payer, amount, currency, unit_of_count, percentage, interval)

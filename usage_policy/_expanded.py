@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connector.errors import PolicyError
-from usage_policy._terms import ODRL, RDF_VALUE, compact_iri
+from usage_policy._terms import ODRL, RDF_VALUE, compact_iri, expand_token
 
 __all__ = ["is_expanded", "to_compact"]
 
@@ -94,10 +94,9 @@ def _node(node: Mapping[str, Any]) -> dict[str, Any]:
                     f"{name}: expected exactly one value, got {len(items)}", context={"path": name}
                 )
             val = _value(items[0])
-            if name == "rdf:value":
-                out[name] = {"@id": compact_iri(val) if isinstance(val, str) else val}
-            else:
-                out[name] = compact_iri(val) if isinstance(val, str) else val
+            # a relative IRI here ("dateTime" under the DSP context) names an ODRL term
+            token = compact_iri(expand_token(val)) if isinstance(val, str) else val
+            out[name] = {"@id": token} if name == "rdf:value" else token
         elif name in _ID_PROPS or name == "rightOperand":
             vals = [_value(v) for v in items]
             out[name] = vals[0] if len(vals) == 1 else vals

@@ -78,15 +78,15 @@ class Constraint:
         out["leftOperand"] = self.left.to_json()
         out["operator"] = self.operator.to_json()
         if self.right_ref is not None:
-            out["rightOperandReference"] = self.right_ref
+            out["odrl:rightOperandReference"] = self.right_ref
         if self.right is not None or self.right_ref is None:
             out["rightOperand"] = self.right
         if self.data_type is not None:
-            out["dataType"] = self.data_type
+            out["odrl:dataType"] = self.data_type
         if self.unit is not None:
-            out["unit"] = self.unit
+            out["odrl:unit"] = self.unit
         if self.status is not None:
-            out["status"] = self.status
+            out["odrl:status"] = self.status
         out.update(self.extra)
         return out
 
@@ -130,11 +130,11 @@ class Ref:
         if self.uid is not None:
             out["@id"] = self.uid
         if self.type is not None:
-            out["@type"] = self.type
+            out["@type"] = self.type if ":" in self.type else "odrl:" + self.type
         if self.source is not None:
-            out["source"] = self.source
+            out["odrl:source"] = self.source
         if self.refinement:
-            out["refinement"] = [c.to_json() for c in self.refinement]
+            out["odrl:refinement"] = [c.to_json() for c in self.refinement]
         out.update(self.extra)
         return out
 
@@ -155,13 +155,13 @@ class Action:
         out: dict[str, Any] = {}
         if self.uid is not None:
             out["@id"] = self.uid
-        out["rdf:value"] = (
+        out[RDF_VALUE] = (
             {"@id": "odrl:" + self.name.iri[len(ODRL) :]}
             if self.name.iri.startswith(ODRL)
             else {"@id": self.name.iri}
         )
         if self.refinement:
-            out["refinement"] = [c.to_json() for c in self.refinement]
+            out["odrl:refinement"] = [c.to_json() for c in self.refinement]
         out.update(self.extra)
         return [out] if self.form == "list" else out
 
@@ -195,8 +195,8 @@ class Rule:
             out["constraint"] = [c.to_json() for c in self.constraints]
         for key, rules in (
             ("duty", self.duties),
-            ("remedy", self.remedies),
-            ("consequence", self.consequences),
+            ("odrl:remedy", self.remedies),
+            ("odrl:consequence", self.consequences),
         ):
             if rules:
                 out[key] = [r.to_json() for r in rules]
@@ -236,9 +236,9 @@ class Policy:
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp
         if self.conflict is not None:
-            out["conflict"] = self.conflict
+            out["odrl:conflict"] = self.conflict
         if self.inherit_from is not None:
-            out["inheritFrom"] = self.inherit_from
+            out["odrl:inheritFrom"] = self.inherit_from
         for key, rules in (
             ("permission", self.permissions),
             ("prohibition", self.prohibitions),
@@ -260,6 +260,36 @@ class Policy:
 
 # ---------------------------------------------------------------------------------------------
 # Parser
+
+
+_POLICY_KEYS = frozenset(
+    {
+        "target",
+        "assigner",
+        "assignee",
+        "permission",
+        "prohibition",
+        "obligation",
+        "profile",
+        "conflict",
+        "inheritFrom",
+        "uid",
+    }
+)
+_RULE_KEYS = frozenset(
+    {"action", "target", "assigner", "assignee", "constraint", "duty", "remedy", "consequence", "uid"}
+)
+_CONSTRAINT_KEYS = frozenset(
+    {"leftOperand", "operator", "rightOperand", "rightOperandReference", "dataType", "unit", "status", "uid"}
+    | set(LOGICAL_OPERATORS)
+)
+_REF_KEYS = frozenset({"source", "refinement", "uid"})
+_ACTION_KEYS = frozenset({"refinement", "value", "uid"})
+
+
+def _keys(value: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """A copy of ``value`` where known ODRL keys written as ``odrl:key`` become ``key``."""
+    return {(k[5:] if k.startswith("odrl:") and k[5:] in known else k): v for k, v in value.items()}
 
 
 def _fail(path: str, problem: str) -> PolicyError:
@@ -293,11 +323,13 @@ class _Parser:
             return self.ref(value[0], path)
         if not isinstance(value, Mapping):
             raise _fail(path, f"expected an IRI or an object, got {type(value).__name__}")
-        data = dict(value)
+        data = _keys(value, _REF_KEYS)
         uid = data.pop("@id", None)
         if uid is None:
             uid = data.pop("uid", None)
         rtype = data.pop("@type", None)
+        if isinstance(rtype, str):
+            rtype = rtype.removeprefix("odrl:")
         source = data.pop("source", None)
         if isinstance(source, Mapping):
             source = source.get("@id")
@@ -317,7 +349,7 @@ class _Parser:
     def constraint(self, value: Any, path: str) -> ConstraintNode:
         if not isinstance(value, Mapping):
             raise _fail(path, f"a constraint must be an object, got {type(value).__name__}")
-        data = {(k[5:] if k.startswith("odrl:") else k): v for k, v in value.items()}
+        data = _keys(value, _CONSTRAINT_KEYS)
         uid = data.pop("@id", None)
         if uid is None:
             uid = data.pop("uid", None)
@@ -369,7 +401,7 @@ class _Parser:
             return Action(name=self.term(value, path, "action"))
         if not isinstance(value, Mapping):
             raise _fail(path, f"an action must be a string or an object, got {type(value).__name__}")
-        data = dict(value)
+        data = _keys(value, _ACTION_KEYS)
         form = "list" if form == "list" else "object"
         uid = data.pop("@id", None)
         name = None
@@ -396,7 +428,7 @@ class _Parser:
     def rule(self, value: Any, path: str, kind: RuleKind) -> Rule:
         if not isinstance(value, Mapping):
             raise _fail(path, f"a {kind} must be an object, got {type(value).__name__}")
-        data = {(k[5:] if k.startswith("odrl:") else k): v for k, v in value.items()}
+        data = _keys(value, _RULE_KEYS)
         uid = data.pop("@id", None)
         if uid is None:
             uid = data.pop("uid", None)
@@ -437,7 +469,7 @@ class _Parser:
         )
 
     def policy(self, value: Mapping[str, Any]) -> Policy:
-        data = {(k[5:] if k.startswith("odrl:") else k): v for k, v in value.items()}
+        data = _keys(value, _POLICY_KEYS)
         data.pop("@context", None)
         uid = data.pop("@id", None)
         if uid is None:

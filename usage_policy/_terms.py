@@ -165,11 +165,21 @@ def expand_token(token: str, *, prefixes: dict[str, str] | None = None, vocab: s
     return vocab + token
 
 
+#: ODRL terms the DSP 2025-1 ODRL profile context defines; other ODRL terms need ``odrl:``
+#: on the wire (a bare ``read`` or ``dateTime`` would expand to a relative IRI there).
+DSP_CONTEXT_TERMS: Final = frozenset(
+    {"use", "Policy", "Set", "Offer", "Agreement", "Assertion", "Permission", "Prohibition", "Duty"}
+    | OPERATORS
+    | set(LOGICAL_OPERATORS)
+)
+
+
 def compact_iri(iri: str) -> str:
-    """The DSP wire token of ``iri``: a bare ODRL term (the DSP context maps those), else the
-    full IRI (the DSP context defines no Catena-X prefix, and the wire carries only it)."""
+    """The DSP wire token of ``iri``: a bare term where the DSP context defines it, else
+    ``odrl:name``, else the full IRI (the DSP context defines no Catena-X prefix)."""
     if iri.startswith(ODRL):
-        return iri[len(ODRL) :]
+        name = iri[len(ODRL) :]
+        return name if name in DSP_CONTEXT_TERMS else "odrl:" + name
     return iri
 
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from usage_policy._model import Policy, parse_policy
-from usage_policy._terms import CX
+from usage_policy._terms import CX, compact_iri, expand_token
 from usage_policy._values import render
 
 __all__ = [
@@ -40,8 +40,13 @@ PCF_PURPOSE = "cx.pcf.base:1"
 DATA_EXCHANGE_GOVERNANCE = "DataExchangeGovernance:1.0"
 
 
+def _t(token: str) -> str:
+    """The DSP wire spelling of a term (``odrl:dateTime``, ``use``, full Catena-X IRIs)."""
+    return compact_iri(expand_token(token))
+
+
 def _c(left: str, op: str, right: Any, **extra: Any) -> dict[str, Any]:
-    return {"leftOperand": left, "operator": op, "rightOperand": right, **extra}
+    return {"leftOperand": _t(left), "operator": op, "rightOperand": right, **extra}
 
 
 def _policy(uid: str | None, ptype: str = "Set", **body: Any) -> Policy:
@@ -120,7 +125,7 @@ def time_boxed(start: datetime, end: datetime, *, action: str = "use", uid: str 
         uid,
         permission=[
             {
-                "action": action,
+                "action": _t(action),
                 "constraint": [
                     {
                         "and": [
@@ -136,7 +141,9 @@ def time_boxed(start: datetime, end: datetime, *, action: str = "use", uid: str 
 
 def count_limited(max_uses: int, *, action: str = "use", uid: str | None = None) -> Policy:
     """At most ``max_uses`` uses under the agreement (``count lteq max_uses``)."""
-    return _policy(uid, permission=[{"action": action, "constraint": [_c("count", "lteq", str(max_uses))]}])
+    return _policy(
+        uid, permission=[{"action": _t(action), "constraint": [_c("count", "lteq", str(max_uses))]}]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +160,7 @@ class Payment:
     def duty(self, *, uid: str | None = None, compensated_party: Sequence[str] = ()) -> dict[str, Any]:
         refinement: list[dict[str, Any]] = []
         if self.amount is not None:
-            refinement.append(_c("payAmount", "eq", str(self.amount), unit=self.currency))
+            refinement.append(_c("payAmount", "eq", str(self.amount), **{"odrl:unit": self.currency}))
         if self.per is not None:
             refinement.append(_c("unitOfCount", "eq", self.per))
         if self.interval is not None:
@@ -163,9 +170,9 @@ class Payment:
         duty: dict[str, Any] = {}
         if uid is not None:
             duty["@id"] = uid
-        duty["action"] = {"rdf:value": {"@id": "odrl:compensate"}, "refinement": refinement}
+        duty["action"] = {"rdf:value": {"@id": "odrl:compensate"}, "odrl:refinement": refinement}
         if compensated_party:
-            duty["compensatedParty"] = list(compensated_party)
+            duty["odrl:compensatedParty"] = list(compensated_party)
         return duty
 
 
@@ -200,7 +207,7 @@ def data_provision(
         assigner=provider,
         target=target,
         permission=[{"action": "use", "duty": [payment.duty(compensated_party=[provider])]}],
-        prohibition=[{"action": "distribute"}, {"action": "transfer"}],
+        prohibition=[{"action": _t("distribute")}, {"action": _t("transfer")}],
     )
 
 
@@ -225,11 +232,11 @@ def jointly_created_data(
                 "action": "use",
                 "duty": [
                     payment.duty(compensated_party=parties),
-                    {"action": "inform", "informedParty": list(co_creators)},
+                    {"action": "odrl:inform", "odrl:informedParty": list(co_creators)},
                 ],
             }
         ],
-        prohibition=[{"action": "distribute"}],
+        prohibition=[{"action": _t("distribute")}],
     )
 
 
@@ -251,7 +258,7 @@ def brokered_resale(
         assigner=broker,
         target=target,
         permission=[{"action": "use", "duty": [payment.duty(compensated_party=[broker])]}],
-        prohibition=[{"action": "sell"}, {"action": "distribute"}],
+        prohibition=[{"action": _t("sell")}, {"action": _t("distribute")}],
         obligation=[
             {
                 "assignee": broker,

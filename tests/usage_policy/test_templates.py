@@ -11,6 +11,7 @@ import pytest
 from usage_policy import (
     CATENA_X,
     EvaluationContext,
+    Policy,
     Scope,
     evaluate,
     parse_policy,
@@ -92,3 +93,35 @@ def test_access_templates_decide_by_claims() -> None:
     member = EvaluationContext(now=NOW, bpn=BPN, memberships=frozenset({CATENA_X}))
     assert evaluate(templates.access_by_bpnl([BPN]), Scope.CATALOG, member).permitted
     assert not evaluate(templates.access_by_bpnl(["BPNL00000000000B"]), Scope.CATALOG, member).permitted
+
+
+ALL_TEMPLATES = [
+    templates.cx_pcf_usage_policy("urn:t:1"),
+    templates.access_by_bpnl([BPN], "urn:t:2"),
+    templates.time_boxed(NOW, NOW.replace(year=2026), uid="urn:t:3"),
+    templates.count_limited(5, uid="urn:t:4"),
+    templates.data_provision("did:web:p", templates.metered("0.05", "EUR", "MB"), uid="urn:t:5"),
+    templates.jointly_created_data("did:web:p", ["did:web:c"], templates.flat_fee("9", "EUR"), uid="urn:t:6"),
+    templates.brokered_resale("did:web:b", "did:web:o", templates.lump_sum("1", "EUR"), "10", uid="urn:t:7"),
+]
+
+
+@pytest.mark.parametrize("policy", ALL_TEMPLATES, ids=[p.uid or "" for p in ALL_TEMPLATES])
+def test_templates_survive_json_ld_processing_with_only_the_dsp_context(policy: Policy) -> None:
+    """A peer expands our offer with the DSP context alone: nothing may be lost or misread."""
+    from usage_policy._match import canonical
+
+    message = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractOfferMessage",
+        "providerPid": "urn:p",
+        "consumerPid": "urn:c",
+        "offer": {**policy.to_dsp(), "@type": "Offer"},
+    }
+    expanded = expand(message)[0]["https://w3id.org/dspace/2025/1/offer"][0]
+    again = parse_policy(expanded)
+    assert canonical(again) == canonical(policy)
+    ctx = EvaluationContext(now=NOW, did="did:web:x")
+    assert [t.to_dict() for t in evaluate(again, Scope.NEGOTIATION, ctx).price_terms] == [
+        t.to_dict() for t in evaluate(policy, Scope.NEGOTIATION, ctx).price_terms
+    ]
