@@ -22,7 +22,7 @@ from connector.settings import Settings
 
 @pytest.fixture
 def settings(tmp_path: Path, sqlite_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         public_url="http://127.0.0.1:8181",
         data_dir=tmp_path,
         database_url=SecretStr(sqlite_url),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from connector_testing import CTX, DSP, MGMT, TestClient
 from fastapi import Request
+from pydantic import SecretStr
 
 from catalog.samples import seed_samples
 from connector.app import create_app
@@ -34,7 +35,7 @@ def test_workers_start_with_the_app_and_are_cancelled_at_shutdown(runtime: Runti
 
 
 def test_create_app_from_settings_owns_its_runtime(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, dsp_path="/dsp", management_path="/admin")  # type: ignore[call-arg]
+    settings = Settings(data_dir=tmp_path, dsp_path="/dsp", management_path="/admin")
     app = create_app(settings)
     with TestClient(app) as c:
         r = c.get("/.well-known/dspace-version")
@@ -85,3 +86,18 @@ def test_injected_caller_and_auth_dependencies_are_used(settings: Settings) -> N
 
 def test_settings_secret_is_not_in_openapi(client: TestClient) -> None:
     assert "test-key-123" not in client.get("/openapi.json").text
+
+
+def test_app_on_both_backends(tmp_path: Path, db_url: str) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=SecretStr(db_url), api_key=SecretStr("k"))
+    rt = Runtime.create(settings)
+    try:
+        seed_samples(rt.catalog_store)
+        with TestClient(create_app(runtime=rt)) as c:
+            policy = {"id": "p", "policy": {"permission": [{"action": "use"}]}}
+            assert c.post(f"{MGMT}/policies", json=policy, headers={"X-Api-Key": "k"}).status_code == 201
+            r = c.post(f"{DSP}/catalog/request", json={"@context": CTX, "@type": "CatalogRequestMessage"})
+            assert r.status_code == 200
+            assert [d["@id"] for d in r.json()["dataset"]] == ["bom-brake-assembly-as-built"]
+    finally:
+        rt.close()
