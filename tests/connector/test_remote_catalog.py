@@ -30,7 +30,7 @@ async def _allow() -> None:
 
 @pytest.fixture
 def provider_app(tmp_path: Path) -> Iterator[FastAPI]:
-    settings = Settings(
+    settings = Settings(  # type: ignore[call-arg]
         public_url="http://provider.test",
         data_dir=tmp_path / "p",
         database_url=SecretStr(f"sqlite:///{(tmp_path / 'p.db').as_posix()}"),
