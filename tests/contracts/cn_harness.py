@@ -248,6 +248,8 @@ class Tck:
         self.received: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.schema_problems: list[str] = []
         self.provider_pid = str(uuid.uuid4())
+        #: Scripted answers for the next requests: (status, delay in seconds); default 200 at once.
+        self.answers: list[tuple[int, float]] = []
         app = FastAPI()
 
         @app.api_route("/{path:path}", methods=["GET", "POST"])
@@ -258,6 +260,13 @@ class Tck:
             if problems:
                 self.schema_problems.append(f"/{path}: {problems}")
             self.received.put(("/" + path, body))
+            if self.answers:
+                import asyncio
+
+                status, delay = self.answers.pop(0)
+                await asyncio.sleep(delay)
+                if status != 200:
+                    return Response(b"unavailable", status)
             if path.rstrip("/") == "negotiations/request":
                 ack = {
                     "@context": CTX,

@@ -1,0 +1,296 @@
+"""Bad peers and bad messages: retries, timeouts, replays, out-of-order, malformed, misaddressed, not yours."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from cn_harness import CTX, OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
+
+from contracts import LocalKeySigner, RetryPolicy, StaticKeyResolver
+from contracts._signing import sign_agreement
+from contracts._tables import negotiations
+
+OFFER_ID = "cd1:ds1:v1"
+
+
+@pytest.fixture
+def tck() -> Iterator[Tck]:
+    t = Tck()
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def provider(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]) -> Node:
+    """A provider that waits for manual approval, so the negotiation stays in REQUESTED."""
+    node = make_node(
+        "provider",
+        db_urls(),
+        keys=keys,
+        offers=FakeOffers({OFFER_ID: ("ds1", OPEN_POLICY)}),
+        config={"manual_approval": True},
+    )
+    nodes.append(node)
+    return node
+
+
+def _crq(tck: Tck, provider: Node) -> tuple[str, str]:
+    cpid = str(uuid.uuid4())
+    r = tck.post(
+        f"{provider.dsp}/negotiations/request",
+        {
+            "@type": "ContractRequestMessage",
+            "consumerPid": cpid,
+            "offer": {"@id": OFFER_ID, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]},
+            "callbackAddress": tck.url,
+        },
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["providerPid"], cpid
+
+
+def _state(provider: Node, ppid: str) -> tuple[str, int]:
+    with provider.engine.connect() as conn:
+        row = (
+            conn.execute(sa.select(negotiations).where(negotiations.c.provider_pid == ppid)).mappings().one()
+        )
+    return row["state"], row["version"]
+
+
+def test_invalid_messages_are_rejected_and_change_nothing(provider: Node, tck: Tck) -> None:
+    ppid, cpid = _crq(tck, provider)
+    before = _state(provider, ppid)
+    base = f"{provider.dsp}/negotiations/{ppid}"
+    pids = {"providerPid": ppid, "consumerPid": cpid}
+    cases: list[tuple[str, Any, int, str]] = [
+        # out of order: verification and ACCEPTED in REQUESTED
+        (
+            f"{base}/agreement/verification",
+            {"@type": "ContractAgreementVerificationMessage", **pids},
+            400,
+            "not allowed in state REQUESTED",
+        ),
+        (
+            f"{base}/events",
+            {"@type": "ContractNegotiationEventMessage", **pids, "eventType": "ACCEPTED"},
+            400,
+            "not allowed",
+        ),
+        # a provider-only event sent to the provider
+        (
+            f"{base}/events",
+            {"@type": "ContractNegotiationEventMessage", **pids, "eventType": "FINALIZED"},
+            400,
+            "not allowed",
+        ),
+        # malformed
+        (
+            f"{base}/termination",
+            {"@type": "ContractNegotiationTerminationMessage", "providerPid": ppid},
+            400,
+            "consumerPid: required",
+        ),
+        (
+            f"{base}/termination",
+            {"@type": "ContractOfferMessage", **pids},
+            400,
+            "expected ContractNegotiationTerminationMessage",
+        ),
+        # wrongly addressed
+        (
+            f"{base}/termination",
+            {"@type": "ContractNegotiationTerminationMessage", "providerPid": "other", "consumerPid": cpid},
+            400,
+            "addressed to 'other'",
+        ),
+        (
+            f"{base}/termination",
+            {"@type": "ContractNegotiationTerminationMessage", "providerPid": ppid, "consumerPid": "x"},
+            400,
+            "peer's pid",
+        ),
+        # unknown pid
+        (
+            f"{provider.dsp}/negotiations/nope/termination",
+            {"@type": "ContractNegotiationTerminationMessage", **pids},
+            404,
+            "no negotiation",
+        ),
+    ]
+    for url, body, status, reason in cases:
+        r = tck.post(url, body)
+        assert r.status_code == status, (url, body, r.text)
+        err = r.json()
+        assert err["@type"] == "ContractNegotiationError", err
+        assert any(reason in x for x in err["reason"]), (reason, err)
+    r = tck.http.post(f"{base}/termination", content=b"{not json")
+    assert r.status_code == 400 and r.json()["@type"] == "ContractNegotiationError"
+    assert _state(provider, ppid) == before, "errors never change state"
+
+
+def test_not_yours_is_404(provider: Node, tck: Tck) -> None:
+    ppid, cpid = _crq(tck, provider)
+    other = {"X-Test-Caller": "did:web:intruder"}
+    assert httpx.get(f"{provider.dsp}/negotiations/{ppid}", headers=other).status_code == 404
+    r = httpx.post(
+        f"{provider.dsp}/negotiations/{ppid}/termination",
+        json={
+            "@context": CTX,
+            "@type": "ContractNegotiationTerminationMessage",
+            "providerPid": ppid,
+            "consumerPid": cpid,
+        },
+        headers=other,
+    )
+    assert r.status_code == 404
+    assert tck.http.get(f"{provider.dsp}/negotiations/{ppid}").json()["state"] == "REQUESTED"
+
+
+def test_redelivered_message_is_acked_once(provider: Node, tck: Tck) -> None:
+    ppid, cpid = _crq(tck, provider)
+    body = {
+        "@context": CTX,
+        "@id": "urn:uuid:same-message",
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": ppid,
+        "consumerPid": cpid,
+        "code": "1",
+    }
+    url = f"{provider.dsp}/negotiations/{ppid}/termination"
+    first = tck.http.post(url, json=body)
+    again = tck.http.post(url, json=body)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["state"] == again.json()["state"] == "TERMINATED"
+    # Same id, different content: a replay attack, not a redelivery.
+    forged = tck.http.post(url, json={**body, "code": "2"})
+    assert forged.status_code in (400, 409)
+    assert forged.json()["@type"] == "ContractNegotiationError"
+
+
+def test_initial_request_redelivered_gets_the_same_negotiation(provider: Node, tck: Tck) -> None:
+    body = {
+        "@context": CTX,
+        "@id": "urn:uuid:crq-1",
+        "@type": "ContractRequestMessage",
+        "consumerPid": "urn:uuid:c-1",
+        "offer": {"@id": OFFER_ID, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]},
+        "callbackAddress": tck.url,
+    }
+    a = tck.http.post(f"{provider.dsp}/negotiations/request", json=body)
+    b = tck.http.post(f"{provider.dsp}/negotiations/request", json=body)
+    assert a.status_code == 201 and b.status_code in (200, 201)
+    assert a.json()["providerPid"] == b.json()["providerPid"]
+    assert len(provider.manager.list_negotiations(role="provider")) == 1
+
+
+def _consumer(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], **kw: Any) -> Node:
+    node = make_node("consumer", db_urls(), keys=keys, **kw)
+    nodes.append(node)
+    return node
+
+
+def _start(consumer: Node, tck: Tck, dataset: str = "ds1") -> str:
+    view = consumer.manager.start_negotiation(
+        tck.url,
+        offer={"@id": OFFER_ID, "target": dataset, **OPEN_POLICY},
+        counterparty_id=TCK_DID,
+    )
+    return str(view["id"])
+
+
+def test_peer_503_is_retried_then_succeeds(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
+) -> None:
+    consumer = _consumer(db_urls, keys, nodes)
+    tck.answers = [(503, 0), (503, 0)]
+    nid = _start(consumer, tck)
+    view = consumer.wait_state(nid, {"REQUESTED"})
+    assert view["providerPid"] == tck.provider_pid
+    assert tck.received.qsize() == 3, "two 503s and one success"
+
+
+def test_peer_503_forever_terminates_with_reason(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
+) -> None:
+    consumer = _consumer(db_urls, keys, nodes)
+    tck.answers = [(503, 0)] * 5
+    nid = _start(consumer, tck)
+    view = consumer.wait_state(nid, {"TERMINATED"})
+    assert "gave up after 3 attempts" in view["errorDetail"] and "503" in view["errorDetail"]
+
+
+def test_slow_peer_times_out_and_terminates(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
+) -> None:
+    consumer = _consumer(
+        db_urls, keys, nodes, http=httpx.Client(timeout=0.2), retry=RetryPolicy(limit=2, base_s=0.01)
+    )
+    tck.answers = [(200, 1.0)] * 3
+    nid = _start(consumer, tck)
+    view = consumer.wait_state(nid, {"TERMINATED"})
+    assert "timeout sending ContractRequestMessage" in view["errorDetail"]
+
+
+def _agreement(consumer: Node, target: str) -> dict[str, Any]:
+    return {
+        "@id": str(uuid.uuid4()),
+        "@type": "Agreement",
+        "target": target,
+        "timestamp": "2026-01-01T00:00:00Z",
+        "assigner": TCK_DID,
+        "assignee": consumer.did,
+        "permission": [{"action": "use"}],
+    }
+
+
+def _send_agreement(
+    consumer: Node, tck: Tck, nid: str, agreement: dict[str, Any], signature: str | None = None
+) -> None:
+    cpid = consumer.manager.get(nid)["consumerPid"]
+    body: dict[str, Any] = {
+        "@type": "ContractAgreementMessage",
+        "providerPid": tck.provider_pid,
+        "consumerPid": cpid,
+        "agreement": agreement,
+    }
+    if signature:
+        body["https://w3id.org/dadam/v1/agreementSignature"] = signature
+    r = tck.post(f"{consumer.dsp}/negotiations/{cpid}/agreement", body)
+    assert r.status_code == 200, r.text
+
+
+def test_consumer_terminates_an_agreement_it_did_not_ask_for(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
+) -> None:
+    consumer = _consumer(db_urls, keys, nodes)
+    nid = _start(consumer, tck)
+    consumer.wait_state(nid, {"REQUESTED"})
+    tck.expect("ContractRequestMessage", "/negotiations/request")
+    _send_agreement(consumer, tck, nid, _agreement(consumer, "another-dataset"))
+    trm = tck.expect("ContractNegotiationTerminationMessage", f"/negotiations/{tck.provider_pid}/termination")
+    assert "another-dataset" in " ".join(trm["reason"])
+    view = consumer.wait_state(nid, {"TERMINATED"})
+    assert "agreement rejected" in view["errorDetail"] or "another-dataset" in (view["errorDetail"] or "")
+
+
+def test_consumer_rejects_a_bad_provider_signature(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
+) -> None:
+    consumer = _consumer(db_urls, keys, nodes)
+    nid = _start(consumer, tck)
+    consumer.wait_state(nid, {"REQUESTED"})
+    tck.expect("ContractRequestMessage", "/negotiations/request")
+    impostor = LocalKeySigner(TCK_DID)
+    keys.add(impostor.kid, LocalKeySigner(TCK_DID).public_jwk())  # the published key is another one
+    agreement = _agreement(consumer, "ds1")
+    _send_agreement(consumer, tck, nid, agreement, sign_agreement(impostor, agreement))
+    trm = tck.expect("ContractNegotiationTerminationMessage", f"/negotiations/{tck.provider_pid}/termination")
+    assert "provider signature invalid" in " ".join(trm["reason"])
+    time.sleep(0.1)
+    assert consumer.manager.get(nid)["internalState"] in ("TERMINATING", "TERMINATED")
