@@ -349,7 +349,9 @@ def _compile_rule(rule: Rule, label: str, policy: Policy) -> _CompiledRule:
         action_iri = action.name.iri
         if not is_known_action(action_iri):
             action_error = f"unsupported action {action.name.name!r}"
-        ref_polarity: Polarity = "terms" if is_duty else "positive"
+        # a refinement narrows which actions the rule is about: in a prohibition, a refinement
+        # that cannot be checked yet must not make the prohibition bite
+        ref_polarity: Polarity = "terms" if is_duty else polarity
         refinement = tuple(
             compile_constraint(c, f"{label}.action.refinement[{i}]", ref_polarity)
             for i, c in enumerate(action.refinement)

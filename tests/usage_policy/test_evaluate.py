@@ -455,3 +455,24 @@ def test_features_we_do_not_evaluate_deny_instead_of_being_ignored(doc: dict[str
     decision = evaluate(parse_policy(doc), Scope.USAGE, _ctx(party="urn:g", target="urn:a"))
     assert decision.outcome is Outcome.DENY
     assert "unsupported" in " ".join(decision.reasons())
+
+
+def test_refined_prohibition_bites_only_when_its_refinement_holds() -> None:
+    policy = parse_policy(
+        {
+            "@type": "Set",
+            "permission": [{"action": "use"}],
+            "prohibition": [
+                {
+                    "action": {
+                        "rdf:value": {"@id": "odrl:use"},
+                        "refinement": [_c("purpose", "eq", "marketing")],
+                    }
+                }
+            ],
+            "conflict": "prohibit",
+        }
+    )
+    assert evaluate(policy, Scope.CATALOG, _ctx(action="use")).permitted  # purpose not known yet
+    assert evaluate(policy, Scope.USAGE, _ctx(purpose="research")).permitted
+    assert not evaluate(policy, Scope.USAGE, _ctx(purpose="marketing")).permitted

@@ -10,6 +10,7 @@ have a known state also runs in ``Scope.USAGE``; the one case with a duty of unk
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import policy_suites as solidlab
@@ -35,6 +36,7 @@ def test_case(case: Any, scope: Scope) -> None:
     policy = parse_policy(solidlab.policy_json(case.policy), require_action=False)
     ctx = solidlab.context(case.request, case.sotw)
     decision = evaluate(policy, scope, ctx)
+    assert json.loads(json.dumps(decision.to_dict()))["outcome"] == decision.outcome.value
     if scope is Scope.USAGE and case.name.startswith("testcase-065"):
         # policy-21's compensate duty has no state in this world: a missing precondition
         assert not decision.permitted
