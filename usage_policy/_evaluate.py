@@ -12,6 +12,7 @@ policy objects seen are remembered by identity so the hot path does not even has
 from __future__ import annotations
 
 import enum
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,6 +232,8 @@ def compile_constraint(c: ConstraintNode, label: str, polarity: Polarity) -> Che
                 ok = sum(1 for ch in children if ch.holds) == 1
             else:
                 ok = all(ch.holds for ch in children)
+            if any(ch.outcome == "error" for ch in children):  # errors surface, fail closed
+                return Explanation(op, "error", False, label, uid=c.uid, children=children)
             return Explanation(
                 op, "satisfied" if ok else "unsatisfied", ok, label, uid=c.uid, children=children
             )
@@ -385,6 +388,8 @@ def _action_node(cr: _CompiledRule, requested: str, ctx: EvaluationContext, scop
         return Explanation("action", "error", False, label, note=cr.action_error)
     covers = action_covers(cr.action_iri, requested)
     refined = tuple(r(ctx, scope) for r in cr.refinement)
+    if any(r.outcome == "error" for r in refined):
+        return Explanation("action", "error", False, label, children=refined)
     ok = covers and all(r.holds for r in refined)
     note = f"rule action {name!r} {'covers' if covers else 'does not cover'} requested {_short(requested)!r}"
     return Explanation("action", "satisfied" if ok else "unsatisfied", ok, label, note=note, children=refined)
@@ -608,7 +613,7 @@ def _eval_rule(
             _eval_duty(r, ctx, scope, sub)
         acc.obligations.extend(sub.obligations)
     children.extend(duty_nodes)
-    has_error = any(node.outcome == "error" for _, node in _walk_all(children))
+    has_error = any(node.outcome == "error" for node in children)
     active = premises_ok and all(d.holds for d in duty_nodes) and not has_error
     name = cr.rule.action.name.name if cr.rule.action else "any action"
     outcome = "error" if has_error else ("active" if active else "inactive")
@@ -639,7 +644,7 @@ class CompiledPolicy:
 
     def evaluate(self, scope: Scope, ctx: EvaluationContext) -> Decision:
         requested_token = ctx.action or scope.default_action
-        requested = expand_token(requested_token)
+        requested = _expand_requested(requested_token)
         acc = _Acc()
         label = f"{self.policy.type} {self.policy.uid or ''}".strip()
         if self.policy.inherit_from is not None:
@@ -661,7 +666,11 @@ class CompiledPolicy:
         oblig_acc = _Acc()
         obligs = [_eval_duty(r, ctx, scope, oblig_acc) for r in self.obligations]
         children = tuple(perms + prohibs + obligs)
-        errors = [n for _, n in _walk_all(list(children)) if n.outcome == "error" and n.note]
+        errors = (
+            [n for _, n in _walk_all(list(children)) if n.outcome == "error" and n.note]
+            if any(c.outcome == "error" for c in children)
+            else []
+        )
         granted = any(p.holds for p in perms)
         forbidden = any(p.holds for p in prohibs)
         obligation_violated = any(not o.holds for o in obligs)
@@ -710,6 +719,11 @@ class CompiledPolicy:
         if outcome is not Outcome.PERMIT:
             return Decision(outcome, scope, root, policy_digest=self.digest)
         return Decision(outcome, scope, root, tuple(acc.price_terms), tuple(acc.obligations), self.digest)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expand_requested(token: str) -> str:
+    return expand_token(token)
 
 
 def _action_applies(cr: _CompiledRule, requested: str) -> bool:

@@ -131,7 +131,9 @@ def is_known_action(iri: str) -> bool:
 
 def action_covers(rule_action: str, requested: str) -> bool:
     """True if a rule about ``rule_action`` is about ``requested`` too (same or included in it)."""
-    current: str | None = requested
+    if rule_action.startswith(CX_LEGACY):  # the 2024 and 2025 Catena-X actions are the same
+        rule_action = CX + rule_action[len(CX_LEGACY) :]
+    current: str | None = CX + requested[len(CX_LEGACY) :] if requested.startswith(CX_LEGACY) else requested
     while current is not None:
         if current == rule_action:
             return True

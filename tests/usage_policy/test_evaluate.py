@@ -476,3 +476,20 @@ def test_refined_prohibition_bites_only_when_its_refinement_holds() -> None:
     assert evaluate(policy, Scope.CATALOG, _ctx(action="use")).permitted  # purpose not known yet
     assert evaluate(policy, Scope.USAGE, _ctx(purpose="research")).permitted
     assert not evaluate(policy, Scope.USAGE, _ctx(purpose="marketing")).permitted
+
+
+def test_legacy_catena_x_access_policy_is_an_access_policy() -> None:
+    legacy = parse_policy(
+        {
+            "@context": [{"cx-policy": "https://w3id.org/catenax/policy/"}],
+            "@type": "Set",
+            "permission": [
+                {
+                    "action": "cx-policy:access",
+                    "constraint": [_c("cx-policy:BusinessPartnerNumber", "isAnyOf", [BPN])],
+                }
+            ],
+        }
+    )
+    assert evaluate(legacy, Scope.CATALOG, _ctx(bpn=BPN)).permitted
+    assert not evaluate(legacy, Scope.CATALOG, _ctx(bpn="BPNL000000000009")).permitted
