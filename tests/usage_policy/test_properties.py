@@ -161,3 +161,30 @@ def test_malformed_input_gives_a_policy_error_not_a_crash(doc: Any) -> None:
         assert message
         return
     evaluate(policy, Scope.USAGE, EvaluationContext(now=NOW))  # must not raise
+
+
+@settings(max_examples=100, deadline=None)
+@given(constraints, constraints)
+def test_matching_is_reflexive_and_equality_symmetric(a: dict[str, Any], b: dict[str, Any]) -> None:
+    pa = parse_policy({"@type": "Offer", "permission": [{"action": "use", "constraint": [a]}]})
+    pb = parse_policy({"@type": "Offer", "permission": [{"action": "use", "constraint": [b]}]})
+    assert is_within(pa, pa).equal
+    assert is_within(pa, pb).equal == is_within(pb, pa).equal
+    if is_within(pa, pb).equal:
+        assert is_within(pa, pb).within
+
+
+def test_the_engine_does_not_load_pyld() -> None:
+    """JSON-LD processing stays off the hot path: importing and using the engine never loads pyld."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, usage_policy as up;"
+        "p = up.templates.cx_pcf_usage_policy();"
+        "up.evaluate(p, up.Scope.NEGOTIATION, up.EvaluationContext());"
+        "up.validate_policy(p.to_dsp());"
+        "print('pyld' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
