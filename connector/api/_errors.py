@@ -144,10 +144,7 @@ def install_error_handlers(app: FastAPI, *, dsp_path: str) -> None:
 
     def _respond(request: Request, exc: BaseException) -> Response:
         area = getattr(request.state, "dsp_area", None)
-        response = error_response(exc, path=request.url.path, dsp_path=dsp_path, area=area)
-        if isinstance(exc, StarletteHTTPException) and exc.headers:
-            response.headers.update(exc.headers)
-        return response
+        return error_response(exc, path=request.url.path, dsp_path=dsp_path, area=area)
 
     async def on_dadam(request: Request, exc: Exception) -> Response:
         return _respond(request, exc)
@@ -155,7 +152,7 @@ def install_error_handlers(app: FastAPI, *, dsp_path: str) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         response = _respond(request, _from_http(exc))
-        if exc.headers:
+        if exc.headers:  # e.g. Allow on 405, WWW-Authenticate on 401
             response.headers.update(exc.headers)
         return response
 

@@ -101,3 +101,29 @@ def test_app_on_both_backends(tmp_path: Path, db_url: str) -> None:
             assert [d["@id"] for d in r.json()["dataset"]] == ["bom-brake-assembly-as-built"]
     finally:
         rt.close()
+
+
+def test_unexpected_errors_are_500_without_details(runtime: Runtime) -> None:
+    app = create_app(runtime=runtime)
+
+    @app.get(f"{DSP}/negotiations/boom")
+    async def boom() -> None:
+        raise RuntimeError("database password is hunter2")
+
+    @app.get(f"{MGMT}/boom")
+    async def boom2() -> None:
+        raise RuntimeError("database password is hunter2")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(f"{DSP}/negotiations/boom")
+        assert r.status_code == 500
+        body = r.json()
+        assert body["@type"] == "ContractNegotiationError"
+        assert body["reason"] == ["internal error"]
+        r = c.get(f"{MGMT}/boom")
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal", "message": "internal error", "details": []}
+        assert "hunter2" not in r.text
+        r = c.put(f"{DSP}/catalog/request", json={})
+        assert r.status_code == 405 and r.json()["@type"] == "CatalogError"
+        assert "POST" in r.headers["allow"]
