@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from catalog import _cli as _catalog_cli
 from connector.cli import _serve
 from connector.settings import settings_markdown
 from usage_policy import _cli as _policy_cli
@@ -61,6 +62,7 @@ app.command("serve")(_serve.serve)
 app.command("demo")(_serve.demo)
 app.add_typer(_serve.db_app, name="db")
 app.add_typer(_policy_cli.app, name="policy")
+app.add_typer(_catalog_cli.app, name="catalog")
 
 
 def main() -> None:
