@@ -10,6 +10,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from catalog.samples import seed_samples
+from connector.api import ApiKeyAuth
 from connector.app import create_app
 from connector.errors import AuthError
 from connector.identity import Caller
@@ -36,7 +37,7 @@ def test_workers_start_with_the_app_and_are_cancelled_at_shutdown(runtime: Runti
 
 def test_create_app_from_settings_owns_its_runtime(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, dsp_path="/dsp", management_path="/admin")
-    app = create_app(settings)
+    app = create_app(settings, management_auth=ApiKeyAuth(settings))
     with TestClient(app) as c:
         r = c.get("/.well-known/dspace-version")
         assert r.json()["protocolVersions"][0]["path"] == "/dsp"
