@@ -95,7 +95,8 @@ class Explanation:
         if self.left_operand is not None and self.outcome != "error":
             text = f"{self.label}: {self.left_operand} {self.operator} {render(self.right_operand)!r}"
             if self.outcome in ("satisfied", "unsatisfied"):
-                found = "nothing" if self.missing else repr(render(self.left_value))
+                empty = isinstance(self.left_value, frozenset) and not self.left_value
+                found = "nothing" if self.missing or empty else repr(render(self.left_value))
                 text += f" (found {found})"
             text += f" -> {self.outcome}"
         if self.missing:
@@ -181,6 +182,21 @@ class Decision:
             lines.append("  " * (depth - 1) + node.line())
         return lines
 
+    def failures(self) -> list[str]:
+        """Only what went wrong, one line each (for short error messages): the verdict, then
+        every failing check (constraint, action, target, party, duty) that has no failing
+        check below it."""
+        if self.permitted:
+            return []
+        lines = [self.explanation.line()]
+        for _, node in self.explanation.walk():
+            if node is self.explanation or node.holds or node.kind in ("permission", "prohibition", "policy"):
+                continue
+            if any(not c.holds for c in node.children):
+                continue
+            lines.append(node.line())
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome.value,
@@ -188,6 +204,7 @@ class Decision:
             "scope": self.scope.value,
             "policyDigest": self.policy_digest,
             "reasons": self.reasons(),
+            "failures": self.failures(),
             "explanation": self.explanation.to_dict(),
             "priceTerms": [p.to_dict() for p in self.price_terms],
             "obligations": [o.to_dict() for o in self.obligations],

@@ -493,3 +493,23 @@ def test_legacy_catena_x_access_policy_is_an_access_policy() -> None:
     )
     assert evaluate(legacy, Scope.CATALOG, _ctx(bpn=BPN)).permitted
     assert not evaluate(legacy, Scope.CATALOG, _ctx(bpn="BPNL000000000009")).permitted
+
+
+def test_failures_lists_only_what_went_wrong() -> None:
+    policy = templates.cx_pcf_usage_policy()
+    decision = evaluate(policy, Scope.NEGOTIATION, _ctx(bpn=BPN, memberships=frozenset({CATENA_X})))
+    failures = decision.failures()
+    assert failures[0].startswith("Set: deny")
+    assert len(failures) == 3  # verdict, FrameworkAgreement (none held), UsagePurpose (missing)
+    assert "FrameworkAgreement eq 'DataExchangeGovernance:1.0' (found nothing)" in failures[1]
+    assert "missing input: purpose" in failures[2]
+    ok = evaluate(
+        policy,
+        Scope.CATALOG,
+        _ctx(
+            bpn=BPN,
+            memberships=frozenset({CATENA_X}),
+            framework_agreements=frozenset({"DataExchangeGovernance:1.0"}),
+        ),
+    )
+    assert ok.permitted and ok.failures() == []
