@@ -120,10 +120,16 @@ def check_dsp_envelope(body: Any, expected_types: Iterable[str]) -> dict[str, An
     ctx = body.get("@context")
     if ctx is None:
         problems.append(f"@context: missing; must be [{DSP_CONTEXT!r}]")
+    elif isinstance(ctx, str) and "w3id.org/dspace/2024/1" in ctx:
+        problems.append(
+            "@context: DSP 2024-1 message; this endpoint speaks 2025-1 (@context must be an array)"
+        )
     elif not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx):
         problems.append("@context: must be an array of strings (DSP 2025-1), got " + type(ctx).__name__)
     elif DSP_CONTEXT not in ctx:
-        problems.append(f"@context: must contain {DSP_CONTEXT!r}")
+        old = any("w3id.org/dspace/2024/1" in c or "w3id.org/dspace/v0.8" in c for c in ctx)
+        hint = " (this looks like an older DSP version; this endpoint speaks 2025-1)" if old else ""
+        problems.append(f"@context: must contain {DSP_CONTEXT!r}{hint}")
     mtype = body.get("@type")
     if mtype is None:
         problems.append(f"@type: missing; expected {' or '.join(expected)}")

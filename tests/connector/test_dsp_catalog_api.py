@@ -105,8 +105,15 @@ BAD_BODIES: list[tuple[str, dict[str, Any], int, str]] = [
         "other-context",
         {"json": {**REQUEST, "@context": ["https://w3id.org/dspace/2024/1/context.json"]}},
         400,
-        "must contain",
+        "older DSP version",
     ),
+    (
+        "dsp-2024-1",
+        {"json": {**REQUEST, "@context": "https://w3id.org/dspace/2024/1/context.json"}},
+        400,
+        "DSP 2024-1 message",
+    ),
+    ("unknown-context", {"json": {**REQUEST, "@context": ["https://example.org/ctx"]}}, 400, "must contain"),
     (
         "bad-filter",
         {"json": {**REQUEST, "filter": [{"property": "title", "operator": "eq", "value": "x"}]}},
