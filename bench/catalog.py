@@ -8,7 +8,8 @@ Measures, in one run and on one machine:
   fragments after a catalog change);
 * the snapshot rebuild after a catalog change (reload of all rows);
 * first-page p50 over HTTP: ``POST <dsp>/catalog/request?limit=100`` against uvicorn with one worker
-  (goal: <= 15 ms), sequential requests from one client on the same machine.
+  (goal: <= 15 ms), sequential requests from one client on the same machine. The served app has no
+  identity service (anonymous DSP callers): this is the catalog path without DCP token checks.
 
 Run: ``.venv/bin/python bench/catalog.py`` (about 30-60 s). The last line is one JSON object.
 """
@@ -94,7 +95,16 @@ def _http_p50(db_url: str, data_dir: Path) -> dict[str, float]:
         "DADAM_DATA_DIR": str(data_dir),
         "DADAM_PUBLIC_URL": f"http://127.0.0.1:{port}",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "connector.app:create_app", "--factory"]
+    # The app is built from a Runtime without an identity service: DSP callers are anonymous, so the
+    # figure is the catalog path alone (DCP token verification is measured by the identity bench).
+    (data_dir / "dadam_bench_app.py").write_text(
+        "from connector.app import create_app\n"
+        "from connector.runtime import Runtime\n"
+        "from connector.settings import Settings\n\n"
+        "def app():\n"
+        "    return create_app(runtime=Runtime.create(Settings()))\n"
+    )
+    cmd = [sys.executable, "-m", "uvicorn", "dadam_bench_app:app", "--factory", "--app-dir", str(data_dir)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-access-log"]
     cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env)
