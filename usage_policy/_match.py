@@ -107,6 +107,16 @@ def _implies(req: Any, off: Any) -> bool:
     """Does requested constraint ``req`` (canonical) guarantee offered constraint ``off``?"""
     if req == off:
         return True
+    # logical constraints: a requested "or" implies c if each branch does; an offered "or" is
+    # implied by what implies one branch; "and" the other way round. xone only by equality.
+    if req[0] == "or":
+        return all(_implies(r, off) for r in req[1])
+    if off[0] in ("and", "andSequence"):
+        return all(_implies(req, o) for o in off[1])
+    if req[0] in ("and", "andSequence") and any(_implies(r, off) for r in req[1]):
+        return True
+    if off[0] == "or":
+        return any(_implies(req, o) for o in off[1])
     if req[0] != "atom" or off[0] != "atom":
         return False
     _, lr, opr, vr, ur = req
@@ -157,8 +167,9 @@ def _rule_within(req: Any, off: Any) -> list[str]:
         )
     if otarget is not None and rtarget != otarget:
         problems.append(f"target {rtarget and rtarget[0]!r} differs from offered {otarget[0]!r}")
+    everything_requested = ("and", rcons | rref)  # the request's constraints hold together
     for c in ocons | oref:
-        if not any(_implies(r, c) for r in rcons | rref):
+        if not _implies(everything_requested, c):
             problems.append(f"offered constraint {_describe(c)} is missing or widened")
     for d in oduties:
         if d not in rduties:

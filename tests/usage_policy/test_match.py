@@ -128,3 +128,32 @@ def test_templates_match_themselves_and_price_changes_are_caught() -> None:
     result = is_within(cheaper, offer)
     assert not result and any("duty 'compensate'" in r for r in result.reasons)
     assert result.to_dict()["within"] is False
+
+
+def _offer(*constraints: dict[str, Any]) -> Any:
+    return parse_policy(
+        {"@type": "Offer", "permission": [{"action": "use", "constraint": list(constraints)}]}
+    )
+
+
+def _p(value: str) -> dict[str, Any]:
+    return {"leftOperand": "purpose", "operator": "eq", "rightOperand": value}
+
+
+def test_logical_constraints_are_matched_by_implication() -> None:
+    either = {"or": [_p("a"), _p("b")]}
+    assert is_within(_offer(_p("a")), _offer(either)).within  # one branch of an offered "or"
+    assert is_within(_offer({"or": [_p("b"), _p("a")]}), _offer(either)).equal
+    assert not is_within(_offer({"or": [_p("a"), _p("c")]}), _offer(either)).within
+    assert not is_within(_offer(either), _offer(_p("a"))).within  # wider than the offer
+    nested = {
+        "or": [{"and": [_p("a"), {"leftOperand": "count", "operator": "lteq", "rightOperand": "5"}]}, _p("b")]
+    }
+    assert is_within(
+        _offer({"and": [_p("a"), {"leftOperand": "count", "operator": "lteq", "rightOperand": "3"}]}),
+        _offer(nested),
+    ).within
+    assert not is_within(
+        _offer({"and": [_p("a"), {"leftOperand": "count", "operator": "lteq", "rightOperand": "9"}]}),
+        _offer(nested),
+    ).within

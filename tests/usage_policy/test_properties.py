@@ -188,3 +188,17 @@ def test_the_engine_does_not_load_pyld() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+@settings(max_examples=200, deadline=None)
+@given(constraints, constraints)
+def test_within_is_sound(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """If a request is judged within an offer, whatever the request permits the offer permits."""
+    req = parse_policy({"@type": "Offer", "permission": [{"action": "use", "constraint": [a]}]})
+    off = parse_policy({"@type": "Offer", "permission": [{"action": "use", "constraint": [b]}]})
+    if not is_within(req, off).within:
+        return
+    for purpose in [*PURPOSES, "other"]:
+        ctx = EvaluationContext(now=NOW, purpose=purpose)
+        if evaluate(req, Scope.USAGE, ctx).permitted:
+            assert evaluate(off, Scope.USAGE, ctx).permitted, purpose
