@@ -47,16 +47,13 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
     """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks)."""
     router = APIRouter(tags=["dsp-negotiation"])
 
-    def wake(tasks: BackgroundTasks) -> None:
-        tasks.add_task(manager.worker.wake)
-
     @router.post("/negotiations/request")
     async def initial_request(
         request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
     ) -> Response:
         body = await _json(request)
-        ack = await asyncio.to_thread(manager.provider_request, body, caller)
-        wake(tasks)
+        # Replies are sent by a background task, i.e. after this response (the ACK) went out.
+        ack = await asyncio.to_thread(manager.provider_request, body, caller, tasks.add_task)
         return _respond(ack, 201)
 
     @router.post("/negotiations/offers")
@@ -83,10 +80,9 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
 
             def work() -> dict[str, Any]:
                 r = role or manager.role_of(pid)
-                return manager.receive(r, endpoint, pid, body, caller)
+                return manager.receive(r, endpoint, pid, body, caller, tasks.add_task)
 
             ack = await asyncio.to_thread(work)
-            wake(tasks)
             return _respond(ack)
 
         return handler

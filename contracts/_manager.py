@@ -72,9 +72,11 @@ from contracts._process import (
     body_digest,
     cancel_pending,
     enqueue,
+    enqueue_claimed,
     lock_process,
     record_received,
     save_state,
+    write_tx,
 )
 from contracts._signing import (
     KeyResolver,
@@ -94,6 +96,7 @@ __all__ = [
     "PolicyVerdict",
     "Script",
     "UsagePolicyDecider",
+    "export_row",
 ]
 
 log = logging.getLogger("dadam.contracts")
@@ -214,6 +217,8 @@ class _Effects:
 
     changed: list[dict[str, Any]] = field(default_factory=list)
     wake: bool = False
+    #: Messages leased to our worker, to send right after the commit.
+    dispatch: list[OutboxMessage] = field(default_factory=list)
 
 
 def _now_iso() -> str:
@@ -226,6 +231,13 @@ def _loads(text: str | None) -> Any:
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
+
+
+def _extra_with(row: RowMapping, **values: Any) -> str:
+    """The row's ``extra`` JSON with ``values`` merged in (None values are dropped)."""
+    extra = dict(_loads(row["extra"]) or {})
+    extra.update({k: v for k, v in values.items() if v is not None})
+    return _dumps(extra)
 
 
 class NegotiationManager:
@@ -276,6 +288,7 @@ class NegotiationManager:
         )
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = []
         self._lock = threading.Lock()
+        self._tx_local = threading.local()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -296,9 +309,25 @@ class NegotiationManager:
         with self._lock:
             self._listeners = [(lp, x) for lp, x in self._listeners if x is not q]
 
-    def _publish(self, fx: _Effects, *, wake: bool = True) -> None:
-        if fx.wake and wake:
-            self.worker.wake()
+    def _publish(self, fx: _Effects, *, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """After a commit: send claimed messages, wake the worker, notify listeners.
+
+        ``defer`` postpones the sending (the HTTP edge passes "after the response was sent", so
+        our reply never overtakes the ACK of the message that caused it).
+        """
+        if fx.dispatch or fx.wake:
+            messages, wake = list(fx.dispatch), fx.wake
+
+            def go() -> None:
+                if messages:
+                    self.worker.dispatch(messages)
+                if wake:
+                    self.worker.wake()
+
+            if defer is None:
+                go()
+            else:
+                defer(go)
         if not fx.changed:
             return
         with self._lock:
@@ -358,8 +387,19 @@ class NegotiationManager:
         msg = self._build(row, event, reason)
         address = row["counterparty_address"].rstrip("/")
         url = address + self._path(role, row, event)
-        enqueue(conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s)
-        fx.wake = True
+        if delay_s > 0:
+            enqueue(
+                conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s
+            )
+            fx.wake = True
+            return row
+        claimed = enqueue_claimed(
+            conn, self.worker, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"]
+        )
+        if claimed is not None:
+            fx.dispatch.append(claimed)
+        else:
+            fx.wake = True
         return row
 
     @staticmethod
@@ -464,7 +504,9 @@ class NegotiationManager:
             return self._ack(self._find(conn, role, pid, caller, lock=False))
 
     # -- received DSP messages ---------------------------------------------------------------
-    def provider_request(self, body: Any, caller: Caller) -> dict[str, Any]:
+    def provider_request(
+        self, body: Any, caller: Caller, defer: Callable[[Callable[[], None]], None] | None = None
+    ) -> dict[str, Any]:
         """Initial ContractRequestMessage (``POST /negotiations/request``): 201 body."""
         msg = parse_message(body, "ContractRequestMessage")
         assert isinstance(msg, ContractRequestMessage)
@@ -498,7 +540,7 @@ class NegotiationManager:
             )
         fx = _Effects()
         digest = body_digest(body)
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             if msg.id:
                 # A resent initial request (same @id) gets the same negotiation back.
                 known = (
@@ -546,9 +588,7 @@ class NegotiationManager:
             row = self._set(conn, row, tr.state, fx)
             ack = self._ack(row)  # the state this message led to, before our reaction
             self._react_provider(conn, row, "request", msg, caller, fx)
-        # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
-        # response (the worker's poll picks it up otherwise).
-        self._publish(fx, wake=False)
+        self._publish(fx, defer=defer)
         return ack
 
     _EXPECTED: ClassVar[dict[tuple[Role, str], tuple[str, ...]]] = {
@@ -562,12 +602,20 @@ class NegotiationManager:
         (Role.CONSUMER, "termination"): ("ContractNegotiationTerminationMessage",),
     }
 
-    def receive(self, role: Role, endpoint: str, pid: str, body: Any, caller: Caller) -> dict[str, Any]:
+    def receive(
+        self,
+        role: Role,
+        endpoint: str,
+        pid: str,
+        body: Any,
+        caller: Caller,
+        defer: Callable[[Callable[[], None]], None] | None = None,
+    ) -> dict[str, Any]:
         """A DSP message for an existing negotiation; returns the ACK body (state after commit)."""
         msg = parse_message(body, self._EXPECTED[(role, endpoint)])
         event = _event_for(role, msg)
         fx = _Effects()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             row = self._find(conn, role, pid, caller, lock=True)
             ctx = {"providerPid": row["provider_pid"], "consumerPid": row["consumer_pid"]}
             # Wrongly addressed: the pids in the body must name this negotiation.
@@ -627,9 +675,7 @@ class NegotiationManager:
                 trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
                 if trigger:
                     row = self._react_consumer(conn, row, trigger, msg, fx)
-        # The reply goes out once the ACK was sent: the HTTP edge calls worker.wake() after the
-        # response (the worker's poll picks it up otherwise).
-        self._publish(fx, wake=False)
+        self._publish(fx, defer=defer)
         return ack
 
     # -- reactions ---------------------------------------------------------------------------
@@ -720,13 +766,30 @@ class NegotiationManager:
             agreement=_dumps(agreement),
             agreement_id=agreement["@id"],
             provider_signature=signature,
+            extra=_extra_with(row, provider_jwk=self.signer.public_jwk() if self.signer else None),
         )
 
-    def _verify(self, conn: Connection, row: RowMapping, fx: _Effects, *, delay_s: float) -> RowMapping:
+    def _verify(
+        self,
+        conn: Connection,
+        row: RowMapping,
+        fx: _Effects,
+        *,
+        delay_s: float,
+        peer_jwk: dict[str, Any] | None = None,
+    ) -> RowMapping:
         agreement = _loads(row["agreement"]) or {}
         signature = sign_agreement(self.signer, agreement) if self.signer is not None else None
         return self._send(
-            conn, row, Event.SEND_VERIFICATION, fx, delay_s=delay_s, consumer_signature=signature
+            conn,
+            row,
+            Event.SEND_VERIFICATION,
+            fx,
+            delay_s=delay_s,
+            consumer_signature=signature,
+            extra=_extra_with(
+                row, consumer_jwk=self.signer.public_jwk() if self.signer else None, provider_jwk=peer_jwk
+            ),
         )
 
     def _react_provider(
@@ -778,6 +841,14 @@ class NegotiationManager:
                         reason=f"consumer countersignature rejected: {check.reason}",
                         consumer_signature=None,
                     )
+                return self._send(
+                    conn,
+                    row,
+                    Event.SEND_FINALIZED,
+                    fx,
+                    delay_s=delay,
+                    extra=_extra_with(row, consumer_jwk=check.jwk),
+                )
             return self._send(conn, row, Event.SEND_FINALIZED, fx, delay_s=delay)
         return row
 
@@ -801,18 +872,20 @@ class NegotiationManager:
             return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
         if trigger == "agreement":
             assert isinstance(msg, AgreementMessage)
-            problems = self._check_agreement(row, msg, requested)
+            problems, provider_jwk = self._check_agreement(row, msg, requested)
             if problems:
                 why = "agreement rejected: " + "; ".join(problems)
                 return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
-            return self._verify(conn, row, fx, delay_s=delay)
+            return self._verify(conn, row, fx, delay_s=delay, peer_jwk=provider_jwk)
         return row
 
     def _check_agreement(
         self, row: RowMapping, msg: AgreementMessage, requested: Mapping[str, Any]
-    ) -> list[str]:
+    ) -> tuple[list[str], dict[str, Any] | None]:
+        """What is wrong with a received agreement (empty if nothing), and the provider's key."""
         a = msg.agreement
         problems: list[str] = []
+        jwk = None
         if row["dataset_id"] and str(a.get("target")) != row["dataset_id"]:
             problems.append(
                 f"target {a.get('target')!r} is not the dataset we asked for ({row['dataset_id']!r})"
@@ -833,7 +906,8 @@ class NegotiationManager:
             )
             if not check.ok:
                 problems.append(f"provider signature invalid: {check.reason}")
-        return problems
+            jwk = check.jwk
+        return problems, jwk
 
     # -- worker callbacks (ProcessHandler) ---------------------------------------------------
     def on_delivered(
@@ -904,9 +978,19 @@ class NegotiationManager:
         self._after_commit(conn, fx)
 
     def _after_commit(self, conn: Connection, fx: _Effects) -> None:
-        # Worker callbacks run inside the worker's transaction: publish once it has committed.
-        # (An SSE listener may see the event a few ms before the commit; it re-reads if needed.)
-        self._publish(fx)
+        # Worker callbacks run inside the worker's transaction: act once it has committed.
+        pending = getattr(self._tx_local, "fx", None)
+        if pending is None:
+            pending = self._tx_local.fx = []
+        pending.append(fx)
+
+    def after_commit(self, committed: bool) -> None:
+        """Worker hook: the callback transaction ended; send and publish what it prepared."""
+        pending = getattr(self._tx_local, "fx", None) or []
+        self._tx_local.fx = []
+        if committed:
+            for fx in pending:
+                self._publish(fx)
 
     # -- management API ----------------------------------------------------------------------
     def start_negotiation(
@@ -952,7 +1036,7 @@ class NegotiationManager:
         fx = _Effects()
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             conn.execute(
                 sa.insert(negotiations).values(
                     id=pid,
@@ -1055,7 +1139,7 @@ class NegotiationManager:
     def terminate(self, nid: str, reason: str) -> dict[str, Any]:
         """Terminate a negotiation we take part in: TERMINATION message to the peer, then TERMINATED."""
         fx = _Effects()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             row = lock_process(conn, negotiations, nid)
             cancel_pending(conn, KIND, nid, "terminated by the user")
             if not (row["provider_pid"] and row["consumer_pid"]):
@@ -1071,7 +1155,7 @@ class NegotiationManager:
     def approve(self, nid: str) -> dict[str, Any]:
         """Provider: agree to a negotiation waiting for manual approval."""
         fx = _Effects()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             row = lock_process(conn, negotiations, nid)
             if row["role"] != "provider" or not row["pending"]:
                 raise ConflictError(f"negotiation {nid!r} is not waiting for approval")
@@ -1083,7 +1167,7 @@ class NegotiationManager:
     def counter_offer(self, nid: str, offer: Mapping[str, Any]) -> dict[str, Any]:
         """Provider: answer a request with a counter-offer instead of agreeing."""
         fx = _Effects()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             row = lock_process(conn, negotiations, nid)
             if row["role"] != "provider":
                 raise ConflictError("only a provider sends counter-offers (a consumer starts a new request)")
@@ -1103,35 +1187,31 @@ class NegotiationManager:
             row = conn.execute(sa.select(negotiations).where(negotiations.c.id == nid)).mappings().first()
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
-        agreement = _loads(row["agreement"])
-        if not agreement:
-            raise NotFoundError(
-                f"negotiation {nid!r} has no agreement (state {wire_state(State(row['state']))})"
-            )
+        return export_row(row)
 
-        def key(sig: str | None) -> dict[str, Any] | None:
-            if not sig:
-                return None
-            from contracts._signing import _header
 
-            kid = _header(sig).get("kid")
-            if self.signer is not None and kid == self.signer.kid:
-                return self.signer.public_jwk()
-            return self.keys.public_jwk(str(kid)) if self.keys is not None else None
-
-        return export_agreement(
-            agreement,
-            provider_signature=row["provider_signature"],
-            consumer_signature=row["consumer_signature"],
-            provider_jwk=key(row["provider_signature"]),
-            consumer_jwk=key(row["consumer_signature"]),
-            negotiation={
-                "id": row["id"],
-                "providerPid": row["provider_pid"],
-                "consumerPid": row["consumer_pid"],
-                "state": wire_state(State(row["state"])),
-            },
+def export_row(row: RowMapping) -> dict[str, Any]:
+    """:func:`~contracts._signing.export_agreement` for a stored negotiation row."""
+    agreement = _loads(row["agreement"])
+    if not agreement:
+        raise NotFoundError(
+            f"negotiation {row['id']!r} has no agreement (state {wire_state(State(row['state']))})"
         )
+    extra = _loads(row["extra"]) or {}
+    return export_agreement(
+        agreement,
+        provider_signature=row["provider_signature"],
+        consumer_signature=row["consumer_signature"],
+        provider_jwk=extra.get("provider_jwk"),
+        consumer_jwk=extra.get("consumer_jwk"),
+        negotiation={
+            "id": row["id"],
+            "role": row["role"],
+            "providerPid": row["provider_pid"],
+            "consumerPid": row["consumer_pid"],
+            "state": wire_state(State(row["state"])),
+        },
+    )
 
 
 def _event_for(role: Role, msg: NegotiationMessage) -> Event:

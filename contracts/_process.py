@@ -56,12 +56,13 @@ the outbox rows it produces commit together or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -85,6 +86,7 @@ __all__ = [
     "body_digest",
     "cancel_pending",
     "enqueue",
+    "enqueue_claimed",
     "inbox",
     "is_postgres_conn",
     "lock_process",
@@ -94,6 +96,7 @@ __all__ = [
     "process_table",
     "record_received",
     "save_state",
+    "write_tx",
 ]
 
 log = logging.getLogger("dadam.process")
@@ -232,15 +235,55 @@ def enqueue(
     The id is also the message's ``@id`` when the body has none, so a resend after a crash is
     recognisable by the peer.
     """
+    return _enqueue(conn, kind, process_id, url, body, audience, delay_s, message_id, None, 0.0)[0].id
+
+
+def enqueue_claimed(
+    conn: Connection,
+    worker: Worker,
+    kind: str,
+    process_id: str,
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    audience: str | None = None,
+) -> OutboxMessage | None:
+    """Like :func:`enqueue`, but already leased to ``worker`` so it can be sent right after the
+    commit with :meth:`Worker.dispatch` (no claim round trip, no poll delay). Returns None (and
+    leaves the row to the normal claim) when an older message of the process is still pending,
+    so per-process order holds. If this process dies before sending, the lease expires and any
+    worker sends the row.
+    """
+    msg, older = _enqueue(
+        conn, kind, process_id, url, body, audience, 0.0, None, worker.owner, worker.lease_s
+    )
+    return None if older else msg
+
+
+def _enqueue(
+    conn: Connection,
+    kind: str,
+    process_id: str,
+    url: str,
+    body: Mapping[str, Any],
+    audience: str | None,
+    delay_s: float,
+    message_id: str | None,
+    owner: str | None,
+    lease_s: float,
+) -> tuple[OutboxMessage, bool]:
     now = time.time()
     mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
     payload = dict(body)
     payload.setdefault("@id", mid)
-    seq = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.max(outbox.c.seq), 0)).where(
-            outbox.c.kind == kind, outbox.c.process_id == process_id
-        )
-    ).scalar_one()
+    seq, pending = conn.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.max(outbox.c.seq), 0),
+            sa.func.count().filter(outbox.c.status == "pending"),
+        ).where(outbox.c.kind == kind, outbox.c.process_id == process_id)
+    ).one()
+    older = int(pending or 0) > 0
+    lease = owner is not None and not older
     conn.execute(
         sa.insert(outbox).values(
             id=mid,
@@ -254,10 +297,44 @@ def enqueue(
             status="pending",
             attempts=0,
             not_before=now + delay_s,
+            lease_owner=owner if lease else None,
+            lease_until=now + lease_s if lease else None,
             created_at=now,
         )
     )
-    return mid
+    msg = OutboxMessage(
+        id=mid,
+        kind=kind,
+        process_id=process_id,
+        message_type=str(body.get("@type", "")),
+        url=url,
+        body=payload,
+        audience=audience,
+        attempts=0,
+    )
+    return msg, older
+
+
+_WRITE_LOCKS: dict[int, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()``; on SQLite, threads of this process also queue on a Python lock first.
+
+    SQLite allows one writer; threads that collide on ``BEGIN IMMEDIATE`` wait in SQLite's busy
+    handler, which sleeps in steps of up to 100 ms. Queueing on a lock instead keeps the wait
+    as short as the transaction ahead. (Other processes still use the busy handler.)
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(id(engine), threading.Lock())
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def pending_outbox(conn: Connection, kind: str, process_id: str) -> list[RowMapping]:
@@ -416,6 +493,9 @@ class ProcessHandler(Protocol):
     def on_timeout(self, conn: Connection, process: RowMapping) -> None:
         """The process stayed in its state past ``deadline``: usually -> TERMINATED."""
 
+    # Optional: ``after_commit(committed: bool) -> None`` is called after each callback's
+    # transaction ended (e.g. to dispatch messages enqueued with enqueue_claimed).
+
 
 class Worker:
     """Delivers outbox messages and expires timed-out processes, on any number of replicas.
@@ -514,7 +594,7 @@ class Worker:
         )
         if self._postgres:
             stmt = stmt.with_for_update(skip_locked=True, of=outbox)
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             rows = list(conn.execute(stmt).mappings())
             if not rows:
                 return []
@@ -536,6 +616,15 @@ class Worker:
             )
             for r in rows
         ]
+
+    def dispatch(self, messages: Iterable[OutboxMessage]) -> None:
+        """Send messages leased to this worker by :func:`enqueue_claimed` now, concurrently.
+        Call after the transaction that enqueued them has committed."""
+        for m in messages:
+            try:
+                self._pool.submit(self._send_one, m)
+            except RuntimeError:  # pool shut down: the lease expires and a worker sends it
+                return
 
     def deliver(self) -> int:
         """Claim due outbox messages, send them, record the outcome. Returns how many were sent."""
@@ -560,8 +649,16 @@ class Worker:
 
     def _record(self, message: OutboxMessage, delivery: Delivery) -> None:
         handler = self.handlers.get(message.kind)
+        try:
+            self._record_tx(handler, message, delivery)
+        except BaseException:
+            _after_commit(handler, False)
+            raise
+        _after_commit(handler, True)
+
+    def _record_tx(self, handler: ProcessHandler | None, message: OutboxMessage, delivery: Delivery) -> None:
         now = time.time()
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             # Lock order everywhere: process row, then outbox row.
             process = None
             if handler is not None:
@@ -636,11 +733,24 @@ class Worker:
             )
             if self._postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
-            with self.engine.begin() as conn:
-                for row in conn.execute(stmt).mappings().all():
-                    handler.on_timeout(conn, row)
-                    count += 1
+            try:
+                with write_tx(self.engine) as conn:
+                    for row in conn.execute(stmt).mappings().all():
+                        handler.on_timeout(conn, row)
+                        count += 1
+            except BaseException:
+                _after_commit(handler, False)
+                raise
+            _after_commit(handler, True)
         return count
+
+
+def _after_commit(handler: ProcessHandler | None, committed: bool) -> None:
+    """Call the handler's optional ``after_commit(committed)`` hook (to send or publish what its
+    callbacks prepared only once their transaction is durable)."""
+    hook = getattr(handler, "after_commit", None)
+    if hook is not None:
+        hook(committed)
 
 
 def cancel_pending(conn: Connection, kind: str, process_id: str, reason: str) -> int:

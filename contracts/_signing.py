@@ -26,6 +26,7 @@ from joserfc.jwk import ECKey, OKPKey
 from connector.errors import ValidationError
 
 __all__ = [
+    "DidWebKeyResolver",
     "KeyResolver",
     "LocalKeySigner",
     "SignatureCheck",
@@ -132,6 +133,52 @@ class StaticKeyResolver:
         return self.keys.get(kid)
 
 
+class DidWebKeyResolver:
+    """Resolves ``did:web`` verification methods over HTTPS (HTTP only when ``allow_http``, for
+    loopback tests and demos), caching documents. Returns the ``publicKeyJwk`` of ``kid``."""
+
+    def __init__(self, client: Any = None, *, allow_http: bool = False) -> None:
+        import httpx
+
+        self.client = client or httpx.Client(timeout=5.0)
+        self.allow_http = allow_http
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def did_url(did: str, allow_http: bool) -> str:
+        from urllib.parse import unquote
+
+        if not did.startswith("did:web:"):
+            raise ValidationError(f"not a did:web: {did!r}")
+        parts = [unquote(p) for p in did.removeprefix("did:web:").split(":")]
+        host, path = parts[0], parts[1:]
+        scheme = "http" if allow_http and host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
+        tail = "/".join(path) + "/did.json" if path else ".well-known/did.json"
+        return f"{scheme}://{host}/{tail}"
+
+    def public_jwk(self, kid: str) -> dict[str, Any] | None:
+        did = kid.split("#", 1)[0]
+        doc = self._cache.get(did)
+        if doc is None:
+            try:
+                resp = self.client.get(self.did_url(did, self.allow_http))
+                resp.raise_for_status()
+                doc = resp.json()
+            except Exception:
+                return None
+            if not isinstance(doc, dict):
+                return None
+            self._cache[did] = doc
+        for vm in doc.get("verificationMethod") or []:
+            if not isinstance(vm, dict):
+                continue
+            vid = str(vm.get("id", ""))
+            if vid == kid or (vid.startswith("#") and did + vid == kid):
+                jwk = vm.get("publicKeyJwk")
+                return dict(jwk) if isinstance(jwk, dict) else None
+        return None
+
+
 def sign_agreement(signer: Signer, agreement: Mapping[str, Any]) -> str:
     """Detached JWS of ``signer`` over the agreement's canonical JSON."""
     return signer.sign_detached(canonical_json(agreement))
@@ -150,6 +197,8 @@ class SignatureCheck:
     ok: bool
     kid: str | None
     reason: str
+    #: The public key that verified the signature (kept with the agreement for offline checks).
+    jwk: dict[str, Any] | None = None
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -192,7 +241,7 @@ def verify_agreement_signature(
         return SignatureCheck(
             False, kid, f"signature does not match the agreement ({exc.__class__.__name__})"
         )
-    return SignatureCheck(True, kid, "valid")
+    return SignatureCheck(True, kid, "valid", dict(key_data))
 
 
 def export_agreement(

@@ -9,6 +9,7 @@ import typer
 from catalog import _cli as _catalog_cli
 from connector.cli import _serve
 from connector.settings import settings_markdown
+from contracts import _cli as _agreement_cli
 from usage_policy import _cli as _policy_cli
 
 __all__ = ["SETTINGS_END", "SETTINGS_START", "app", "main", "replace_settings_table"]
@@ -62,6 +63,7 @@ app.command("serve")(_serve.serve)
 app.command("demo")(_serve.demo)
 app.add_typer(_serve.db_app, name="db")
 app.add_typer(_policy_cli.app, name="policy")
+app.add_typer(_agreement_cli.app, name="agreement")
 app.add_typer(_catalog_cli.app, name="catalog")
 
 

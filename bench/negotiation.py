@@ -1,0 +1,249 @@
+"""Contract negotiation benchmark: two connectors on loopback, PostgreSQL and SQLite.
+
+For each backend, one provider process and one consumer process (``python -m contracts._node``:
+DSP + management API + outbox worker, each with its own database) negotiate the full DSP flow
+(request -> signed agreement -> countersigned verification -> finalized). Measured in one run:
+
+* full negotiation latency p50 / p95 (start request on the consumer's management API until the
+  consumer's server-sent event says FINALIZED), one negotiation at a time (goal p50 <= 50 ms);
+* finalized negotiations per second with ``--concurrency`` negotiations in flight (goal >= 200/s
+  on 2 cores);
+* the floor: p50 of one trivial management-API round trip on the same server (ratio = latency
+  p50 / floor p50).
+
+Run: ``.venv/bin/python bench/negotiation.py`` (about 1-2 min; ``--backends sqlite`` to skip
+PostgreSQL). PostgreSQL comes from ``DADAM_TEST_PG_URL`` (default 127.0.0.1:5432, user postgres).
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("DADAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    def __init__(self, name: str, db: str, tmp: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.did = f"did:web:127.0.0.1%3A{self.port}"
+        cmd = [
+            sys.executable, "-m", "contracts._node", "--name", name, "--did", self.did, "--db", db,
+            "--port", str(self.port), "--worker", "--migrate",
+            "--key-file", str(tmp / f"{name}.key"), "--keys-dir", str(tmp / "keys"), *extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/mgmt/negotiations?limit=1", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{name} did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Finalized:
+    """Follows the consumer's SSE stream; ``wait(id)`` returns when that negotiation ended."""
+
+    def __init__(self, url: str) -> None:
+        self.done: dict[str, tuple[float, str]] = {}
+        self.cond = threading.Condition()
+        self.ready = threading.Event()
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, args=(url,), daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self, url: str) -> None:
+        with httpx.Client(timeout=None) as c, c.stream("GET", f"{url}/mgmt/negotiations/events") as r:
+            self.ready.set()
+            for line in r.iter_lines():
+                if self.stop:
+                    return
+                if not line.startswith("data: "):
+                    continue
+                ev = json.loads(line[6:])
+                if ev["state"] in ("FINALIZED", "TERMINATED"):
+                    with self.cond:
+                        self.done[ev["id"]] = (time.perf_counter(), ev["state"])
+                        self.cond.notify_all()
+
+    def wait(self, nid: str, timeout: float = 30) -> tuple[float, str]:
+        deadline = time.time() + timeout
+        with self.cond:
+            while nid not in self.done:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise TimeoutError(f"{nid} did not finish")
+                self.cond.wait(left)
+            return self.done[nid]
+
+
+def start(client: httpx.Client, provider: Node, dataset: str) -> str:
+    r = client.post(
+        "/mgmt/negotiations",
+        json={
+            "counterPartyAddress": provider.url + "/dsp",
+            "counterPartyId": provider.did,
+            "offer": {"@id": f"cd1:{dataset}:v1", "target": dataset, "permission": [{"action": "use"}]},
+        },
+    )
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def run_backend(
+    name: str, make_db: Any, n_latency: int, n_throughput: int, concurrency: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        provider = Node("provider", make_db(), tmp)
+        consumer = Node("consumer", make_db(), tmp)
+        try:
+            fin = Finalized(consumer.url)
+            client = httpx.Client(base_url=consumer.url, timeout=30)
+            # warm-up
+            for i in range(10):
+                nid = start(client, provider, f"warm{i}")
+                assert fin.wait(nid)[1] == "FINALIZED", client.get(f"/mgmt/negotiations/{nid}").text
+            floor = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                client.get("/mgmt/negotiations?limit=1").raise_for_status()
+                floor.append(time.perf_counter() - t0)
+            lat = []
+            for i in range(n_latency):
+                t0 = time.perf_counter()
+                nid = start(client, provider, f"lat{i}")
+                t1, state = fin.wait(nid)
+                assert state == "FINALIZED", client.get(f"/mgmt/negotiations/{nid}").text
+                lat.append(t1 - t0)
+            ids: queue.Queue[str] = queue.Queue()
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                clients = [httpx.Client(base_url=consumer.url, timeout=60) for _ in range(concurrency)]
+
+                def one(i: int) -> None:
+                    nid = start(clients[i % concurrency], provider, f"tp{i}")
+                    ids.put(nid)
+                    fin.wait(nid, timeout=120)
+
+                list(pool.map(one, range(n_throughput)))
+            elapsed = time.perf_counter() - t0
+            finalized = sum(1 for nid in list(ids.queue) if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
+            fin.stop = True
+            lat_ms = sorted(x * 1000 for x in lat)
+            p50 = statistics.median(lat_ms)
+            p95 = lat_ms[max(0, int(len(lat_ms) * 0.95) - 1)]
+            floor_p50 = statistics.median(floor) * 1000
+            res = {
+                "backend": name,
+                "latency_p50_ms": round(p50, 1),
+                "latency_p95_ms": round(p95, 1),
+                "floor_roundtrip_p50_ms": round(floor_p50, 2),
+                "latency_over_floor": round(p50 / floor_p50, 1),
+                "throughput_per_s": round(finalized / elapsed, 1),
+                "throughput_n": n_throughput,
+                "throughput_finalized": finalized,
+                "concurrency": concurrency,
+            }
+            print(json.dumps(res), flush=True)
+            return res
+        finally:
+            consumer.stop()
+            provider.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backends", default="postgres,sqlite")
+    ap.add_argument("--latency-n", type=int, default=100)
+    ap.add_argument("--throughput-n", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    results = {}
+    admin = None
+    created: list[str] = []
+    try:
+        for backend in args.backends.split(","):
+            if backend == "postgres":
+                admin = sa.create_engine(
+                    PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                    isolation_level="AUTOCOMMIT",
+                )
+
+                def make_db() -> str:
+                    name = f"dadam_bench_{uuid.uuid4().hex[:10]}"
+                    assert admin is not None
+                    with admin.connect() as conn:
+                        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                    created.append(name)
+                    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+                results[backend] = run_backend(
+                    backend, make_db, args.latency_n, args.throughput_n, args.concurrency
+                )
+            else:
+                tmpdir = tempfile.mkdtemp(prefix="dadam-bench-")
+                results[backend] = run_backend(
+                    backend,
+                    lambda: f"sqlite:///{tmpdir}/{uuid.uuid4().hex[:8]}.db",
+                    args.latency_n,
+                    args.throughput_n,
+                    args.concurrency,
+                )
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                for name in created:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    summary: dict[str, Any] = {"bench": "negotiation", "cores": os.cpu_count()}
+    for b, r in results.items():
+        for k, v in r.items():
+            if k != "backend":
+                summary[f"{b}_{k}"] = v
+    summary["goal_p50_ms"] = 50
+    summary["goal_per_s"] = 200
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
