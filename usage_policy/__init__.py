@@ -9,7 +9,15 @@ requested policy against an offer (:func:`is_within`), or start from a ready-mad
 from __future__ import annotations
 
 from usage_policy import templates as templates  # public module (not in __all__: modules are not names)
-from usage_policy._context import CATENA_X, DutyState, EvaluationContext, PaymentState, Scope, UsageState
+from usage_policy._context import (
+    CATENA_X,
+    DutyState,
+    EvaluationContext,
+    PaymentState,
+    Scope,
+    UsageState,
+    context_from_credentials,
+)
 from usage_policy._evaluate import (
     Decision,
     Explanation,
@@ -55,6 +63,7 @@ __all__ = [
     "Term",
     "UsageState",
     "compile_policy",
+    "context_from_credentials",
     "evaluate",
     "is_within",
     "left_operand",

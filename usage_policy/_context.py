@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,7 +11,15 @@ from typing import Any
 
 from connector.errors import ValidationError
 
-__all__ = ["CATENA_X", "DutyState", "EvaluationContext", "PaymentState", "Scope", "UsageState"]
+__all__ = [
+    "CATENA_X",
+    "DutyState",
+    "EvaluationContext",
+    "PaymentState",
+    "Scope",
+    "UsageState",
+    "context_from_credentials",
+]
 
 #: The membership name the Catena-X ``Membership eq active`` constraint looks for.
 CATENA_X = "catena-x"
@@ -192,3 +200,59 @@ class EvaluationContext:
             "values": dict(self.values),
             "activities": sorted(self.activities),
         }
+
+
+def context_from_credentials(credentials: Iterable[Mapping[str, Any]], **fields: Any) -> EvaluationContext:
+    """An :class:`EvaluationContext` from the requester's **verified** Catena-X credentials.
+
+    Each item is a verifiable credential (JSON, or a VC-JWT payload with a ``vc`` claim)
+    that the caller has already verified (signature, issuer, expiry). Mapping:
+    ``MembershipCredential`` -> membership ``catena-x``; ``BpnCredential`` /
+    ``holderIdentifier`` -> ``bpn``; ``credentialSubject.id`` -> ``did``;
+    ``DataExchangeGovernanceCredential`` and the use-case framework credentials
+    (``PcfCredential``, ``QualityCredential``, ...) -> framework agreement
+    ``<UseCase>:<contractVersion>``; every type -> ``credentials``. ``fields`` set the
+    rest (purpose, now, usage, ...). Credentials about different holders are an error.
+    """
+    did: str | None = None
+    bpns: set[str] = set()
+    memberships: set[str] = set()
+    agreements: set[str] = set()
+    types: set[str] = set()
+    for i, raw in enumerate(credentials):
+        vc = raw.get("vc", raw) if isinstance(raw.get("vc"), Mapping) else raw
+        vc_types = vc.get("type") or []
+        vc_types = [vc_types] if isinstance(vc_types, str) else list(vc_types)
+        subject = vc.get("credentialSubject") or {}
+        if isinstance(subject, list):
+            subject = subject[0] if len(subject) == 1 else {}
+        if not isinstance(subject, Mapping):
+            raise ValidationError(f"credential {i}: credentialSubject must be an object")
+        sid = subject.get("id")
+        if sid:
+            if did is not None and sid != did:
+                raise ValidationError(f"credential {i}: holder {sid} differs from {did}")
+            did = str(sid)
+        for key in ("bpn", "holderIdentifier"):
+            if subject.get(key):
+                bpns.add(str(subject[key]))
+        for t in vc_types:
+            if t == "VerifiableCredential":
+                continue
+            types.add(str(t))
+            if t == "MembershipCredential":
+                memberships.add(CATENA_X)
+            elif t.endswith("Credential") and subject.get("contractVersion"):
+                use_case = str(subject.get("useCase") or t[: -len("Credential")])
+                agreements.add(f"{use_case}:{subject['contractVersion']}")
+    if len(bpns) > 1:
+        raise ValidationError(f"credentials name different BPNs: {', '.join(sorted(bpns))}")
+    base: dict[str, Any] = {
+        "did": did,
+        "bpn": next(iter(bpns), None),
+        "memberships": frozenset(memberships),
+        "framework_agreements": frozenset(agreements),
+        "credentials": frozenset(types),
+    }
+    base.update(fields)
+    return EvaluationContext(**base)
