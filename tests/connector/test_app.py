@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from catalog_testing import schema_errors
 from connector_testing import CTX, DSP, MGMT, TestClient
 from fastapi import Request
 from pydantic import SecretStr
@@ -42,8 +43,13 @@ def test_create_app_from_settings_owns_its_runtime(tmp_path: Path) -> None:
         r = c.get("/.well-known/dspace-version")
         assert r.json()["protocolVersions"][0]["path"] == "/dsp"
         r = c.post("/dsp/catalog/request", json={"@context": CTX, "@type": "CatalogRequestMessage"})
-        assert r.status_code == 200
-        assert r.json()["service"][0]["endpointURL"] == "http://127.0.0.1:8181/dsp"
+        if app.state.runtime.identity is None:
+            assert r.status_code == 200
+            assert r.json()["service"][0]["endpointURL"] == "http://127.0.0.1:8181/dsp"
+        else:  # identity wired: a DSP request without a DCP token is refused, with a CatalogError
+            assert r.status_code == 401
+            assert r.json()["@type"] == "CatalogError"
+            assert schema_errors(r.json()) == []
         # no DADAM_API_KEY: the fallback management auth refuses everything
         r = c.get("/admin/datasets", headers={"X-Api-Key": ""})
         assert r.status_code == 401
