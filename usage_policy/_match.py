@@ -69,6 +69,8 @@ def _canon_constraint(n: ConstraintNode) -> Any:
         children = [_canon_constraint(c) for c in (_flatten(n.operands) if n.op == "and" else n.operands)]
         if n.op == "andSequence":
             return ("andSequence", tuple(children))
+        if n.op == "xone":  # exactly one: how often a branch appears matters, its order not
+            return ("xone", tuple(sorted(children, key=repr)))
         return (n.op, frozenset(children))
     op = _op(n)
     return ("atom", n.left.iri, op, _right(n, op), n.unit)

@@ -157,3 +157,11 @@ def test_logical_constraints_are_matched_by_implication() -> None:
         _offer({"and": [_p("a"), {"leftOperand": "count", "operator": "lteq", "rightOperand": "9"}]}),
         _offer(nested),
     ).within
+
+
+def test_xone_counts_repeated_branches() -> None:
+    """Found by the soundness property: xone over [a, a] is never true, xone over [a] may be."""
+    twice = _offer({"xone": [_p("a"), _p("a")]})
+    once = _offer({"xone": [_p("a")]})
+    assert not is_within(once, twice).equal
+    assert not is_within(once, twice).within
