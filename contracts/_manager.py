@@ -265,8 +265,12 @@ class NegotiationManager:
         batch_size: int = 20,
         poll_s: float = 0.2,
         concurrency: int = 8,
+        direct_dispatch: bool = True,
     ) -> None:
         self.engine = engine
+        #: Send a message from this process right after the commit that produced it (leased to
+        #: our worker). False: leave every message to whichever worker claims it (API-only replicas).
+        self.direct_dispatch = direct_dispatch
         self.config = config
         self.offers = offers
         self.decider: PolicyDecider = decider or UsagePolicyDecider()
@@ -387,7 +391,7 @@ class NegotiationManager:
         msg = self._build(row, event, reason)
         address = row["counterparty_address"].rstrip("/")
         url = address + self._path(role, row, event)
-        if delay_s > 0:
+        if delay_s > 0 or not self.direct_dispatch:
             enqueue(
                 conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s
             )

@@ -116,6 +116,7 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
         poll_s=args.poll,
         concurrency=args.concurrency,
         worker_owner=f"{args.name}-{os.getpid()}",
+        direct_dispatch=not args.no_dispatch,
     )
     app = FastAPI()
     install_error_handlers(app, dsp_path=DSP)
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public-url", default="")
     p.add_argument("--worker", action="store_true", help="run the outbox worker")
     p.add_argument("--migrate", action="store_true")
+    p.add_argument(
+        "--no-dispatch", action="store_true", help="API only: leave every send to the worker processes"
+    )
     p.add_argument("--key-file", required=True)
     p.add_argument("--keys-dir", required=True)
     p.add_argument("--pool", type=int, default=10)

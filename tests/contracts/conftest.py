@@ -61,3 +61,40 @@ def nodes() -> Iterator[list[Node]]:
     yield made
     for n in made:
         n.stop()
+
+
+def pg_database(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """A factory of fresh PostgreSQL databases, dropped when ``request``'s test ends."""
+    try:
+        admin = sa.create_engine(
+            PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"dadam_cn_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            for name in created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    return make
+
+
+@pytest.fixture
+def pg_dbs(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Fresh PostgreSQL databases (request this before ``procs`` so processes stop first)."""
+    return pg_database(request)
