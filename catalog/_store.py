@@ -122,13 +122,13 @@ class CatalogStore:
                 exists = conn.execute(sa.select(t.datasets.c.id).where(t.datasets.c.id == ds.id)).first()
                 if exists:
                     raise ConflictError(f"dataset {ds.id!r} already exists", context={"datasetId": ds.id})
+                rev = self._bump(conn)
                 conn.execute(
                     sa.insert(t.datasets).values(
-                        id=ds.id, created_at=now, updated_at=now, **self._dataset_row(ds)
+                        id=ds.id, revision=rev, created_at=now, updated_at=now, **self._dataset_row(ds)
                     )
                 )
                 self._terms(conn, ds)
-                self._bump(conn)
         except sa.exc.IntegrityError as exc:
             raise ConflictError(f"dataset {ds.id!r} already exists", context={"datasetId": ds.id}) from exc
         return ds

@@ -230,3 +230,25 @@ def test_revision_row_missing_is_a_store_error(store: CatalogStore, engine: sa.E
         conn.execute(sa.delete(_tables.revision))
     with pytest.raises(StoreError, match="catalog_revision row is missing"):
         store.revision()
+
+
+def test_deleted_and_recreated_dataset_is_served_fresh(seeded: CatalogStore) -> None:
+    svc = CatalogService(seeded, participant_id=PARTICIPANT, dsp_base_url=DSP_BASE)
+    bom = seeded.get_dataset("bom-brake-assembly-as-built")
+    assert svc.catalog(ALICE).to_dict()["dataset"][0]["dct:title"] == bom.title
+    seeded.delete_dataset(bom.id)  # no catalog request in between: the cached entry survives
+    seeded.create_dataset(bom.model_copy(update={"title": "Recreated"}))
+    assert svc.catalog(ALICE).to_dict()["dataset"][0]["dct:title"] == "Recreated"
+    seeded.delete_dataset(bom.id)
+    assert svc.catalog(ALICE).total == 0
+
+
+def test_dataset_rows_carry_the_revision_of_their_last_write(store: CatalogStore) -> None:
+    ds = sample_datasets()[0]
+    store.create_dataset(ds)
+    assert dict(store.dataset_revisions())[ds.id] == store.revision()
+    store.create_policy(PolicyDefinition(id="p", policy={"permission": [{"action": "use"}]}))
+    store.update_dataset(ds.model_copy(update={"title": "x"}))
+    assert dict(store.dataset_revisions())[ds.id] == store.revision()
+    rev, loaded = store.datasets_with_revisions([ds.id, "missing"])[ds.id]
+    assert rev == store.revision() and loaded.title == "x"
