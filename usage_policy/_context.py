@@ -160,8 +160,6 @@ class EvaluationContext:
                 else:
                     kwargs[key] = value
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, ValidationError):
-                raise
             raise ValidationError(f"invalid evaluation context: {exc}") from exc
         return cls(**kwargs)
 
