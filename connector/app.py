@@ -39,6 +39,7 @@ from connector.api import (
     management_router,
     version_router,
 )
+from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
 
@@ -74,6 +75,8 @@ def create_app(
     owns_runtime = runtime is None
     if runtime is None:
         runtime = Runtime.create(settings or Settings())
+        # A connector started from settings always authenticates its peers (DCP tokens).
+        runtime.identity = IdentityService.create(runtime.settings, runtime.engine)
     settings = runtime.settings
     rt = runtime
 
@@ -95,6 +98,8 @@ def create_app(
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     log.error("worker ended with an error: %r", result)
             if owns_runtime:
+                if isinstance(rt.identity, IdentityService):
+                    await rt.identity.aclose()
                 rt.close()
 
     app = FastAPI(
@@ -108,6 +113,14 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dsp_path=settings.dsp_path)
 
     app.include_router(version_router(settings.dsp_path))
+    if isinstance(rt.identity, IdentityService):
+        app.include_router(did_router(rt.identity.identity))
+        app.include_router(
+            partners_router(rt.identity.partners, auth.require_read, auth.require_write),
+            prefix=settings.management_path,
+        )
+    else:
+        log.warning("no identity configured: DSP callers are not authenticated (test or embedded use only)")
     app.include_router(
         dsp_catalog_router(
             rt.catalog,

@@ -12,7 +12,8 @@ status a server should answer with (``status_hint``) and are turned into DSP err
     ├── NotFoundError                  the thing asked for does not exist (or is not yours)
     ├── ConflictError                  the request contradicts stored state (duplicate id, version)
     ├── AuthError                      authentication or authorisation failed
-    │   └── TokenError                 a DCP self-issued token was rejected; .reason says why
+    │   ├── TokenError                 a DCP self-issued token was rejected; the message says which check
+    │   └── PermissionDeniedError      authenticated, but not allowed (missing scope): 403
     ├── ProtocolError                  a DSP exchange broke the protocol (abstract)
     │   ├── LocalProtocolError         we were asked to do something the protocol forbids
     │   └── RemoteProtocolError        the peer sent something the protocol forbids
@@ -39,6 +40,7 @@ __all__ = [
     "LedgerError",
     "LocalProtocolError",
     "NotFoundError",
+    "PermissionDeniedError",
     "PolicyError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -125,6 +127,13 @@ class TokenError(AuthError):
     """A DCP self-issued ID token was rejected; the message says exactly which check failed."""
 
     code = "invalid_token"
+
+
+class PermissionDeniedError(AuthError):
+    """The caller is authenticated but lacks the scope or right for this operation (403)."""
+
+    status_hint = 403
+    code = "forbidden"
 
 
 class ProtocolError(DadamError):

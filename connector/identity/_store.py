@@ -1,0 +1,166 @@
+"""Identity tables: the token replay store shared by all replicas, and the partner directory."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.errors import NotFoundError, ValidationError
+from connector.store import metadata
+
+__all__ = [
+    "MemoryReplayStore",
+    "PartnerDirectory",
+    "ReplayStore",
+    "SqlReplayStore",
+    "partners_table",
+    "token_replay_table",
+]
+
+token_replay_table = sa.Table(
+    "dsp_token_replay",
+    metadata,
+    sa.Column("token_key", sa.String(512), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+)
+
+partners_table = sa.Table(
+    "partners",
+    metadata,
+    sa.Column("did", sa.String(512), primary_key=True),
+    sa.Column("claims", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class ReplayStore(Protocol):
+    """Remembers token ids until they expire; ``add`` is False when the id was seen before."""
+
+    def add(self, issuer: str, jti: str, expires_at: int) -> bool: ...
+
+
+class MemoryReplayStore:
+    """Process-local replay store (tests and single-process use)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, issuer: str, jti: str, expires_at: int) -> bool:
+        now = int(time.time())
+        key = f"{issuer}|{jti}"
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen = {k: v for k, v in self._seen.items() if v >= now}
+            if key in self._seen and self._seen[key] >= now:
+                return False
+            self._seen[key] = expires_at
+            return True
+
+
+class SqlReplayStore:
+    """Replay store in the database: N replicas sharing PostgreSQL reject a token used on any of them."""
+
+    def __init__(self, engine: Engine, *, prune_every: int = 500) -> None:
+        self._engine = engine
+        self._prune_every = prune_every
+        self._count = 0
+
+    def add(self, issuer: str, jti: str, expires_at: int) -> bool:
+        key = f"{issuer}|{jti}"[:512]
+        self._count += 1
+        try:
+            with self._engine.begin() as conn:
+                if self._count % self._prune_every == 0:
+                    conn.execute(
+                        token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
+                    )
+                conn.execute(token_replay_table.insert().values(token_key=key, expires_at=expires_at))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+
+_CLAIM_LISTS = ("memberships", "framework_agreements", "credentials", "bpn_groups", "groups")
+_CLAIM_STRINGS = ("bpn", "region", "name")
+
+
+def _check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    problems = []
+    out: dict[str, Any] = {}
+    for key, value in claims.items():
+        if key in _CLAIM_LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{key}: must be a list of strings")
+            else:
+                out[key] = sorted(set(value))
+        elif key in _CLAIM_STRINGS:
+            if not isinstance(value, str):
+                problems.append(f"{key}: must be a string")
+            else:
+                out[key] = value
+        else:
+            problems.append(f"{key}: unknown claim (known: {', '.join(_CLAIM_STRINGS + _CLAIM_LISTS)})")
+    if problems:
+        raise ValidationError("invalid partner claims", errors=problems)
+    return out
+
+
+class PartnerDirectory:
+    """What this operator has verified about partners, by DID (BPNL, memberships, agreements ...).
+
+    The claims are attached to every authenticated DSP caller and are what access and usage
+    policies are evaluated against. Unknown DIDs have no claims (so constrained policies deny).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: dict[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            if self._cache is None:
+                with self._engine.connect() as conn:
+                    rows = conn.execute(sa.select(partners_table.c.did, partners_table.c.claims)).all()
+                self._cache = {r.did: json.loads(r.claims) for r in rows}
+            return self._cache
+
+    def claims_for(self, did: str) -> dict[str, Any]:
+        return dict(self._load().get(did, {}))
+
+    def put(self, did: str, claims: Mapping[str, Any]) -> dict[str, Any]:
+        checked = _check_claims(claims)
+        if not did.startswith("did:"):
+            raise ValidationError("invalid partner", errors=[f"did: not a DID: {did!r}"])
+        now = datetime.now(UTC)
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                partners_table.update()
+                .where(partners_table.c.did == did)
+                .values(claims=json.dumps(checked), updated_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    partners_table.insert().values(did=did, claims=json.dumps(checked), updated_at=now)
+                )
+        with self._lock:
+            self._cache = None
+        return checked
+
+    def delete(self, did: str) -> None:
+        with self._engine.begin() as conn:
+            if not conn.execute(partners_table.delete().where(partners_table.c.did == did)).rowcount:
+                raise NotFoundError(f"no partner {did}")
+        with self._lock:
+            self._cache = None
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._load().items()}
