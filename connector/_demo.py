@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
@@ -30,7 +31,13 @@ from connector.settings import did_web_for_url
 __all__ = ["DemoError", "Node", "free_port", "run_demo", "start_node", "stop_node"]
 
 API_KEY = "demo-api-key-not-for-production"
-console = Console()
+console = Console(width=max(120, Console().width))
+#: What the provider's operator verified about the consumer (in production: from its credentials).
+CONSUMER_CLAIMS = {
+    "bpn": "BPNL00000000C0NS",
+    "memberships": ["catena-x"],
+    "framework_agreements": ["DataExchangeGovernance:1.0"],
+}
 
 
 class DemoError(RuntimeError):
@@ -171,6 +178,15 @@ def seed_provider(node: Node) -> int:
     return count
 
 
+def record_partner(provider: Node, consumer: Node) -> None:
+    """The provider's operator records the consumer's verified claims (BPNL, membership, agreements)."""
+    with provider.client() as c:
+        # DIDs contain '%3A' for the port: percent-encode the whole DID in the path
+        _check(
+            c.put(f"/partners/{quote(consumer.did, safe='')}", json=CONSUMER_CLAIMS), "record partner claims"
+        )
+
+
 def _text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_text(v) for v in value)
@@ -198,14 +214,12 @@ def fetch_catalog(consumer: Node, provider: Node) -> dict[str, Any]:
 
 def print_catalog(catalog: dict[str, Any]) -> None:
     table = Table(title=f"Catalog of {catalog.get('participantId')}", show_lines=False)
-    for col in ("dataset", "title", "conforms to", "offers", "formats"):
-        table.add_column(col)
+    for col in ("dataset", "title", "offers", "formats"):
+        table.add_column(col, overflow="fold")
     for ds in catalog.get("dataset", []):
-        offers = ", ".join(o.get("@id", "?") for o in ds.get("hasPolicy", []))
+        offers = "\n".join(o.get("@id", "?") for o in ds.get("hasPolicy", []))
         formats = ", ".join(_text(d.get("format")) for d in ds.get("distribution", []))
-        table.add_row(
-            ds.get("@id", "?"), _text(ds.get("dct:title")), _text(ds.get("dct:conformsTo")), offers, formats
-        )
+        table.add_row(ds.get("@id", "?"), _text(ds.get("dct:title")), offers, formats)
     console.print(table)
 
 
@@ -241,10 +255,17 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 console.print(
                     f"[bold]2[/] provider published {n} datasets with policies and contract definitions"
                 )
+                anonymous_view = fetch_catalog(consumer, provider)
+                console.print(
+                    f"[bold]3[/] consumer fetched the provider's catalog over DSP with a DCP self-issued token: "
+                    f"{len(anonymous_view.get('dataset', []))} dataset(s) visible to an unknown partner"
+                )
+                record_partner(provider, consumer)
                 catalog = fetch_catalog(consumer, provider)
                 console.print(
-                    f"[bold]3[/] consumer fetched the provider's catalog over DSP "
-                    f"({len(catalog.get('dataset', []))} datasets visible to it)"
+                    f"[bold]4[/] provider recorded the consumer's verified claims {CONSUMER_CLAIMS}; "
+                    f"the consumer fetched the provider's catalog over DSP again: "
+                    f"{len(catalog.get('dataset', []))} datasets visible (access policies evaluated)"
                 )
                 print_catalog(catalog)
                 if serve:

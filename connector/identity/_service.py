@@ -84,7 +84,11 @@ def did_router(identity: Identity, *, path: str = "/.well-known/did.json") -> AP
 def partners_router(
     partners: PartnerDirectory, require_read: Callable[..., Any], require_write: Callable[..., Any]
 ) -> APIRouter:
-    """Management routes for the partner directory (verified claims per partner DID)."""
+    """Management routes for the partner directory (verified claims per partner DID).
+
+    The DID in the path must be percent-encoded as a whole (``did%3Aweb%3Ahost%253A8181``), since
+    did:web identifiers themselves contain ``%3A``.
+    """
     router = APIRouter(tags=["partners"])
 
     @router.get("/partners", dependencies=[Depends(require_read)], summary="Every partner and its claims")

@@ -23,7 +23,10 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "consumer fetched the provider's catalog over DSP" in out
-    assert "bom-brake-assembly-as-built" in out
+    assert "1 dataset(s) visible to an unknown partner" in out  # only the open BOM
+    assert "3 datasets visible (access policies evaluated)" in out
+    for dataset in ("bom-brake-assembly-as-built", "pcf-brake-disc-bd330v", "production-tracking-line2"):
+        assert dataset in out
     assert "connectors stopped" in out
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2, out
