@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from connector._dsp_client import DspClient
 from connector._remote_api import remote_catalog_router
@@ -42,6 +42,7 @@ from connector.api import (
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
+from usage_policy._api import policy_router
 
 __all__ = ["create_app"]
 
@@ -141,6 +142,9 @@ def create_app(
     )
     dsp_client = DspClient(auth_for=getattr(rt.identity, "auth_for", None))
     app.include_router(remote_catalog_router(dsp_client, auth.require_read), prefix=settings.management_path)
+    app.include_router(
+        policy_router(), prefix=settings.management_path, dependencies=[Depends(auth.require_read)]
+    )
     oauth_router = _oauth_router(auth)
     if oauth_router is not None:
         app.include_router(oauth_router, prefix=settings.management_path)

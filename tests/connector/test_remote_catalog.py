@@ -116,3 +116,24 @@ def test_bad_request_body_names_the_missing_field_and_peer_did_is_derived() -> N
         assert bad.status_code in (400, 422)
         assert "counterPartyAddress" in bad.text
     assert peer_did_for_address("https://p.example.com:8443/api/dsp/2025-1") == "did:web:p.example.com%3A8443"
+
+
+def test_policy_dry_run_is_mounted_on_the_management_api(tmp_path: Path) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        database_url=SecretStr(f"sqlite:///{(tmp_path / 'x.db').as_posix()}"),
+        api_key=SecretStr("k"),
+    )
+    with TestClient(create_app(settings)) as c:
+        policy = {"@type": "Set", "permission": [{"action": "use"}]}
+        assert c.post("/api/management/v1/policies/validate", json={"policy": policy}).status_code == 401
+        r = c.post(
+            "/api/management/v1/policies/validate",
+            json={"policy": policy, "profile": "odrl"},
+            headers={"X-Api-Key": "k"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["valid"] is True
+        # the DID document is served for did:web resolution
+        doc = c.get("/.well-known/did.json").json()
+        assert doc["id"] == settings.did
