@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Protocol
 import httpx
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import (
     ConflictError,
@@ -100,6 +100,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("dadam.contracts")
+
+#: A negotiation row (as read, or as updated in memory after a write in the same transaction).
+Row = Mapping[Any, Any]
 
 KIND = "cn"
 WEBHOOK_KIND = "cn-webhook"
@@ -233,7 +236,7 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def _extra_with(row: RowMapping, **values: Any) -> str:
+def _extra_with(row: Row, **values: Any) -> str:
     """The row's ``extra`` JSON with ``values`` merged in (None values are dropped)."""
     extra = dict(_loads(row["extra"]) or {})
     extra.update({k: v for k, v in values.items() if v is not None})
@@ -345,26 +348,41 @@ class NegotiationManager:
     def _set(
         self,
         conn: Connection,
-        row: RowMapping,
+        row: Row,
         state: State,
         fx: _Effects,
         *,
         reason: str | None = None,
         pending: bool = False,
         **values: Any,
-    ) -> RowMapping:
+    ) -> Row:
         terminal = state in TERMINAL_STATES
+        now = time.time()
+        timeout_s = None if terminal else self.config.state_timeout_s
         save_state(
             conn,
             negotiations,
             row["id"],
             state,
-            timeout_s=None if terminal else self.config.state_timeout_s,
+            timeout_s=timeout_s,
+            now=now,
             error_detail=reason,
             pending=pending,
             **values,
         )
-        new = conn.execute(sa.select(negotiations).where(negotiations.c.id == row["id"])).mappings().one()
+        # The row as stored now (no re-read: this transaction holds the row lock).
+        new = dict(row)
+        new.update(values)
+        new.update(
+            state=int(state),
+            state_since=now,
+            deadline=None if timeout_s is None else now + timeout_s,
+            pending=pending,
+            updated_at=now,
+            version=row["version"] + 1,
+        )
+        if reason is not None:
+            new["error_detail"] = reason
         if state != row["state"] or reason:
             ev = self._view(new)
             fx.changed.append(ev)
@@ -376,14 +394,14 @@ class NegotiationManager:
     def _send(
         self,
         conn: Connection,
-        row: RowMapping,
+        row: Row,
         event: Event,
         fx: _Effects,
         *,
         delay_s: float = 0.0,
         reason: str | None = None,
         **values: Any,
-    ) -> RowMapping:
+    ) -> Row:
         """Apply a SEND_* event: build its message, put it in the outbox, enter the "-ING" state."""
         role = Role(row["role"])
         tr = handle(role, State(row["state"]), event)
@@ -407,7 +425,7 @@ class NegotiationManager:
         return row
 
     @staticmethod
-    def _path(role: Role, row: RowMapping, event: Event) -> str:
+    def _path(role: Role, row: Row, event: Event) -> str:
         if role is Role.CONSUMER:
             pp = row["provider_pid"]
             return {
@@ -424,7 +442,7 @@ class NegotiationManager:
             Event.SEND_TERMINATION: f"/negotiations/{cp}/termination",
         }[event]
 
-    def _build(self, row: RowMapping, event: Event, reason: str | None) -> NegotiationMessage:
+    def _build(self, row: Row, event: Event, reason: str | None) -> NegotiationMessage:
         pp, cp = row["provider_pid"], row["consumer_pid"]
         mid = f"urn:uuid:{uuid.uuid4()}"
         if event is Event.SEND_REQUEST:
@@ -445,7 +463,7 @@ class NegotiationManager:
         return TerminationMessage(pp, cp, "terminated", (reason or "terminated",), mid)
 
     # -- views -------------------------------------------------------------------------------
-    def _view(self, row: RowMapping) -> dict[str, Any]:
+    def _view(self, row: Row) -> dict[str, Any]:
         agreement = _loads(row["agreement"])
         signed_by = [r for r in ("provider", "consumer") if row[f"{r}_signature"]]
         return {
@@ -468,11 +486,11 @@ class NegotiationManager:
             "updatedAt": row["updated_at"],
         }
 
-    def _ack(self, row: RowMapping) -> dict[str, Any]:
+    def _ack(self, row: Row) -> dict[str, Any]:
         return negotiation_body(row["provider_pid"], row["consumer_pid"], wire_state(State(row["state"])))
 
     # -- lookup ------------------------------------------------------------------------------
-    def _find(self, conn: Connection, role: Role, pid: str, caller: Caller | None, lock: bool) -> RowMapping:
+    def _find(self, conn: Connection, role: Role, pid: str, caller: Caller | None, lock: bool) -> Row:
         col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
         stmt = sa.select(negotiations).where(negotiations.c.role == role.value, col == pid)
         if lock and conn.dialect.name == "postgresql":
@@ -487,7 +505,7 @@ class NegotiationManager:
 
     def role_of(self, pid: str) -> Role:
         """Which of our negotiations ``pid`` names (provider and consumer share DSP paths)."""
-        with self.engine.connect() as conn:
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
             role = conn.execute(
                 sa.select(negotiations.c.role)
                 .where(
@@ -504,7 +522,7 @@ class NegotiationManager:
 
     def dsp_get(self, role: Role, pid: str, caller: Caller | None) -> dict[str, Any]:
         """``GET /negotiations/:pid`` (provider) or ``<callback>/negotiations/:pid`` (consumer)."""
-        with self.engine.connect() as conn:
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
             return self._ack(self._find(conn, role, pid, caller, lock=False))
 
     # -- received DSP messages ---------------------------------------------------------------
@@ -586,7 +604,7 @@ class NegotiationManager:
                     extra=_dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
                 )
             )
-            row = lock_process(conn, negotiations, pid)
+            row: Row = lock_process(conn, negotiations, pid)
             record_received(conn, KIND, pid, msg.id, digest)
             tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
             row = self._set(conn, row, tr.state, fx)
@@ -683,14 +701,14 @@ class NegotiationManager:
         return ack
 
     # -- reactions ---------------------------------------------------------------------------
-    def _script(self, row: RowMapping) -> Script | None:
+    def _script(self, row: Row) -> Script | None:
         if self.scripts is None:
             return None
         return self.scripts(row["dataset_id"])
 
     def _run_script(
-        self, conn: Connection, row: RowMapping, commands: Sequence[str], fx: _Effects, delay_s: float
-    ) -> RowMapping:
+        self, conn: Connection, row: Row, commands: Sequence[str], fx: _Effects, delay_s: float
+    ) -> Row:
         for i, command in enumerate(commands):
             if command == "nothing":
                 continue
@@ -717,13 +735,13 @@ class NegotiationManager:
     def _command(
         self,
         conn: Connection,
-        row: RowMapping,
+        row: Row,
         command: str,
         fx: _Effects,
         *,
         delay_s: float,
         reason: str | None,
-    ) -> RowMapping:
+    ) -> Row:
         if command == "offer":
             offer = dict(_loads(row["offer"]) or {})
             offer.setdefault("target", row["dataset_id"])
@@ -745,7 +763,7 @@ class NegotiationManager:
             return self._send(conn, row, Event.SEND_REQUEST, fx, delay_s=delay_s, offer_by="consumer")
         raise LocalProtocolError(f"unknown command {command!r}")
 
-    def _agree(self, conn: Connection, row: RowMapping, fx: _Effects, *, delay_s: float) -> RowMapping:
+    def _agree(self, conn: Connection, row: Row, fx: _Effects, *, delay_s: float) -> Row:
         offer = _loads(row["offer"]) or {}
         agreement: dict[str, Any] = {
             "@id": f"urn:uuid:{uuid.uuid4()}",
@@ -776,12 +794,12 @@ class NegotiationManager:
     def _verify(
         self,
         conn: Connection,
-        row: RowMapping,
+        row: Row,
         fx: _Effects,
         *,
         delay_s: float,
         peer_jwk: dict[str, Any] | None = None,
-    ) -> RowMapping:
+    ) -> Row:
         agreement = _loads(row["agreement"]) or {}
         signature = sign_agreement(self.signer, agreement) if self.signer is not None else None
         return self._send(
@@ -799,12 +817,12 @@ class NegotiationManager:
     def _react_provider(
         self,
         conn: Connection,
-        row: RowMapping,
+        row: Row,
         trigger: str,
         msg: NegotiationMessage,
         caller: Caller,
         fx: _Effects,
-    ) -> RowMapping:
+    ) -> Row:
         delay = self.config.reply_delay_s
         script = self._script(row)
         if script is not None:
@@ -857,8 +875,8 @@ class NegotiationManager:
         return row
 
     def _react_consumer(
-        self, conn: Connection, row: RowMapping, trigger: str, msg: NegotiationMessage, fx: _Effects
-    ) -> RowMapping:
+        self, conn: Connection, row: Row, trigger: str, msg: NegotiationMessage, fx: _Effects
+    ) -> Row:
         delay = self.config.reply_delay_s
         script = self._script(row)
         if script is not None:
@@ -884,7 +902,7 @@ class NegotiationManager:
         return row
 
     def _check_agreement(
-        self, row: RowMapping, msg: AgreementMessage, requested: Mapping[str, Any]
+        self, row: Row, msg: AgreementMessage, requested: Mapping[str, Any]
     ) -> tuple[list[str], dict[str, Any] | None]:
         """What is wrong with a received agreement (empty if nothing), and the provider's key."""
         a = msg.agreement
@@ -915,7 +933,7 @@ class NegotiationManager:
 
     # -- worker callbacks (ProcessHandler) ---------------------------------------------------
     def on_delivered(
-        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+        self, conn: Connection, process: Row, message: OutboxMessage, delivery: Delivery
     ) -> None:
         fx = _Effects()
         values: dict[str, Any] = {}
@@ -949,7 +967,7 @@ class NegotiationManager:
                 log.warning("scripted follow-up of %s failed: %s", row["id"], exc)
         self._after_commit(conn, fx)
 
-    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+    def on_failed(self, conn: Connection, process: Row, message: OutboxMessage, reason: str) -> None:
         fx = _Effects()
         if process["state"] in TERMINAL_STATES:
             return
@@ -963,7 +981,7 @@ class NegotiationManager:
         )
         self._after_commit(conn, fx)
 
-    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+    def on_timeout(self, conn: Connection, process: Row) -> None:
         fx = _Effects()
         state = State(process["state"])
         waited = time.time() - process["state_since"]
@@ -1063,7 +1081,7 @@ class NegotiationManager:
                     extra=_dumps({"requested": offer}),
                 )
             )
-            row = lock_process(conn, negotiations, pid)
+            row: Row = lock_process(conn, negotiations, pid)
             row = self._send(conn, row, Event.SEND_REQUEST, fx)
             script = self._script(row)
             if script is not None and script.get("ack:request"):
@@ -1115,7 +1133,7 @@ class NegotiationManager:
         )
 
     def get(self, nid: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
             row = conn.execute(sa.select(negotiations).where(negotiations.c.id == nid)).mappings().first()
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
@@ -1136,7 +1154,7 @@ class NegotiationManager:
                 ) from None
             ing = [s for s in State if wire_state(s) == wanted.name]
             stmt = stmt.where(negotiations.c.state.in_([int(s) for s in ing]))
-        with self.engine.connect() as conn:
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
             rows = conn.execute(stmt.offset(offset).limit(limit)).mappings().all()
         return [self._view(r) for r in rows]
 
@@ -1144,7 +1162,7 @@ class NegotiationManager:
         """Terminate a negotiation we take part in: TERMINATION message to the peer, then TERMINATED."""
         fx = _Effects()
         with write_tx(self.engine) as conn:
-            row = lock_process(conn, negotiations, nid)
+            row: Row = lock_process(conn, negotiations, nid)
             cancel_pending(conn, KIND, nid, "terminated by the user")
             if not (row["provider_pid"] and row["consumer_pid"]):
                 row = self._set(conn, row, State.TERMINATED, fx, reason=f"terminated by the user: {reason}")
@@ -1160,7 +1178,7 @@ class NegotiationManager:
         """Provider: agree to a negotiation waiting for manual approval."""
         fx = _Effects()
         with write_tx(self.engine) as conn:
-            row = lock_process(conn, negotiations, nid)
+            row: Row = lock_process(conn, negotiations, nid)
             if row["role"] != "provider" or not row["pending"]:
                 raise ConflictError(f"negotiation {nid!r} is not waiting for approval")
             row = self._agree(conn, row, fx, delay_s=0.0)
@@ -1172,7 +1190,7 @@ class NegotiationManager:
         """Provider: answer a request with a counter-offer instead of agreeing."""
         fx = _Effects()
         with write_tx(self.engine) as conn:
-            row = lock_process(conn, negotiations, nid)
+            row: Row = lock_process(conn, negotiations, nid)
             if row["role"] != "provider":
                 raise ConflictError("only a provider sends counter-offers (a consumer starts a new request)")
             new_offer = dict(offer)
@@ -1187,14 +1205,14 @@ class NegotiationManager:
 
     def export(self, nid: str) -> dict[str, Any]:
         """The agreement of a negotiation with both signatures and public keys (offline-verifiable)."""
-        with self.engine.connect() as conn:
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
             row = conn.execute(sa.select(negotiations).where(negotiations.c.id == nid)).mappings().first()
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
         return export_row(row)
 
 
-def export_row(row: RowMapping) -> dict[str, Any]:
+def export_row(row: Row) -> dict[str, Any]:
     """:func:`~contracts._signing.export_agreement` for a stored negotiation row."""
     agreement = _loads(row["agreement"])
     if not agreement:
