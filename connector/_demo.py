@@ -37,6 +37,7 @@ CONSUMER_CLAIMS = {
     "bpn": "BPNL00000000C0NS",
     "memberships": ["catena-x"],
     "framework_agreements": ["DataExchangeGovernance:1.0"],
+    "purpose": "cx.pcf.base:1",
 }
 
 
@@ -187,6 +188,37 @@ def record_partner(provider: Node, consumer: Node) -> None:
         )
 
 
+def negotiate(consumer: Node, provider: Node, offer_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The consumer accepts ``offer_id`` by id and waits for FINALIZED; returns the signed agreement."""
+    with consumer.client() as c:
+        started = _check(
+            c.post(
+                "/negotiations",
+                json={
+                    "counterPartyAddress": provider.dsp_url,
+                    "counterPartyId": provider.did,
+                    "offerId": offer_id,
+                },
+            ),
+            "start negotiation",
+        )
+        nid = started.get("id") or started.get("consumerPid")
+        deadline = time.monotonic() + timeout
+        state = started.get("state")
+        while time.monotonic() < deadline:
+            view = _check(c.get(f"/negotiations/{quote(str(nid), safe='')}"), "negotiation status")
+            state = view.get("state")
+            if state == "FINALIZED":
+                agreement: dict[str, Any] = _check(
+                    c.get(f"/negotiations/{quote(str(nid), safe='')}/agreement"), "agreement export"
+                )
+                return agreement
+            if state == "TERMINATED":
+                raise DemoError(f"negotiation {nid} was terminated: {view}")
+            time.sleep(0.1)
+    raise DemoError(f"negotiation {nid} did not finish within {timeout:.0f} s (last state {state})")
+
+
 def _text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_text(v) for v in value)
@@ -268,6 +300,17 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                     f"{len(catalog.get('dataset', []))} datasets visible (access policies evaluated)"
                 )
                 print_catalog(catalog)
+                pcf = next(d for d in catalog["dataset"] if d["@id"] == "pcf-brake-disc-bd330v")
+                offer_id = pcf["hasPolicy"][0]["@id"]
+                t0 = time.monotonic()
+                signed = negotiate(consumer, provider, offer_id)
+                agreement = signed["agreement"]
+                console.print(
+                    f"[bold]5[/] contract negotiated for offer {offer_id} in {time.monotonic() - t0:.2f} s: "
+                    f"agreement {agreement.get('@id')} (signed by {signed.get('signedBy')})"
+                )
+                for sig in signed.get("signatures", []):
+                    console.print(f"   {sig['role']:8} {sig['signer']}: {sig['jws'][:48]}...")
                 if serve:
                     console.print(
                         f"serving: provider {provider.base_url}, consumer {consumer.base_url} "

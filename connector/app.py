@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI
 
 from connector._dsp_client import DspClient
 from connector._remote_api import remote_catalog_router
+from connector._wiring import build_negotiations, thread_worker
 from connector.api import (
     ApiKeyAuth,
     BodyLimitMiddleware,
@@ -42,6 +43,7 @@ from connector.api import (
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
+from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
 from usage_policy._api import policy_router
 
 __all__ = ["create_app"]
@@ -78,6 +80,9 @@ def create_app(
         runtime = Runtime.create(settings or Settings())
         # A connector started from settings always authenticates its peers (DCP tokens).
         runtime.identity = IdentityService.create(runtime.settings, runtime.engine)
+        manager = build_negotiations(runtime)
+        runtime.negotiations = manager
+        runtime.workers.append(thread_worker(manager.start, manager.stop))
     settings = runtime.settings
     rt = runtime
 
@@ -140,6 +145,12 @@ def create_app(
         ),
         prefix=settings.management_path,
     )
+    if isinstance(rt.negotiations, NegotiationManager):
+        app.include_router(negotiation_dsp_router(rt.negotiations, caller_dep), prefix=settings.dsp_path)
+        app.include_router(
+            negotiation_management_router(rt.negotiations, auth.require_read, auth.require_write),
+            prefix=settings.management_path,
+        )
     dsp_client = DspClient(auth_for=getattr(rt.identity, "auth_for", None))
     app.include_router(remote_catalog_router(dsp_client, auth.require_read), prefix=settings.management_path)
     app.include_router(

@@ -89,7 +89,7 @@ class SqlReplayStore:
 
 
 _CLAIM_LISTS = ("memberships", "framework_agreements", "credentials", "bpn_groups", "groups")
-_CLAIM_STRINGS = ("bpn", "region", "name")
+_CLAIM_STRINGS = ("bpn", "region", "name", "purpose")
 
 
 def _check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     for dataset in ("bom-brake-assembly-as-built", "pcf-brake-disc-bd330v", "production-tracking-line2"):
         assert dataset in out
     assert "connectors stopped" in out
+    assert "contract negotiated for offer pcf-members:pcf-brake-disc-bd330v:" in out
+    assert "(signed by both)" in out
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2, out
     for pid in pids:  # both connector processes are gone (stopped and reaped by the demo)

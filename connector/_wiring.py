@@ -1,0 +1,88 @@
+"""Wires the packages into a running connector: identity adapters and the negotiation manager.
+
+Kept apart from :mod:`connector.app` so that embedding code and tests can build the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from connector.identity import Identity, IdentityService
+from connector.runtime import Runtime
+from contracts import NegotiationConfig, NegotiationManager, RetryPolicy
+from contracts._signing import DidWebKeyResolver
+
+__all__ = ["IdentitySigner", "build_negotiations", "thread_worker"]
+
+
+class IdentitySigner:
+    """The contracts ``Signer`` protocol over our :class:`~connector.identity.Identity` (DID key)."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+
+    @property
+    def did(self) -> str:
+        return self._identity.did
+
+    @property
+    def kid(self) -> str:
+        return self._identity.kid
+
+    def sign_detached(self, payload: bytes) -> str:
+        return self._identity.sign_jws(payload, detached=True)
+
+    def public_jwk(self) -> dict[str, Any]:
+        current = self._identity.kid
+        for pk in self._identity.public_keys():
+            if pk.id == current:
+                return dict(pk.jwk)
+        raise LookupError(current)  # pragma: no cover - the current key is always listed
+
+
+def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager:
+    """The negotiation manager of ``runtime`` (identity required: agreements are signed)."""
+    settings = runtime.settings
+    identity = runtime.identity
+    if not isinstance(identity, IdentityService):
+        raise TypeError("negotiations need the runtime's IdentityService")
+    auth_for: Callable[[str | None], httpx.Auth | None] = lambda peer: (
+        identity.auth_for(peer) if peer else None
+    )  # noqa: E731
+    kwargs: dict[str, Any] = {
+        "offers": runtime.catalog,
+        "signer": IdentitySigner(identity.identity),
+        "keys": DidWebKeyResolver(allow_http=settings.did_web_allow_http),
+        "auth_for": auth_for,
+        "retry": RetryPolicy(limit=settings.send_retry_limit, base_s=settings.send_retry_base_ms / 1000),
+        "lease_s": float(settings.lease_seconds),
+        "batch_size": settings.worker_batch_size,
+        "poll_s": settings.worker_poll_ms / 1000,
+    }
+    kwargs.update(overrides)
+    config = kwargs.pop(
+        "config",
+        NegotiationConfig(
+            participant_id=settings.did,
+            dsp_base_url=settings.dsp_base_url,
+            state_timeout_s=float(settings.state_timeout_seconds),
+        ),
+    )
+    return NegotiationManager(runtime.engine, config, **kwargs)
+
+
+def thread_worker(start: Callable[[], None], stop: Callable[[], None]) -> Callable[[], Any]:
+    """An async runtime worker around a thread-based start/stop pair (runs until cancelled)."""
+
+    async def worker() -> None:
+        start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(stop)
+
+    return worker
