@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -234,9 +235,14 @@ def verify_agreement_signature(
     key_data = jwk if jwk is not None else (resolver.public_jwk(kid) if resolver else None)
     if key_data is None:
         return SignatureCheck(False, kid, f"no public key known for {kid!r}")
+    alg = header.get("alg")
+    if alg not in ("ES256", "Ed25519", "EdDSA"):
+        return SignatureCheck(False, kid, f"unsupported signature algorithm {alg!r} (ES256 or Ed25519)")
     full = f"{parts[0]}.{_b64(canonical_json(agreement))}.{parts[2]}"
     try:
-        jws.deserialize_compact(full, _import_key(key_data), algorithms=["ES256", "EdDSA"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*EdDSA.*")  # the deprecated alias, accepted on purpose
+            jws.deserialize_compact(full, _import_key(key_data), algorithms=[str(alg)])
     except (JoseError, ValueError) as exc:
         return SignatureCheck(
             False, kid, f"signature does not match the agreement ({exc.__class__.__name__})"
