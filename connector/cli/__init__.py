@@ -62,6 +62,7 @@ def settings_cmd(
 app.command("serve")(_serve.serve)
 app.command("demo")(_serve.demo)
 app.add_typer(_serve.db_app, name="db")
+app.add_typer(_serve.conformance_app, name="conformance")
 app.add_typer(_policy_cli.app, name="policy")
 app.add_typer(_agreement_cli.app, name="agreement")
 app.add_typer(_catalog_cli.app, name="catalog")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from connector.errors import DadamError
 
-__all__ = ["db_app", "demo", "serve"]
+__all__ = ["conformance_app", "db_app", "demo", "serve"]
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+conformance_app = typer.Typer(help="DSP conformance (TCK) support.", no_args_is_help=True)
 
 
 def serve(
@@ -62,3 +65,19 @@ def demo(
     from connector._demo import run_demo
 
     raise typer.Exit(run_demo(serve=serve))
+
+
+@conformance_app.command("serve")
+def conformance_serve(
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind (loopback: this server trusts every caller)."
+    ),
+    port: int = typer.Option(8282, help="Port to listen on."),
+    data_dir: Path = typer.Option(
+        Path(".dadam-tck"), help="Where the test database and keys go (a fresh SQLite database is fine)."
+    ),
+) -> None:
+    """Serve a connector-under-test for the DSP TCK: prints its properties, then 'ready'."""
+    from connector._conformance import serve as run
+
+    run(host, port, data_dir, print_fn=lambda line: typer.echo(line))

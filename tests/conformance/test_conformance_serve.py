@@ -1,0 +1,198 @@
+"""`dadam conformance serve` as the DSP TCK drives it: properties, `ready`, MET/CAT and a CN flow.
+
+The connector runs as a real subprocess; a small TCK stand-in (uvicorn on loopback) receives the
+connector's callbacks, reproducing the TCK's message shapes and its 2xx / 4xx-not-404 rules.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "catalog"))
+from catalog_testing import schema_errors
+
+import vocab
+
+CTX = [vocab.DSP_CONTEXT]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    port = _free_port()
+    data = tmp_path_factory.mktemp("tck")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "connector.cli",
+            "conformance",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    props: dict[str, str] = {}
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip() == "ready":
+            break
+        if "=" in line:
+            key, _, value = line.strip().partition("=")
+            props[key] = value
+    # keep reading the server's output so its pipe never fills up
+    drain = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout or ()], daemon=True)
+    drain.start()
+    try:
+        assert lines and lines[-1].strip() == "ready", "".join(lines)
+        yield props
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        drain.join(timeout=5)
+        proc.stdout.close()
+
+
+def test_prints_every_property_the_tck_needs(cut: dict[str, str]) -> None:
+    for key in (
+        "dataspacetck.dsp.connector.agent.id",
+        "dataspacetck.dsp.connector.http.url",
+        "dataspacetck.dsp.connector.http.base.url",
+        "dataspacetck.dsp.connector.negotiation.initiate.url",
+    ):
+        assert cut.get(key), key
+
+
+def test_met_01_01_and_cat_01_01_to_03(cut: dict[str, str]) -> None:
+    base, url = cut["dataspacetck.dsp.connector.http.base.url"], cut["dataspacetck.dsp.connector.http.url"]
+    version = httpx.get(base + "/.well-known/dspace-version").json()
+    assert any(v["version"] == "2025-1" and v["path"] and v["binding"] for v in version["protocolVersions"])
+    catalog = httpx.post(url + "/catalog/request", json={"@context": CTX, "@type": "CatalogRequestMessage"})
+    assert catalog.status_code == 200
+    assert schema_errors(catalog.json()) == []
+    expanded = vocab.expand(catalog.json())
+    ids = {d["@id"] for d in expanded[0]["http://www.w3.org/ns/dcat#dataset"]}
+    assert "CAT0101" in ids
+    dataset = httpx.get(url + "/catalog/datasets/CAT0102")
+    assert dataset.status_code == 200
+    assert dataset.json()["@id"] == "CAT0102"
+    assert schema_errors(dataset.json()) == []
+    missing = httpx.get(url + "/catalog/datasets/CAT0103")
+    assert missing.json()["@type"] == "CatalogError"
+
+
+class TckStandIn:
+    """Records what the connector sends to the TCK's callback address."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.app = FastAPI()
+
+        @self.app.post("/{path:path}")
+        async def receive(path: str, request: Request) -> dict[str, str]:
+            self.inbox.put(("/" + path, json.loads(await request.body())))
+            return {}
+
+    def expect(self, suffix: str, timeout: float = 15.0) -> dict[str, Any]:
+        path, body = self.inbox.get(timeout=timeout)
+        assert path.endswith(suffix), (path, body)
+        return body
+
+
+@pytest.fixture(scope="module")
+def tck() -> Iterator[tuple[TckStandIn, str]]:
+    stand_in = TckStandIn()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(stand_in.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield stand_in, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_cn_01_04_provider_agrees_then_finalizes(cut: dict[str, str], tck: tuple[TckStandIn, str]) -> None:
+    """CN:01-04: CRQ; C→T AGR; T→C VER; C→T FIN — then a TRM in FINALIZED is refused (CN:03-01 style)."""
+    stand_in, k = tck
+    url = cut["dataspacetck.dsp.connector.http.url"]
+    consumer_pid = str(uuid.uuid4())
+    crq = {
+        "@context": CTX,
+        "@type": "ContractRequestMessage",
+        "@id": str(uuid.uuid4()),
+        "consumerPid": consumer_pid,
+        "offer": {
+            "@id": "CD123:ACN0104:456",
+            "@type": "Offer",
+            "target": "ACN0104",
+            "permission": [{"action": "use"}],
+        },
+        "callbackAddress": k,
+    }
+    ack = httpx.post(url + "/negotiations/request", json=crq)
+    assert ack.status_code in (200, 201), ack.text
+    assert ack.json()["@type"] == "ContractNegotiation"
+    assert ack.json()["state"] == "REQUESTED"
+    provider_pid = ack.json()["providerPid"]
+    agreement = stand_in.expect(f"/negotiations/{consumer_pid}/agreement")
+    assert agreement["@type"] == "ContractAgreementMessage"
+    assert agreement["agreement"]["target"] == "ACN0104"
+    ver = {
+        "@context": CTX,
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+    }
+    assert (
+        httpx.post(f"{url}/negotiations/{provider_pid}/agreement/verification", json=ver).status_code == 200
+    )
+    fin = stand_in.expect(f"/negotiations/{consumer_pid}/events")
+    assert fin["eventType"] == "FINALIZED"
+    state = httpx.get(f"{url}/negotiations/{provider_pid}").json()
+    assert state["state"] == "FINALIZED"
+    trm = {
+        "@context": CTX,
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "code": "1",
+    }
+    refused = httpx.post(f"{url}/negotiations/{provider_pid}/termination", json=trm)
+    assert 400 <= refused.status_code < 500 and refused.status_code != 404
+    assert httpx.get(f"{url}/negotiations/{provider_pid}").json()["state"] == "FINALIZED"
