@@ -50,9 +50,10 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
     identity = runtime.identity
     if not isinstance(identity, IdentityService):
         raise TypeError("negotiations need the runtime's IdentityService")
-    auth_for: Callable[[str | None], httpx.Auth | None] = lambda peer: (
-        identity.auth_for(peer) if peer else None
-    )  # noqa: E731
+
+    def auth_for(peer: str | None) -> httpx.Auth | None:
+        return identity.auth_for(peer) if peer else None
+
     kwargs: dict[str, Any] = {
         "offers": runtime.catalog,
         "signer": IdentitySigner(identity.identity),
