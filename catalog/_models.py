@@ -60,6 +60,23 @@ _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]
 _STRICT = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _reject_nul(data: Any) -> Any:
+    """NUL characters are refused everywhere: PostgreSQL cannot store them in text columns."""
+    if _has_nul(data):
+        raise ValueError("text must not contain NUL (U+0000) characters")
+    return data
+
+
 def _iri(value: str, what: str) -> str:
     if not _IRI.match(value):
         raise ValueError(f"{what} must be an absolute IRI (scheme:...), got {value!r}")
@@ -210,6 +227,11 @@ class Dataset(BaseModel):
     )
     data_address: DataAddress
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
+
     @field_validator("id")
     @classmethod
     def _check_id(cls, v: str) -> str:
@@ -287,6 +309,11 @@ class PolicyDefinition(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     policy: dict[str, Any]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
+
     @field_validator("id")
     @classmethod
     def _check_id(cls, v: str) -> str:
@@ -357,6 +384,11 @@ class ContractDefinition(BaseModel):
     contract_policy_id: str = Field(min_length=1)
     selector: DatasetSelector
     accept_any_offer_tag: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
     @field_validator("id")
     @classmethod

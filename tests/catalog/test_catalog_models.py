@@ -189,3 +189,20 @@ def test_offer_ids_split_on_first_and_last_colon() -> None:
     for bad in ("nocolon", "a:b", ":ds:t", "cd::t", "cd:ds:"):
         with pytest.raises(ValidationError, match="malformed offer id"):
             split_offer_id(bad)
+
+
+def test_nul_characters_are_refused_everywhere() -> None:
+    # PostgreSQL cannot store U+0000 in text columns; refusing it in the model gives a 400, not a 500
+    with pytest.raises(PydanticValidationError, match="must not contain NUL"):
+        Dataset.model_validate(_ds(keywords=["ok", "bad\x00"]))
+    with pytest.raises(PydanticValidationError, match="must not contain NUL"):
+        PolicyDefinition(id="p", policy={"permission": [{"action": "use", "x\x00": 1}]})
+    with pytest.raises(PydanticValidationError, match="must not contain NUL"):
+        ContractDefinition.model_validate(
+            {
+                "id": "c",
+                "access_policy_id": "p\x00",
+                "contract_policy_id": "p",
+                "selector": {"match_all": True},
+            }
+        )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 from catalog_testing import DSP_BASE, schema_errors
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vocab
-from catalog import CatalogFilter, parse_filter
+from catalog import CatalogFilter, CatalogStore, parse_filter
 from catalog._dsp import data_service, dataset_head, distributions
 from catalog.samples import sample_datasets
 from connector.errors import ValidationError
@@ -63,3 +64,26 @@ def test_any_text_round_trips_through_the_wire(title: str, keyword: str) -> None
     [node] = vocab.expand(wire)
     assert node[DCT["title"]] == [{"@value": title.strip()}]
     assert node[DCAT.keyword] == [{"@value": keyword.strip()}]
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(title=_text, keywords=st.lists(_text, max_size=4), description=_text)
+def test_any_text_round_trips_through_the_store(
+    store: CatalogStore, title: str, keywords: list[str], description: str
+) -> None:
+    base = sample_datasets()[0]
+    ds = base.model_copy(
+        update={
+            "id": f"urn:uuid:{uuid.uuid4()}",
+            "title": title.strip(),
+            "description": description.strip(),
+            "keywords": list(dict.fromkeys(k.strip() for k in keywords)),
+        }
+    )
+    store.create_dataset(ds)
+    assert store.get_dataset(ds.id) == ds
+    for k in ds.keywords:
+        assert ds.id in {d.id for d in store.query_datasets(keyword=k, limit=1000).items}
