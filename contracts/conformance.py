@@ -80,7 +80,10 @@ def script_for(dataset_id: str | None) -> Mapping[str, Sequence[str]] | None:
     """The script of a seeded dataset id, None for any other dataset (normal behaviour)."""
     if dataset_id is None:
         return None
-    return PROVIDER_SCRIPTS.get(dataset_id) or CONSUMER_SCRIPTS.get(dataset_id)
+    # An empty script ({}: "react to nothing") is a script too: don't let `or` turn it into None.
+    if dataset_id in PROVIDER_SCRIPTS:
+        return PROVIDER_SCRIPTS[dataset_id]
+    return CONSUMER_SCRIPTS.get(dataset_id)
 
 
 _SEEDED = re.compile(r"^CD123:(ACN0[1-3]0[1-7]):456$")

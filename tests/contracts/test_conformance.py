@@ -305,3 +305,10 @@ def test_cn_consumer(case: str, cut: Node, tck: Tck) -> None:
         else:
             run.get(arg)
     tck.nothing_more()
+
+
+def test_empty_scripts_are_scripts_not_normal_behaviour() -> None:
+    """ACN0202 / ACNC0201 react to nothing; falling back to auto-agree would break CN:02-02."""
+    assert script_for("ACN0202") == {}
+    assert script_for("ACNC0201") == {}
+    assert script_for("some-other-dataset") is None
