@@ -563,23 +563,26 @@ class NegotiationManager:
         fx = _Effects()
         digest = body_digest(body)
         with write_tx(self.engine) as conn:
-            if msg.id:
-                # A resent initial request (same @id) gets the same negotiation back.
-                known = (
-                    conn.execute(
-                        sa.select(negotiations).where(
-                            negotiations.c.role == "provider",
-                            negotiations.c.consumer_pid == msg.consumer_pid,
-                            negotiations.c.counterparty_id == caller.did,
-                        )
+            known = (
+                conn.execute(
+                    sa.select(negotiations).where(
+                        negotiations.c.role == "provider",
+                        negotiations.c.consumer_pid == msg.consumer_pid,
+                        negotiations.c.counterparty_id == caller.did,
                     )
-                    .mappings()
-                    .first()
                 )
-                if known is not None:
-                    status = record_received(conn, KIND, known["id"], msg.id, digest)
-                    if status == "duplicate":
-                        return self._ack(known)
+                .mappings()
+                .first()
+            )
+            if known is not None:
+                # A resent initial request (same @id and body) gets the same negotiation back;
+                # anything else reusing the consumerPid is refused (each negotiation has fresh pids).
+                if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
+                    return self._ack(known)
+                raise RemoteProtocolError(
+                    f"consumerPid {msg.consumer_pid!r} already names negotiation {known['provider_pid']!r}",
+                    context={**ctx, "providerPid": known["provider_pid"]},
+                )
             pid = f"urn:uuid:{uuid.uuid4()}"
             now = time.time()
             conn.execute(

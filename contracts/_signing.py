@@ -241,7 +241,9 @@ def verify_agreement_signature(
     full = f"{parts[0]}.{_b64(canonical_json(agreement))}.{parts[2]}"
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*EdDSA.*")  # the deprecated alias, accepted on purpose
+            warnings.filterwarnings(
+                "ignore", message=".*EdDSA.*"
+            )  # the deprecated alias, accepted on purpose
             jws.deserialize_compact(full, _import_key(key_data), algorithms=[str(alg)])
     except (JoseError, ValueError) as exc:
         return SignatureCheck(

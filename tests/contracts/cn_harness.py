@@ -305,7 +305,7 @@ class Tck:
         assert not self.schema_problems, self.schema_problems
         return body
 
-    def nothing_more(self, wait: float = 0.3) -> None:
+    def nothing_more(self, wait: float = 0.15) -> None:
         time.sleep(wait)
         assert self.received.empty(), f"unexpected message: {self.received.get_nowait()}"
 

@@ -186,6 +186,9 @@ def test_initial_request_redelivered_gets_the_same_negotiation(provider: Node, t
     b = tck.http.post(f"{provider.dsp}/negotiations/request", json=body)
     assert a.status_code == 201 and b.status_code in (200, 201)
     assert a.json()["providerPid"] == b.json()["providerPid"]
+    # Another request reusing the consumerPid is not a redelivery: refused.
+    c = tck.http.post(f"{provider.dsp}/negotiations/request", json={**body, "@id": "urn:uuid:crq-2"})
+    assert c.status_code == 400 and "already names negotiation" in " ".join(c.json()["reason"])
     assert len(provider.manager.list_negotiations(role="provider")) == 1
 
 
