@@ -19,6 +19,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -92,6 +93,10 @@ class Finalized:
         self.ready.wait(10)
 
     def _run(self, url: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the server stops at the end of the run
+            self._follow(url)
+
+    def _follow(self, url: str) -> None:
         with httpx.Client(timeout=None) as c, c.stream("GET", f"{url}/mgmt/negotiations/events") as r:
             self.ready.set()
             for line in r.iter_lines():
@@ -199,42 +204,32 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     results = {}
-    admin = None
+    admin = sa.create_engine(
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
     created: list[str] = []
+    sqlite_dir = tempfile.mkdtemp(prefix="dadam-bench-")
+
+    def make_pg() -> str:
+        name = f"dadam_bench_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+    def make_sqlite() -> str:
+        return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
+
     try:
         for backend in args.backends.split(","):
-            if backend == "postgres":
-                admin = sa.create_engine(
-                    PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                    isolation_level="AUTOCOMMIT",
-                )
-
-                def make_db() -> str:
-                    name = f"dadam_bench_{uuid.uuid4().hex[:10]}"
-                    assert admin is not None
-                    with admin.connect() as conn:
-                        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-                    created.append(name)
-                    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-                results[backend] = run_backend(
-                    backend, make_db, args.latency_n, args.throughput_n, args.concurrency
-                )
-            else:
-                tmpdir = tempfile.mkdtemp(prefix="dadam-bench-")
-                results[backend] = run_backend(
-                    backend,
-                    lambda: f"sqlite:///{tmpdir}/{uuid.uuid4().hex[:8]}.db",
-                    args.latency_n,
-                    args.throughput_n,
-                    args.concurrency,
-                )
+            make = make_pg if backend == "postgres" else make_sqlite
+            results[backend] = run_backend(backend, make, args.latency_n, args.throughput_n, args.concurrency)
     finally:
-        if admin is not None:
+        if created:
             with admin.connect() as conn:
                 for name in created:
                     conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        admin.dispose()
     summary: dict[str, Any] = {"bench": "negotiation", "cores": os.cpu_count()}
     for b, r in results.items():
         for k, v in r.items():
