@@ -1166,6 +1166,10 @@ class NegotiationManager:
         fx = _Effects()
         with write_tx(self.engine) as conn:
             row: Row = lock_process(conn, negotiations, nid)
+            if State(row["state"]) in TERMINAL_STATES or row["state"] == State.TERMINATING:
+                raise LocalProtocolError(
+                    f"negotiation {nid!r} is already {wire_state(State(row['state']))}", context={"id": nid}
+                )
             cancel_pending(conn, KIND, nid, "terminated by the user")
             if not (row["provider_pid"] and row["consumer_pid"]):
                 row = self._set(conn, row, State.TERMINATED, fx, reason=f"terminated by the user: {reason}")
