@@ -98,3 +98,10 @@ def pg_database(request: pytest.FixtureRequest) -> Callable[[], str]:
 def pg_dbs(request: pytest.FixtureRequest) -> Callable[[], str]:
     """Fresh PostgreSQL databases (request this before ``procs`` so processes stop first)."""
     return pg_database(request)
+
+
+@pytest.fixture
+def pg_databases(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """:func:`pg_database` as a fixture (importing from ``conftest`` breaks when the whole suite runs:
+    another folder's conftest module is found first)."""
+    return pg_database(request)

@@ -133,11 +133,9 @@ N = int(os.environ.get("DADAM_CN_LOAD_N", "1000"))
 @pytest.mark.postgres
 @pytest.mark.timeout(900)
 def test_three_provider_workers_survive_kill_9(
-    tmp_path: Path, procs: list[Proc], request: pytest.FixtureRequest
+    tmp_path: Path, procs: list[Proc], pg_databases: Callable[[], str]
 ) -> None:
-    from conftest import pg_database  # type: ignore[attr-defined]
-
-    make = pg_database(request)
+    make = pg_databases
     pport, cport = free_port(), free_port()
     pdid, cdid = f"did:web:127.0.0.1%3A{pport}", f"did:web:127.0.0.1%3A{cport}"
     pdb, cdb = make(), make()
