@@ -16,6 +16,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +68,13 @@ def algorithm_for_jwk(jwk: Mapping[str, Any]) -> str:
 
 
 def import_public_jwk(jwk: Mapping[str, Any]) -> AnyKey:
-    """A joserfc key from a public JWK; refuses private material and unknown key types."""
+    """A joserfc key from a public JWK (cached); refuses private material and unknown key types."""
+    return _import_cached(json.dumps(dict(jwk), sort_keys=True))
+
+
+@lru_cache(maxsize=4096)
+def _import_cached(jwk_json: str) -> AnyKey:
+    jwk: dict[str, Any] = json.loads(jwk_json)
     if "d" in jwk:
         raise TokenError("a published verification key must not contain private material ('d')")
     algorithm_for_jwk(jwk)

@@ -24,7 +24,7 @@ from connector.errors import TokenError
 from connector.identity._caller import Caller
 from connector.identity._did import DidResolver, find_key
 from connector.identity._keys import Identity, PublicKey, verify_jws
-from connector.identity._store import PartnerDirectory, ReplayStore
+from connector.identity._store import MemoryReplayStore, PartnerDirectory, ReplayStore
 
 __all__ = ["MAX_TOKEN_LIFETIME", "DspTokenAuth", "TokenVerifier", "dsp_caller_dependency"]
 
@@ -113,7 +113,11 @@ class TokenVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise TokenError("token has no 'jti': replay protection needs one")
-        fresh = await run_in_threadpool(self._replay.add, iss, jti, int(claims["exp"]) + self._leeway)
+        expires = int(claims["exp"]) + self._leeway
+        if isinstance(self._replay, MemoryReplayStore):
+            fresh = self._replay.add(iss, jti, expires)
+        else:  # a database round trip: keep it off the event loop
+            fresh = await run_in_threadpool(self._replay.add, iss, jti, expires)
         if not fresh:
             raise TokenError(f"token {jti} was already used (replay)")
         found = self._partners.claims_for(iss) if self._partners is not None else {}
