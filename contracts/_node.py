@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retry-base", type=float, default=0.2)
     p.add_argument("--lease", type=float, default=3.0)
     p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--poll", type=float, default=0.05)
+    p.add_argument("--poll", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=16)
     args = p.parse_args(argv)
     # Many short DB transactions behind one lock: hand the GIL over sooner than every 5 ms, so

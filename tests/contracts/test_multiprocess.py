@@ -144,7 +144,8 @@ def test_three_provider_workers_survive_kill_9(
     procs.append(Proc("provider-api", pdid, pdb, tmp_path, port=pport, args=("--migrate", "--no-dispatch")))
     _wait_up(purl)
     workers = [
-        Proc(f"provider-w{i}", pdid, pdb, tmp_path, args=("--worker", "--lease", "3")) for i in range(3)
+        Proc(f"provider-w{i}", pdid, pdb, tmp_path, args=("--worker", "--lease", "3", "--poll", "0.05"))
+        for i in range(3)
     ]
     procs.extend(workers)
     procs.append(Proc("consumer", cdid, cdb, tmp_path, port=cport, args=("--worker", "--migrate")))
