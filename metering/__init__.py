@@ -1,0 +1,57 @@
+"""The data bank: metering, pricing, usage receipts, a double-entry ledger and a tamper-evident audit log.
+
+* :class:`Ledger`: TigerBeetle-shaped accounts and transfers (two-phase, linked, result codes).
+* :func:`record_usage_events`: the data plane's usage events, deduplicated by id, in its transaction.
+* :func:`price_terms_from_odrl`, :func:`charge_minor_units`: charges from an agreement's compensate duty.
+* :func:`make_receipt`, :func:`compare_receipt`: receipts with a Merkle root of the event ids.
+* :func:`verify_audit`, :func:`make_checkpoint`: the hash-chained log and signed RFC 6962 checkpoints.
+* :func:`split_revenue`: integer revenue shares that always sum to the total.
+"""
+
+from __future__ import annotations
+
+from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
+from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
+from metering._usage import (
+    IngestResult,
+    PriceTerms,
+    Receipt,
+    UnitOfCount,
+    UsageEvent,
+    charge_minor_units,
+    compare_receipt,
+    events_root,
+    make_receipt,
+    price_terms_from_odrl,
+    query_usage_events,
+    record_usage_events,
+    split_revenue,
+)
+
+__all__ = [
+    "Account",
+    "AccountFlags",
+    "Checkpoint",
+    "IngestResult",
+    "Ledger",
+    "PriceTerms",
+    "Receipt",
+    "Result",
+    "Transfer",
+    "TransferFlags",
+    "UnitOfCount",
+    "UsageEvent",
+    "append_audit",
+    "charge_minor_units",
+    "compare_receipt",
+    "events_root",
+    "make_checkpoint",
+    "make_receipt",
+    "merkle_root",
+    "new_transfers",
+    "price_terms_from_odrl",
+    "query_usage_events",
+    "record_usage_events",
+    "split_revenue",
+    "verify_audit",
+]

@@ -1,0 +1,211 @@
+"""The ledger on SQLite and PostgreSQL: invariants, exactly-once, two-phase, linked chains, races."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from metering import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, verify_audit
+
+PREPAID = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+
+
+@pytest.fixture
+def ledger(engine: sa.Engine) -> Ledger:
+    lg = Ledger(engine)
+    assert (
+        lg.create_accounts(
+            [
+                Account("bank:funding", "EUR"),
+                Account("consumer:prepaid", "EUR", flags=PREPAID),
+                Account("provider:revenue", "EUR"),
+                Account("usage:calls", "CALLS"),
+            ]
+        )
+        == [Result.CREATED] * 4
+    )
+    assert (
+        lg.create_transfer(Transfer("fund-1", "bank:funding", "consumer:prepaid", 10_000, "EUR"))
+        == Result.CREATED
+    )
+    return lg
+
+
+def _ok(lg: Ledger) -> None:
+    assert lg.check_invariants() == []
+    assert verify_audit(lg.engine) == []
+
+
+def test_plain_transfer_and_balances(ledger: Ledger) -> None:
+    assert (
+        ledger.create_transfer(Transfer("t1", "consumer:prepaid", "provider:revenue", 2_500, "EUR"))
+        == Result.CREATED
+    )
+    assert ledger.account("consumer:prepaid").balance == 7_500
+    assert ledger.account("provider:revenue").balance == 2_500
+    _ok(ledger)
+
+
+def test_exactly_once_results(ledger: Ledger) -> None:
+    t = Transfer("t-once", "consumer:prepaid", "provider:revenue", 100, "EUR")
+    assert ledger.create_transfer(t) == Result.CREATED
+    assert ledger.create_transfer(t) == Result.EXISTS  # a retry counts once
+    different = Transfer("t-once", "consumer:prepaid", "provider:revenue", 101, "EUR")
+    assert ledger.create_transfer(different) == Result.EXISTS_WITH_DIFFERENT_AMOUNT
+    assert ledger.account("provider:revenue").balance == 100
+    too_much = Transfer("t-big", "consumer:prepaid", "provider:revenue", 1_000_000, "EUR")
+    assert ledger.create_transfer(too_much) == Result.EXCEEDS_CREDITS
+    ledger.create_transfer(Transfer("fund-2", "bank:funding", "consumer:prepaid", 2_000_000, "EUR"))
+    # the balance would now allow it, but an id that failed its balance check stays failed
+    assert ledger.create_transfer(too_much) == Result.ID_ALREADY_FAILED
+    _ok(ledger)
+
+
+@pytest.mark.parametrize(
+    ("transfer", "result"),
+    [
+        (Transfer("x1", "nope", "provider:revenue", 1, "EUR"), Result.DEBIT_ACCOUNT_NOT_FOUND),
+        (Transfer("x2", "consumer:prepaid", "nope", 1, "EUR"), Result.CREDIT_ACCOUNT_NOT_FOUND),
+        (Transfer("x3", "consumer:prepaid", "consumer:prepaid", 1, "EUR"), Result.ACCOUNTS_MUST_BE_DIFFERENT),
+        (Transfer("x4", "consumer:prepaid", "usage:calls", 1, "EUR"), Result.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER),
+        (Transfer("x5", "consumer:prepaid", "provider:revenue", 0, "EUR"), Result.AMOUNT_MUST_NOT_BE_ZERO),
+        (Transfer("x6", "consumer:prepaid", "provider:revenue", 1, "USD"), Result.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS),
+        (Transfer("", "consumer:prepaid", "provider:revenue", 1, "EUR"), Result.ID_MUST_NOT_BE_EMPTY),
+        (Transfer("x7", "", "", 0, "EUR", flags=TransferFlags.POST_PENDING, pending_id="none"), Result.PENDING_TRANSFER_NOT_FOUND),
+    ],
+)  # fmt: skip
+def test_invalid_transfers_change_nothing(ledger: Ledger, transfer: Transfer, result: Result) -> None:
+    before = ledger.account("consumer:prepaid")
+    assert ledger.create_transfer(transfer) == result
+    assert ledger.account("consumer:prepaid") == before
+    _ok(ledger)
+
+
+def test_two_phase_reserve_partial_post_and_void(ledger: Ledger) -> None:
+    reserve = Transfer(
+        "r1", "consumer:prepaid", "provider:revenue", 3_000, "EUR", flags=TransferFlags.PENDING
+    )
+    assert ledger.create_transfer(reserve) == Result.CREATED
+    c = ledger.account("consumer:prepaid")
+    assert (c.debits_pending, c.available) == (3_000, 7_000)
+    post = Transfer("p1", "", "", 1_200, "EUR", flags=TransferFlags.POST_PENDING, pending_id="r1")
+    assert ledger.create_transfer(post) == Result.CREATED  # partial: the rest is released
+    c = ledger.account("consumer:prepaid")
+    assert (c.debits_pending, c.debits_posted, c.balance) == (0, 1_200, 8_800)
+    again = Transfer("p2", "", "", 0, "EUR", flags=TransferFlags.VOID_PENDING, pending_id="r1")
+    assert ledger.create_transfer(again) == Result.PENDING_TRANSFER_ALREADY_POSTED
+    r2 = Transfer("r2", "consumer:prepaid", "provider:revenue", 500, "EUR", flags=TransferFlags.PENDING)
+    assert ledger.create_transfer(r2) == Result.CREATED
+    assert (
+        ledger.create_transfer(
+            Transfer("v2", "", "", 0, "EUR", flags=TransferFlags.VOID_PENDING, pending_id="r2")
+        )
+        == Result.CREATED
+    )
+    over = Transfer("r3", "consumer:prepaid", "provider:revenue", 100, "EUR", flags=TransferFlags.PENDING)
+    ledger.create_transfer(over)
+    too_much = Transfer("p3", "", "", 101, "EUR", flags=TransferFlags.POST_PENDING, pending_id="r3")
+    assert ledger.create_transfer(too_much) == Result.EXCEEDS_PENDING_TRANSFER_AMOUNT
+    assert ledger.account("consumer:prepaid").debits_pending == 100
+    _ok(ledger)
+
+
+def test_pending_timeout_expires(ledger: Ledger) -> None:
+    now = [1_000_000.0]
+    lg = Ledger(ledger.engine, clock=lambda: now[0])
+    r = Transfer(
+        "rt", "consumer:prepaid", "provider:revenue", 400, "EUR", flags=TransferFlags.PENDING, timeout_s=60
+    )
+    assert lg.create_transfer(r) == Result.CREATED
+    now[0] += 61
+    late = Transfer("pt", "", "", 0, "EUR", flags=TransferFlags.POST_PENDING, pending_id="rt")
+    assert lg.create_transfer(late) == Result.PENDING_TRANSFER_EXPIRED
+    assert lg.expire_pending() == 1
+    assert lg.account("consumer:prepaid").debits_pending == 0
+    _ok(lg)
+
+
+def test_linked_chain_succeeds_or_fails_as_one(ledger: Ledger) -> None:
+    ok = [
+        Transfer("l1", "consumer:prepaid", "provider:revenue", 100, "EUR", flags=TransferFlags.LINKED),
+        Transfer("l2", "consumer:prepaid", "provider:revenue", 200, "EUR"),
+    ]
+    assert ledger.create_transfers(ok) == [Result.CREATED, Result.CREATED]
+    bad = [
+        Transfer("l3", "consumer:prepaid", "provider:revenue", 100, "EUR", flags=TransferFlags.LINKED),
+        Transfer("l4", "consumer:prepaid", "provider:revenue", 10**9, "EUR", flags=TransferFlags.LINKED),
+        Transfer("l5", "consumer:prepaid", "provider:revenue", 1, "EUR"),
+        Transfer("l6", "consumer:prepaid", "provider:revenue", 7, "EUR"),  # not in the chain
+    ]
+    assert ledger.create_transfers(bad) == [
+        Result.LINKED_EVENT_FAILED,
+        Result.EXCEEDS_CREDITS,
+        Result.LINKED_EVENT_FAILED,
+        Result.CREATED,
+    ]
+    assert ledger.account("provider:revenue").balance == 307
+    open_chain = [
+        Transfer("l7", "consumer:prepaid", "provider:revenue", 1, "EUR", flags=TransferFlags.LINKED)
+    ]
+    assert ledger.create_transfers(open_chain) == [Result.LINKED_EVENT_CHAIN_OPEN]
+    _ok(ledger)
+
+
+def test_32_threads_racing_never_overdraw(ledger: Ledger) -> None:
+    results: list[Result] = []
+    lock = threading.Lock()
+
+    def withdraw(n: int) -> None:
+        for k in range(8):
+            r = ledger.create_transfer(
+                Transfer(f"w{n}-{k}", "consumer:prepaid", "provider:revenue", 50, "EUR")
+            )
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=withdraw, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    created = results.count(Result.CREATED)
+    assert created == 10_000 // 50  # exactly the balance, never more
+    assert results.count(Result.EXCEEDS_CREDITS) == 32 * 8 - created
+    acc = ledger.account("consumer:prepaid")
+    assert acc.balance == 0
+    assert ledger.account("provider:revenue").balance == created * 50
+    _ok(ledger)
+
+
+def test_batch_with_a_hot_account(ledger: Ledger) -> None:
+    ledger.create_accounts([Account(f"shop:{i}", "EUR") for i in range(50)])
+    batch = [Transfer(f"h{i}", "bank:funding", f"shop:{i % 50}", 3, "EUR") for i in range(1000)]
+    assert set(ledger.create_transfers(batch)) == {Result.CREATED}
+    assert ledger.account("bank:funding").balance == -(10_000 + 3000)
+    _ok(ledger)
+
+
+def test_tampering_is_detected_by_verify(ledger: Ledger) -> None:
+    for i in range(3):
+        ledger.create_transfer(Transfer(f"a{i}", "consumer:prepaid", "provider:revenue", 10 + i, "EUR"))
+    _ok(ledger)
+    eng = ledger.engine
+    with eng.begin() as conn:
+        conn.execute(sa.text("UPDATE ledger_transfers SET amount = 999 WHERE id = 'a1'"))
+    assert any("transfer a1" in p and "altered" in p for p in verify_audit(eng))
+    assert any("account" in p for p in ledger.check_invariants())
+    with eng.begin() as conn:
+        conn.execute(sa.text("UPDATE ledger_transfers SET amount = 11 WHERE id = 'a1'"))
+        conn.execute(sa.text("DELETE FROM ledger_transfers WHERE id = 'a2'"))
+    assert any("transfer a2" in p and "deleted" in p for p in verify_audit(eng))
+    with eng.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE bank_audit_log SET payload = replace(payload, 'a0', 'zz') WHERE seq = 3")
+        )
+    assert any("audit entry 3" in p for p in verify_audit(eng))
+    with eng.begin() as conn:
+        conn.execute(sa.text("DELETE FROM bank_audit_log WHERE seq = 2"))
+    problems = verify_audit(eng)
+    assert any("audit entry 2 is missing" in p for p in problems)
