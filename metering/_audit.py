@@ -180,6 +180,12 @@ def verify_audit(
             problems.append(f"checkpoint {cp.size}: Merkle root does not match the log (history rewritten)")
         if verify_signature is not None:
             payload = Checkpoint(cp.size, cp.root, "").payload()
-            if not verify_signature(payload, cp.signature):
-                problems.append(f"checkpoint {cp.size}: signature does not verify")
+            try:
+                valid = verify_signature(payload, cp.signature)
+            except Exception as exc:  # a verifier may raise instead of answering False
+                valid, why = False, f": {exc}"
+            else:
+                why = ""
+            if not valid:
+                problems.append(f"checkpoint {cp.size}: signature does not verify{why}")
     return problems
