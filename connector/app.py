@@ -44,6 +44,7 @@ from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
 from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
+from metering import Ledger, bank_router
 from usage_policy._api import policy_router
 
 __all__ = ["create_app"]
@@ -83,6 +84,7 @@ def create_app(
         manager = build_negotiations(runtime)
         runtime.negotiations = manager
         runtime.workers.append(thread_worker(manager.start, manager.stop))
+        runtime.bank = Ledger(runtime.engine)
     settings = runtime.settings
     rt = runtime
 
@@ -150,6 +152,10 @@ def create_app(
         app.include_router(
             negotiation_management_router(rt.negotiations, auth.require_read, auth.require_write),
             prefix=settings.management_path,
+        )
+    if isinstance(rt.bank, Ledger):
+        app.include_router(
+            bank_router(rt.bank, auth.require_read, auth.require_write), prefix=settings.management_path
         )
     dsp_client = DspClient(auth_for=getattr(rt.identity, "auth_for", None))
     app.include_router(remote_catalog_router(dsp_client, auth.require_read), prefix=settings.management_path)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from metering._api import bank_router, verify_bank
 from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
 from metering._usage import (
@@ -42,6 +43,7 @@ __all__ = [
     "UnitOfCount",
     "UsageEvent",
     "append_audit",
+    "bank_router",
     "charge_minor_units",
     "compare_receipt",
     "events_root",
@@ -54,4 +56,5 @@ __all__ = [
     "record_usage_events",
     "split_revenue",
     "verify_audit",
+    "verify_bank",
 ]

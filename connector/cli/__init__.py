@@ -11,6 +11,7 @@ from connector.cli import _serve
 from connector.identity import _cli as _identity_cli
 from connector.settings import settings_markdown
 from contracts import _cli as _agreement_cli
+from metering import _api as _bank_cli
 from usage_policy import _cli as _policy_cli
 
 __all__ = ["SETTINGS_END", "SETTINGS_START", "app", "main", "replace_settings_table"]
@@ -65,6 +66,7 @@ app.command("demo")(_serve.demo)
 app.add_typer(_serve.db_app, name="db")
 app.add_typer(_serve.conformance_app, name="conformance")
 app.add_typer(_identity_cli.app, name="identity")
+app.add_typer(_bank_cli.app, name="bank")
 app.add_typer(_policy_cli.app, name="policy")
 app.add_typer(_agreement_cli.app, name="agreement")
 app.add_typer(_catalog_cli.app, name="catalog")

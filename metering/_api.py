@@ -1,0 +1,152 @@
+"""Management routes and CLI for the data bank (accounts, balances, transfers, usage, verify)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.responses import Response
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from metering._audit import verify_audit
+from metering._ledger import Account, AccountFlags, Ledger, new_transfers
+from metering._usage import query_usage_events
+
+__all__ = ["app", "bank_router", "verify_bank"]
+
+
+def verify_bank(engine: Engine) -> list[str]:
+    """Every problem found: audit chain and checkpoints, transfer rows, balances and ledger sums."""
+    return verify_audit(engine) + Ledger(engine).check_invariants()
+
+
+def bank_router(
+    ledger: Ledger, require_read: Callable[..., Any], require_write: Callable[..., Any]
+) -> APIRouter:
+    """``/bank/...`` routes (mount under the management prefix)."""
+    router = APIRouter(prefix="/bank", tags=["data bank"])
+    read, write = [Depends(require_read)], [Depends(require_write)]
+
+    @router.post("/accounts", dependencies=write, summary="Create accounts (idempotent by id)")
+    async def create_accounts(items: list[dict[str, Any]] = Body(...)) -> dict[str, Any]:
+        accs = [
+            Account(
+                id=str(i["id"]),
+                ledger=str(i["ledger"]),
+                code=int(i.get("code", 0)),
+                flags=AccountFlags(int(i.get("flags", 0))),
+                user_data=str(i.get("user_data", "")),
+            )
+            for i in items
+        ]
+        results = await run_in_threadpool(ledger.create_accounts, accs)
+        return {"results": [{"id": a.id, "result": str(r)} for a, r in zip(accs, results, strict=True)]}
+
+    @router.get("/accounts", dependencies=read, summary="Accounts with balances")
+    async def list_accounts(
+        ledger_name: str | None = Query(None, alias="ledger"),
+        offset: int = 0,
+        limit: int = Query(100, le=1000),
+    ) -> dict[str, Any]:
+        accs = await run_in_threadpool(
+            lambda: ledger.accounts(ledger=ledger_name, offset=offset, limit=limit)
+        )
+        return {"items": [a.to_dict() for a in accs], "offset": offset, "limit": limit}
+
+    @router.get("/accounts/{account_id}", dependencies=read, summary="One account and its balances")
+    async def get_account(account_id: str) -> dict[str, Any]:
+        return (await run_in_threadpool(ledger.account, account_id)).to_dict()
+
+    @router.post("/transfers", dependencies=write, summary="Create transfers (a batch; one result each)")
+    async def create_transfers(items: list[dict[str, Any]] = Body(...)) -> dict[str, Any]:
+        batch = new_transfers(items)
+        results = await run_in_threadpool(ledger.create_transfers, batch)
+        return {"results": [{"id": t.id, "result": str(r)} for t, r in zip(batch, results, strict=True)]}
+
+    @router.get("/transfers", dependencies=read, summary="Transfers, oldest first")
+    async def list_transfers(
+        account: str | None = None, offset: int = 0, limit: int = Query(100, le=1000)
+    ) -> dict[str, Any]:
+        items = await run_in_threadpool(
+            lambda: ledger.transfers(account_id=account, offset=offset, limit=limit)
+        )
+        return {"items": [t.to_dict() | {"created_at": t.created_at} for t in items]}
+
+    @router.get("/usage", dependencies=read, summary="Usage events (JSON or CSV)")
+    async def usage(
+        agreement: str | None = None, format: str = Query("json", pattern="^(json|csv)$")
+    ) -> Response:
+        events = await run_in_threadpool(lambda: query_usage_events(ledger.engine, agreement_id=agreement))
+        dicts = [{f: getattr(e, f) for f in e.__dataclass_fields__} for e in events]
+        if format == "csv":
+            out = io.StringIO()
+            if dicts:
+                writer = csv.DictWriter(out, fieldnames=list(dicts[0]))
+                writer.writeheader()
+                writer.writerows(dicts)
+            return Response(out.getvalue(), media_type="text/csv")
+        return Response(json.dumps({"items": dicts}), media_type="application/json")
+
+    @router.get("/verify", dependencies=read, summary="Recompute chain, checkpoints and balances")
+    async def verify() -> dict[str, Any]:
+        problems = await run_in_threadpool(verify_bank, ledger.engine)
+        return {"ok": not problems, "problems": problems}
+
+    return router
+
+
+app = typer.Typer(help="The data bank: accounts, balances, transfers, verification.", no_args_is_help=True)
+
+
+def _ledger() -> Ledger:
+    from connector.settings import Settings
+    from connector.store import create_engine, migrate
+
+    engine = create_engine(Settings().effective_database_url())
+    migrate(engine)
+    return Ledger(engine)
+
+
+@app.command("accounts")
+def accounts_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List accounts and balances (minor units)."""
+    accs = _ledger().accounts(limit=1000)
+    if as_json:
+        typer.echo(json.dumps([a.to_dict() for a in accs], indent=2))
+        return
+    for a in accs:
+        typer.echo(f"{a.id:40} {a.ledger:6} balance {a.balance:>14} pending-out {a.debits_pending:>10}")
+
+
+@app.command("transfers")
+def transfers_cmd(
+    account: str | None = typer.Option(None), csv_out: bool = typer.Option(False, "--csv")
+) -> None:
+    """List transfers (optionally of one account); --csv for spreadsheets."""
+    items = [t.to_dict() for t in _ledger().transfers(account_id=account, limit=1000)]
+    if csv_out:
+        out = io.StringIO()
+        if items:
+            w = csv.DictWriter(out, fieldnames=list(items[0]))
+            w.writeheader()
+            w.writerows(items)
+        typer.echo(out.getvalue(), nl=False)
+    else:
+        typer.echo(json.dumps(items, indent=2))
+
+
+@app.command("verify")
+def verify_cmd() -> None:
+    """Recompute the audit chain, checkpoints and balances; exit 1 naming every altered row."""
+    problems = verify_bank(_ledger().engine)
+    if problems:
+        for p in problems:
+            typer.echo(f"FAIL {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok: audit chain, checkpoints, transfer rows and balances verified")

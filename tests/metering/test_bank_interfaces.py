@@ -1,0 +1,56 @@
+"""The data bank through the management API and the CLI (`dadam bank verify` names altered rows)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from connector.app import create_app
+from connector.settings import Settings
+from connector.store import create_engine
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+BANK = "/api/management/v1/bank"
+
+
+def test_bank_api_and_cli_verify(tmp_path: Path) -> None:
+    db = f"sqlite:///{(tmp_path / 'bank.db').as_posix()}"
+    settings = Settings(data_dir=tmp_path, database_url=SecretStr(db), api_key=SecretStr("k"))
+    h = {"X-Api-Key": "k"}
+    with TestClient(create_app(settings)) as c:
+        assert c.get(BANK + "/accounts").status_code == 401
+        r = c.post(BANK + "/accounts", headers=h, json=[{"id": "consumer", "ledger": "EUR", "flags": 1},
+                                                      {"id": "provider", "ledger": "EUR"}, {"id": "bank", "ledger": "EUR"}])  # fmt: skip
+        assert [x["result"] for x in r.json()["results"]] == ["created"] * 3
+        r = c.post(BANK + "/transfers", headers=h, json=[
+            {"id": "fund", "debit_account_id": "bank", "credit_account_id": "consumer", "amount": 500, "ledger": "EUR"},
+            {"id": "pay", "debit_account_id": "consumer", "credit_account_id": "provider", "amount": 700, "ledger": "EUR"},
+        ])  # fmt: skip
+        assert [x["result"] for x in r.json()["results"]] == ["created", "exceeds_credits"]
+        assert c.get(BANK + "/accounts/consumer", headers=h).json()["balance"] == 500
+        assert c.get(BANK + "/verify", headers=h).json() == {"ok": True, "problems": []}
+        bad = c.post(BANK + "/transfers", headers=h, json=[{"amount": 1}])
+        assert bad.status_code == 400
+        assert "KeyError" in bad.text
+    env = {**os.environ, "DADAM_DATABASE_URL": db, "DADAM_DATA_DIR": str(tmp_path)}
+    cli = [sys.executable, "-m", "connector.cli", "bank"]
+    ok = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE ledger_transfers SET amount = 5 WHERE id = 'fund'"))
+    engine.dispose()
+    failed = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "transfer fund" in failed.stderr
+    listed = subprocess.run([*cli, "transfers", "--csv"], env=env, capture_output=True, text=True, check=True)
+    assert listed.stdout.splitlines()[0].startswith("id,debit_account_id")
