@@ -9,6 +9,7 @@ tests), so "not yours" and "wrongly addressed" can be tested.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI, Header, Request, Response
@@ -311,3 +313,40 @@ class Tck:
 
     def post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         return self.http.post(url, json={"@context": CTX, "@id": str(uuid.uuid4()), **body})
+
+
+@contextlib.contextmanager
+def database_factory(backend: str, folder: Path) -> Iterator[Callable[[], str]]:
+    """A factory of fresh database URLs on ``backend``; PostgreSQL databases are dropped at exit."""
+    created: list[str] = []
+    admin: sa.Engine | None = None
+    if backend == "postgres":
+        try:
+            admin = sa.create_engine(
+                PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                isolation_level="AUTOCOMMIT",
+            )
+            with admin.connect() as conn:
+                conn.execute(sa.text("select 1"))
+        except Exception as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+            pytest.skip(f"PostgreSQL not reachable: {exc}")
+
+    def make() -> str:
+        if admin is None:
+            return f"sqlite:///{(folder / f'{uuid.uuid4().hex[:8]}.db').as_posix()}"
+        name = f"dadam_cn_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+    try:
+        yield make
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                for name in created:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()

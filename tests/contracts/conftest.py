@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cn_harness import PG_ADMIN_URL, Node
+from cn_harness import PG_ADMIN_URL, Node, database_factory
 
 from contracts import StaticKeyResolver
 
@@ -17,36 +17,8 @@ from contracts import StaticKeyResolver
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
     """A factory of fresh database URLs on one backend (each connector gets its own database)."""
-    created: list[str] = []
-    admin: sa.Engine | None = None
-    if request.param == "postgres":
-        try:
-            admin = sa.create_engine(
-                PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                isolation_level="AUTOCOMMIT",
-            )
-            with admin.connect() as conn:
-                conn.execute(sa.text("select 1"))
-        except Exception as exc:
-            if os.environ.get("CI"):
-                pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
-            pytest.skip(f"PostgreSQL not reachable: {exc}")
-
-    def make() -> str:
-        if admin is None:
-            return f"sqlite:///{(tmp_path / f'{uuid.uuid4().hex[:8]}.db').as_posix()}"
-        name = f"dadam_cn_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-    yield make
-    if admin is not None:
-        with admin.connect() as conn:
-            for name in created:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with database_factory(request.param, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

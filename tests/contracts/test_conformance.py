@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from cn_harness import TCK_DID, Node, Tck, make_node
+from cn_harness import TCK_DID, Node, Tck, database_factory, make_node
 
 from contracts import StaticKeyResolver
 from contracts.conformance import ConformanceOffers, initiate_router, script_for
@@ -24,19 +24,40 @@ from contracts.conformance import ConformanceOffers, initiate_router, script_for
 FAST = {"script_delay_s": 0.05, "reply_delay_s": 0.02}
 
 
-@pytest.fixture
-def tck() -> Iterator[Tck]:
+@pytest.fixture(scope="module")
+def shared_tck() -> Iterator[Tck]:
     t = Tck()
     yield t
     t.stop()
 
 
 @pytest.fixture
-def cut(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]) -> Node:
-    node = make_node("cut", db_urls(), keys=keys, offers=ConformanceOffers(), scripts=script_for, config=FAST)
-    node.app.include_router(initiate_router(node.manager, "/tck/initiate"))
-    nodes.append(node)
-    return node
+def tck(shared_tck: Tck) -> Tck:
+    """The module's TCK stand-in, with nothing left over from the previous scenario."""
+    while not shared_tck.received.empty():
+        shared_tck.received.get_nowait()
+    shared_tck.schema_problems.clear()
+    shared_tck.answers.clear()
+    return shared_tck
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def cut(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One connector under test per backend for all scenarios (each scenario uses fresh pids)."""
+    with database_factory(request.param, tmp_path_factory.mktemp("cut")) as make:
+        node = make_node(
+            "cut",
+            make(),
+            keys=StaticKeyResolver(),
+            offers=ConformanceOffers(),
+            scripts=script_for,
+            config=FAST,
+        )
+        node.app.include_router(initiate_router(node.manager, "/tck/initiate"))
+        try:
+            yield node
+        finally:
+            node.stop()
 
 
 # --- CUT = provider ---------------------------------------------------------------------------
