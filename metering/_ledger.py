@@ -260,6 +260,28 @@ _COMPARED = (
 )
 
 
+def _update_balances(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """All changed balances in one ``UPDATE ... FROM (VALUES ...)`` statement per 500 accounts."""
+    for start in range(0, len(rows), 500):
+        chunk = rows[start : start + 500]
+        params: dict[str, Any] = {}
+        values = []
+        for n, r in enumerate(chunk):
+            values.append(f"(:i{n}, :a{n}, :b{n}, :c{n}, :d{n})")
+            params |= {f"i{n}": r["id"], f"a{n}": r["debits_pending"], f"b{n}": r["debits_posted"],
+                       f"c{n}": r["credits_pending"], f"d{n}": r["credits_posted"]}  # fmt: skip
+        cast = "::bigint" if conn.dialect.name == "postgresql" else ""
+        conn.execute(
+            sa.text(
+                "WITH v(i, a, b, c, d) AS (VALUES " + ", ".join(values) + ") "
+                "UPDATE ledger_accounts SET debits_pending = v.a" + cast + ", debits_posted = v.b" + cast
+                + ", credits_pending = v.c" + cast + ", credits_posted = v.d" + cast
+                + " FROM v WHERE ledger_accounts.id = v.i"
+            ),
+            params,
+        )  # fmt: skip
+
+
 class Ledger:
     """The ledger on ``engine``. Thread-safe; one instance per process is enough."""
 
@@ -388,10 +410,12 @@ class Ledger:
                 j += 1
             chain = list(range(i, min(j + 1, len(batch))))
             open_chain = j >= len(batch)
-            snapshot = {k: dict(v.row) for k, v in st.accounts.items()}
-            dirty = {k for k, v in st.accounts.items() if v.dirty}
-            pend_snapshot = {k: v.status for k, v in st.pendings.items()}
-            mark = (len(new_rows), dict(status_updates), dict(st.existing))
+            linked = len(chain) > 1
+            if linked:  # only a real chain needs an undo point: a lone transfer mutates nothing on failure
+                snapshot = {k: dict(v.row) for k, v in st.accounts.items()}
+                dirty = {k for k, v in st.accounts.items() if v.dirty}
+                pend_snapshot = {k: v.status for k, v in st.pendings.items()}
+                mark = (len(new_rows), dict(status_updates), dict(st.existing))
             failed_at: int | None = None
             failure: Result | None = None
             for k in chain:
@@ -403,7 +427,9 @@ class Ledger:
                 if not res.ok:
                     failure, failed_at = res, k
                     break
-            if failed_at is not None:
+            if failed_at is not None and not linked:
+                results[failed_at] = failure
+            elif failed_at is not None:
                 # undo the chain
                 for key, row in snapshot.items():
                     st.accounts[key].row = row
@@ -426,26 +452,7 @@ class Ledger:
             conn.execute(transfers.update().where(transfers.c.id == tid).values(pending_status=status))
         changed = [b.row for b in st.accounts.values() if b.dirty]
         if changed:
-            conn.execute(
-                accounts.update()
-                .where(accounts.c.id == sa.bindparam("b_id"))
-                .values(
-                    debits_pending=sa.bindparam("b_dpe"),
-                    debits_posted=sa.bindparam("b_dpo"),
-                    credits_pending=sa.bindparam("b_cpe"),
-                    credits_posted=sa.bindparam("b_cpo"),
-                ),
-                [
-                    {
-                        "b_id": r["id"],
-                        "b_dpe": r["debits_pending"],
-                        "b_dpo": r["debits_posted"],
-                        "b_cpe": r["credits_pending"],
-                        "b_cpo": r["credits_posted"],
-                    }
-                    for r in changed
-                ],
-            )
+            _update_balances(conn, changed)
         if new_failed:
             conn.execute(failed_ids.insert(), new_failed)
         if new_rows or status_updates:
