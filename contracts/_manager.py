@@ -132,7 +132,11 @@ class PolicyDecider(Protocol):
     ) -> PolicyVerdict: ...
 
     def matches(self, requested: Mapping[str, Any], received: Mapping[str, Any]) -> PolicyVerdict:
-        """Consumer side: is the ``received`` offer/agreement within what we ``requested``?"""
+        """Consumer side: may we accept the ``received`` offer/agreement automatically?
+
+        Only if it grants at least what we ``requested`` and adds no constraint, duty or
+        prohibition we did not ask for (fail closed: anything narrower or costlier is refused
+        with the differences as the reason)."""
         ...
 
 
@@ -176,7 +180,9 @@ class UsagePolicyDecider:
             want = up.parse_policy(_policy_part(requested))
         except (PolicyError, DadamError) as exc:
             return PolicyVerdict(False, [f"policy not understood: {r}" for r in exc.reasons()])
-        match = up.is_within(got, want)
+        # Our request must be within what they give: nothing we asked for is missing, and every
+        # duty or restriction of theirs was already in our request.
+        match = up.is_within(want, got)
         return PolicyVerdict(match.within, list(match.reasons))
 
 

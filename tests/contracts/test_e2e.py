@@ -180,3 +180,57 @@ def test_state_timeout_terminates(
     prov = provider.manager.list_negotiations(role="provider")[0]
     prov = provider.wait_state(prov["id"], {"TERMINATED"})
     assert "terminated by the counter-party" in prov["errorDetail"]
+
+
+def test_provider_counter_offer_granting_more_is_accepted(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, MEMBERS_ONLY, config={"manual_approval": True})
+    CLAIMS[consumer.did] = {"memberships": ["catena-x"]}
+    started = _start(consumer, provider, MEMBERS_ONLY)
+    consumer.wait_state(started["id"], {"REQUESTED"})
+    pending = provider.manager.list_negotiations(role="provider")[0]
+    # The provider drops its membership condition: the consumer gets more than it asked for.
+    with provider.mgmt() as c:
+        r = c.post(f"/negotiations/{pending['id']}/counter-offer", json={"offer": OPEN_POLICY})
+    assert r.status_code == 200, r.text
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    assert done["agreement"]["permission"] == [{"action": "use"}], "the agreement carries the counter-offer"
+
+
+def test_provider_counter_offer_narrower_than_asked_is_refused(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY, config={"manual_approval": True})
+    started = _start(consumer, provider, OPEN_POLICY)
+    consumer.wait_state(started["id"], {"REQUESTED"})
+    pending = provider.manager.list_negotiations(role="provider")[0]
+    with provider.mgmt() as c:
+        assert (
+            c.post(f"/negotiations/{pending['id']}/counter-offer", json={"offer": MEMBERS_ONLY}).status_code
+            == 200
+        )
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "TERMINATED"
+    assert "offer is not what we asked for" in done["errorDetail"] and "Membership" in done["errorDetail"]
+
+
+def test_provider_counter_offer_wider_than_asked_is_refused_by_the_consumer(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    provider, consumer = _pair(db_urls, keys, nodes, MEMBERS_ONLY, config={"manual_approval": True})
+    CLAIMS[consumer.did] = {"memberships": ["catena-x"]}
+    started = _start(consumer, provider, MEMBERS_ONLY)
+    consumer.wait_state(started["id"], {"REQUESTED"})
+    pending = provider.manager.list_negotiations(role="provider")[0]
+    # A counter-offer with an extra duty the consumer never agreed to.
+    wider = {"permission": [{**MEMBERS_ONLY["permission"][0], "duty": [{"action": "compensate"}]}]}
+    with provider.mgmt() as c:
+        assert (
+            c.post(f"/negotiations/{pending['id']}/counter-offer", json={"offer": wider}).status_code == 200
+        )
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "TERMINATED"
+    assert "offer is not what we asked for" in done["errorDetail"], done["errorDetail"]
+    assert "compensate" in done["errorDetail"], done["errorDetail"]
