@@ -219,6 +219,48 @@ def negotiate(consumer: Node, provider: Node, offer_id: str, timeout: float = 60
     raise DemoError(f"negotiation {nid} did not finish within {timeout:.0f} s (last state {state})")
 
 
+def pull(
+    consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0
+) -> tuple[bytes, dict[str, Any]]:
+    """The consumer requests an HttpData-PULL transfer, waits for the EDR and fetches the data with it."""
+    with consumer.client() as c:
+        started = _check(
+            c.post(
+                "/transfers",
+                json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                      "agreementId": agreement_id, "format": "HttpData-PULL"},
+            ),
+            "start transfer",
+        )  # fmt: skip
+        tid = quote(str(started["id"]), safe="")
+        deadline = time.monotonic() + timeout
+        view = started
+        while time.monotonic() < deadline:
+            view = _check(c.get(f"/transfers/{tid}"), "transfer status")
+            if view["state"] == "STARTED" and view.get("dataAddress"):
+                break
+            if view["state"] == "TERMINATED":
+                raise DemoError(f"transfer terminated: {view.get('errorDetail')}")
+            time.sleep(0.1)
+        else:
+            raise DemoError(f"transfer did not start within {timeout:.0f} s (last state {view['state']})")
+    address = view["dataAddress"]
+    props = {p["name"]: p["value"] for p in address.get("endpointProperties", [])}
+    data = httpx.get(
+        address["endpoint"], headers={"Authorization": f"Bearer {props['authorization']}"}, timeout=60
+    )
+    if data.status_code != 200:
+        raise DemoError(f"data request answered {data.status_code}: {data.text[:500]}")
+    return data.content, view
+
+
+def usage_of(provider: Node, agreement_id: str) -> list[dict[str, Any]]:
+    with provider.client() as c:
+        body = _check(c.get("/bank/usage", params={"agreement": agreement_id}), "usage events")
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
 def _text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_text(v) for v in value)
@@ -311,6 +353,16 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 )
                 for sig in signed.get("signatures", []):
                     console.print(f"   {sig['role']:8} {sig['signer']}: {sig['jws'][:48]}...")
+                data, transfer = pull(consumer, provider, str(agreement["@id"]))
+                events = usage_of(provider, str(agreement["@id"]))
+                metered = sum(e["bytes"] for e in events)
+                records = sum(e["records"] for e in events)
+                console.print(
+                    f"[bold]6[/] consumer pulled {len(data)} bytes of {pcf['@id']} with the EDR of transfer "
+                    f"{transfer['id']}; provider metered {len(events)} request(s), {metered} bytes, {records} records"
+                )
+                if metered != len(data):
+                    raise DemoError(f"metered {metered} bytes but the consumer received {len(data)}")
                 if serve:
                     console.print(
                         f"serving: provider {provider.base_url}, consumer {consumer.base_url} "

@@ -16,7 +16,7 @@ from connector.runtime import Runtime
 from contracts import NegotiationConfig, NegotiationManager, RetryPolicy
 from contracts._signing import DidWebKeyResolver
 
-__all__ = ["IdentitySigner", "build_negotiations", "thread_worker"]
+__all__ = ["IdentitySigner", "build_negotiations", "build_transfers", "thread_worker"]
 
 
 class IdentitySigner:
@@ -87,3 +87,23 @@ def thread_worker(start: Callable[[], None], stop: Callable[[], None]) -> Callab
             await asyncio.to_thread(stop)
 
     return worker
+
+
+def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple[Any, Any]:
+    """The transfer manager (sharing the negotiation worker) and the data plane's EDR service."""
+    from connector.dataplane import EdrService
+    from contracts._transfer import TransferManager
+
+    identity = runtime.identity
+    if not isinstance(identity, IdentityService):
+        raise TypeError("transfers need the runtime's IdentityService")
+    edr = EdrService(identity.identity, runtime.settings.public_url)
+    manager = TransferManager(
+        runtime.engine,
+        participant_id=runtime.settings.did,
+        dsp_base_url=runtime.settings.dsp_base_url,
+        worker=negotiations.worker,
+        edr=edr,
+        state_timeout_s=float(runtime.settings.state_timeout_seconds),
+    )
+    return manager, edr

@@ -30,7 +30,7 @@ from fastapi import Depends, FastAPI
 
 from connector._dsp_client import DspClient
 from connector._remote_api import remote_catalog_router
-from connector._wiring import build_negotiations, thread_worker
+from connector._wiring import build_negotiations, build_transfers, thread_worker
 from connector.api import (
     ApiKeyAuth,
     BodyLimitMiddleware,
@@ -40,10 +40,13 @@ from connector.api import (
     management_router,
     version_router,
 )
+from connector.dataplane import EdrService, public_router
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
 from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
+from contracts._transfer import TransferManager
+from contracts._transfer_api import transfer_dsp_router, transfer_management_router
 from metering import Ledger, bank_router
 from usage_policy._api import policy_router
 
@@ -85,6 +88,7 @@ def create_app(
         runtime.negotiations = manager
         runtime.workers.append(thread_worker(manager.start, manager.stop))
         runtime.bank = Ledger(runtime.engine)
+        runtime.transfers, runtime.edr = build_transfers(runtime, manager)
     settings = runtime.settings
     rt = runtime
 
@@ -153,6 +157,16 @@ def create_app(
             negotiation_management_router(rt.negotiations, auth.require_read, auth.require_write),
             prefix=settings.management_path,
         )
+    if isinstance(rt.transfers, TransferManager):
+        app.include_router(transfer_dsp_router(rt.transfers, caller_dep), prefix=settings.dsp_path)
+        app.include_router(
+            transfer_management_router(rt.transfers, auth.require_read, auth.require_write),
+            prefix=settings.management_path,
+        )
+        if isinstance(rt.edr, EdrService) and isinstance(rt.identity, IdentityService):
+            app.include_router(
+                public_router(rt.engine, rt.catalog_store, rt.edr, claims_for=rt.identity.partners.claims_for)
+            )
     if isinstance(rt.bank, Ledger):
         app.include_router(
             bank_router(rt.bank, auth.require_read, auth.require_write), prefix=settings.management_path

@@ -41,6 +41,8 @@ class Runtime:
     transfers: Any | None = None
     #: The data bank (metering and settlement).
     bank: Any | None = None
+    #: The data plane's EDR issuer (connector.dataplane.EdrService).
+    edr: Any | None = None
     workers: list[Worker] = field(default_factory=list)
 
     @classmethod

@@ -1,0 +1,430 @@
+"""Transfer processes over DSP 2025-1 (both roles) on the durable process framework.
+
+The provider starts a pull transfer as soon as the request is valid: the agreement exists, was
+concluded with this caller, and the format is offered (``HttpData-PULL``). Its
+TransferStartMessage carries an EDR (``dataAddress``: the data plane endpoint plus a short-lived
+access token bound to the transfer and the consumer). The consumer stores the EDR and hands it to
+applications through the management API. Suspend, resume, complete and terminate work from both
+sides. Every received message is acknowledged only after its state change is committed; replies
+go through the outbox (retries, backoff, TERMINATED with the reason when delivery fails).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from connector.errors import NotFoundError, RemoteProtocolError, ValidationError
+from connector.identity import Caller
+from contracts._negotiation_states import State
+from contracts._process import (
+    Delivery,
+    OutboxMessage,
+    Worker,
+    body_digest,
+    enqueue,
+    lock_process,
+    process_table,
+    record_received,
+    save_state,
+    write_tx,
+)
+from contracts._tables import negotiations
+from contracts._transfer_states import TERMINAL, Command, TState, command, receive, wire_state
+from vocab import DSP_CONTEXT
+
+__all__ = ["PULL_FORMATS", "EdrIssuer", "TransferManager", "transfers"]
+
+KIND = "transfer"
+#: Transfer types this connector serves (the catalog's distribution formats).
+PULL_FORMATS = frozenset({"HttpData-PULL"})
+
+transfers = process_table(
+    "tp_transfers",
+    sa.Column("role", sa.String(8), nullable=False),
+    sa.Column("provider_pid", sa.String(200), nullable=True),
+    sa.Column("consumer_pid", sa.String(200), nullable=True),
+    sa.Column("agreement_id", sa.String(500), nullable=False),
+    sa.Column("dataset_id", sa.String(500), nullable=True),
+    sa.Column("format", sa.String(100), nullable=False),
+    sa.Column("counterparty_address", sa.Text, nullable=False),
+    sa.Column("counterparty_id", sa.String(500), nullable=True),
+    #: consumer side: the EDR received in the TransferStartMessage (compact JSON)
+    sa.Column("data_address", sa.Text, nullable=True),
+    sa.Index("ix_tp_transfers_role_provider_pid", "role", "provider_pid"),
+    sa.Index("ix_tp_transfers_role_consumer_pid", "role", "consumer_pid"),
+)
+
+
+class EdrIssuer(Protocol):
+    """Makes the ``dataAddress`` of a pull transfer (the data plane)."""
+
+    def data_address(self, transfer_id: str, consumer_did: str) -> dict[str, Any]: ...
+
+
+def _msg(mtype: str, provider_pid: str | None, consumer_pid: str | None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"@context": [DSP_CONTEXT], "@type": mtype}
+    if provider_pid is not None:
+        body["providerPid"] = provider_pid
+    if consumer_pid is not None:
+        body["consumerPid"] = consumer_pid
+    body.update(extra)
+    return body
+
+
+_ENDPOINT = {
+    "TransferStartMessage": "start",
+    "TransferSuspensionMessage": "suspension",
+    "TransferCompletionMessage": "completion",
+    "TransferTerminationMessage": "termination",
+}
+
+
+class TransferManager:
+    """Both roles of the transfer process. Register :attr:`handler` with the outbox worker."""
+
+    kind = KIND
+    table = transfers
+    terminal_states = frozenset(int(s) for s in TERMINAL)
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        participant_id: str,
+        dsp_base_url: str,
+        worker: Worker,
+        edr: EdrIssuer | None = None,
+        state_timeout_s: float = 3600.0,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.participant_id = participant_id
+        self.dsp_base_url = dsp_base_url.rstrip("/")
+        self.worker = worker
+        self.edr = edr
+        self.state_timeout_s = state_timeout_s
+        self.on_change = on_change
+        worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
+
+    # ------------------------------------------------------------------ views
+    @staticmethod
+    def view(row: Any) -> dict[str, Any]:
+        """The management view of a transfer row (the EDR included, consumer side)."""
+        state = TState(row["state"])
+        return {
+            "id": row["id"],
+            "role": row["role"],
+            "state": wire_state(state),
+            "internalState": state.name,
+            "providerPid": row["provider_pid"],
+            "consumerPid": row["consumer_pid"],
+            "agreementId": row["agreement_id"],
+            "datasetId": row["dataset_id"],
+            "format": row["format"],
+            "counterPartyAddress": row["counterparty_address"],
+            "counterPartyId": row["counterparty_id"],
+            "dataAddress": orjson.loads(row["data_address"]) if row["data_address"] else None,
+            "errorDetail": row["error_detail"],
+            "createdAt": row["created_at"],
+            "updatedAt": row["updated_at"],
+        }
+
+    def _ack(self, row: Any) -> dict[str, Any]:
+        return _msg(
+            "TransferProcess",
+            row["provider_pid"],
+            row["consumer_pid"],
+            state=wire_state(TState(row["state"])),
+        )
+
+    def get(self, transfer_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no transfer {transfer_id!r}")
+        return self.view(row)
+
+    def list(self, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = sa.select(transfers).order_by(transfers.c.created_at.desc()).offset(offset).limit(limit)
+        with self.engine.connect() as conn:
+            return [self.view(r) for r in conn.execute(stmt).mappings()]
+
+    def _row_for_pid(self, conn: Connection, pid: str) -> RowMapping:
+        """Our transfer named by ``pid`` (our own pid on either side), locked."""
+        row = conn.execute(sa.select(transfers.c.id).where(transfers.c.id == pid)).first()
+        if row is None:
+            raise NotFoundError(f"no transfer process {pid!r}", context={"providerPid": pid})
+        return lock_process(conn, transfers, pid)
+
+    def _check_caller(self, row: Any, caller: Caller) -> None:
+        if (
+            row["counterparty_id"]
+            and caller.did != row["counterparty_id"]
+            and caller.did != "TCK_PARTICIPANT"
+        ):
+            # not yours: the same answer as not found (DSP)
+            raise NotFoundError(f"no transfer process {row['id']!r}", context=self._ctx(row))
+
+    @staticmethod
+    def _ctx(row: Any) -> dict[str, Any]:
+        return {"providerPid": row["provider_pid"], "consumerPid": row["consumer_pid"]}
+
+    def dsp_get(self, pid: str, caller: Caller) -> dict[str, Any]:
+        with write_tx(self.engine) as conn:
+            row = self._row_for_pid(conn, pid)
+            self._check_caller(row, caller)
+            return self._ack(row)
+
+    # ------------------------------------------------------------------ provider: request
+    def agreement(self, conn: Connection, agreement_id: str) -> RowMapping | None:
+        return (
+            conn.execute(
+                sa.select(negotiations).where(
+                    negotiations.c.role == "provider",
+                    negotiations.c.agreement_id == agreement_id,
+                    negotiations.c.state == int(State.FINALIZED),
+                )
+            )
+            .mappings()
+            .first()
+        )
+
+    def provider_request(self, body: Any, caller: Caller) -> dict[str, Any]:
+        """``POST /transfers/request``: validate, create (idempotent on consumerPid), start a pull."""
+        if not isinstance(body, dict) or body.get("@type") != "TransferRequestMessage":
+            raise ValidationError(
+                "expected a TransferRequestMessage", errors=["@type: TransferRequestMessage"]
+            )
+        problems = [
+            f"{k}: required"
+            for k in ("consumerPid", "agreementId", "format", "callbackAddress")
+            if not body.get(k)
+        ]
+        if problems:
+            raise ValidationError("invalid TransferRequestMessage", errors=problems)
+        consumer_pid, agreement_id = str(body["consumerPid"]), str(body["agreementId"])
+        fmt, callback = str(body["format"]), str(body["callbackAddress"]).rstrip("/")
+        ctx = {"consumerPid": consumer_pid}
+        if not callback.startswith(("http://", "https://")):
+            raise ValidationError(
+                "unusable callbackAddress", errors=["callbackAddress: http(s) URL"], context=ctx
+            )
+        with write_tx(self.engine) as conn:
+            known = (
+                conn.execute(
+                    sa.select(transfers).where(
+                        transfers.c.role == "provider",
+                        transfers.c.consumer_pid == consumer_pid,
+                        transfers.c.counterparty_id == caller.did,
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if known is not None:  # idempotent on consumerPid: the same process back
+                return self._ack(known)
+            agreement = self.agreement(conn, agreement_id)
+            if agreement is None:
+                raise ValidationError(
+                    f"no concluded agreement {agreement_id!r}", errors=["agreementId: unknown"], context=ctx
+                )
+            if agreement["counterparty_id"] not in (caller.did, None) and caller.did != "TCK_PARTICIPANT":
+                raise ValidationError(
+                    f"agreement {agreement_id!r} was not concluded with {caller.did}",
+                    errors=["agreementId: not yours"],
+                    context=ctx,
+                )
+            if fmt not in PULL_FORMATS:
+                raise ValidationError(
+                    f"transfer type {fmt!r} is not served here",
+                    errors=[f"format: one of {sorted(PULL_FORMATS)}"],
+                    context=ctx,
+                )
+            pid = f"urn:uuid:{uuid.uuid4()}"
+            now = time.time()
+            conn.execute(
+                sa.insert(transfers).values(
+                    id=pid, state=int(TState.REQUESTED), state_since=now, deadline=now + self.state_timeout_s,
+                    pending=False, version=0, created_at=now, updated_at=now, role="provider",
+                    provider_pid=pid, consumer_pid=consumer_pid, agreement_id=agreement_id,
+                    dataset_id=agreement["dataset_id"], format=fmt, counterparty_address=callback,
+                    counterparty_id=caller.did,
+                )
+            )  # fmt: skip
+            if body.get("@id"):
+                record_received(conn, KIND, pid, str(body["@id"]), body_digest(body))
+            row = lock_process(conn, transfers, pid)
+            ack = self._ack(row)
+            self._command(conn, row, Command.START)
+        self.worker.wake()
+        return ack
+
+    # ------------------------------------------------------------------ messages from the peer
+    def receive(self, endpoint: str, pid: str, body: Any, caller: Caller) -> dict[str, Any]:
+        """A message for one of our transfers (provider or consumer side: the pid decides)."""
+        expected = {v: k for k, v in _ENDPOINT.items()}[endpoint]
+        if not isinstance(body, dict) or body.get("@type") != expected:
+            raise ValidationError(
+                f"expected a {expected}", errors=[f"@type: {expected}"], context={"providerPid": pid}
+            )
+        with write_tx(self.engine) as conn:
+            row = self._row_for_pid(conn, pid)
+            self._check_caller(row, caller)
+            ctx = self._ctx(row)
+            own, theirs = (
+                ("providerPid", "consumerPid")
+                if row["role"] == "provider"
+                else ("consumerPid", "providerPid")
+            )
+            if body.get(own) != pid or (
+                row[theirs.replace("Pid", "_pid")] and body.get(theirs) != row[theirs.replace("Pid", "_pid")]
+            ):
+                raise RemoteProtocolError(
+                    "providerPid/consumerPid do not match this transfer process", context=ctx
+                )
+            seen = record_received(
+                conn, KIND, pid, str(body["@id"]) if body.get("@id") else None, body_digest(body)
+            )
+            if seen == "duplicate":
+                return self._ack(row)
+            if seen == "conflict":
+                raise RemoteProtocolError("message id already used for another message", context=ctx)
+            state = TState(row["state"])
+            try:
+                nxt = receive(row["role"], state, expected)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(exc.message, context=ctx) from None
+            if expected == "TransferStartMessage" and row["role"] == "consumer":
+                address = body.get("dataAddress")
+                if address is not None and not isinstance(address, dict):
+                    raise ValidationError("dataAddress must be an object", context=ctx)
+                values: dict[str, Any] = {
+                    "data_address": orjson.dumps(address).decode() if address else row["data_address"]
+                }
+                if not row["provider_pid"]:
+                    values["provider_pid"] = body.get("providerPid")
+            else:
+                values = {}
+            reason = None
+            if expected in ("TransferTerminationMessage", "TransferSuspensionMessage"):
+                reasons = body.get("reason") or []
+                reason = (
+                    f"{'terminated' if 'Termination' in expected else 'suspended'} by the counter-party"
+                    + (f": {'; '.join(map(str, reasons))}" if reasons else "")
+                    + (f" (code {body['code']})" if body.get("code") else "")
+                )
+            save_state(conn, transfers, pid, nxt, timeout_s=None if nxt in TERMINAL else self.state_timeout_s,
+                       error_detail=reason, **values)  # fmt: skip
+            row = lock_process(conn, transfers, pid)
+        self._changed(row)
+        return self._ack(row)
+
+    # ------------------------------------------------------------------ local commands
+    def _command(self, conn: Connection, row: Any, cmd: Command, reason: str | None = None) -> None:
+        message, sending, _done = command(row["role"], TState(row["state"]), cmd)
+        extra: dict[str, Any] = {}
+        if message == "TransferStartMessage" and row["role"] == "provider":
+            if self.edr is None:
+                raise RemoteProtocolError("no data plane is configured to serve this transfer")
+            extra["dataAddress"] = self.edr.data_address(row["id"], row["counterparty_id"] or "")
+        if message == "TransferTerminationMessage" and reason:
+            extra["reason"] = [reason]
+        peer_pid = row["consumer_pid"] if row["role"] == "provider" else row["provider_pid"]
+        body = _msg(message, row["provider_pid"], row["consumer_pid"], **extra)
+        url = f"{row['counterparty_address']}/transfers/{peer_pid}/{_ENDPOINT[message]}"
+        save_state(conn, transfers, row["id"], sending, timeout_s=self.state_timeout_s,
+                   error_detail=reason if cmd == Command.TERMINATE else None)  # fmt: skip
+        enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"])
+
+    def run_command(self, transfer_id: str, cmd: Command, reason: str | None = None) -> dict[str, Any]:
+        """Management: suspend / resume / complete / terminate one of our transfers."""
+        with write_tx(self.engine) as conn:
+            row = lock_process(conn, transfers, transfer_id)
+            self._command(conn, row, cmd, reason)
+            row = lock_process(conn, transfers, transfer_id)
+        self.worker.wake()
+        return self.view(row)
+
+    def start_transfer(
+        self,
+        counterparty_address: str,
+        agreement_id: str,
+        *,
+        fmt: str = "HttpData-PULL",
+        counterparty_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Consumer: request a transfer under ``agreement_id`` from the provider's DSP base."""
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        now = time.time()
+        address = counterparty_address.rstrip("/")
+        body = _msg("TransferRequestMessage", None, pid, agreementId=agreement_id, format=fmt,
+                    callbackAddress=self.dsp_base_url)  # fmt: skip
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                sa.insert(transfers).values(
+                    id=pid, state=int(TState.REQUESTING), state_since=now, deadline=now + self.state_timeout_s,
+                    pending=False, version=0, created_at=now, updated_at=now, role="consumer", provider_pid=None,
+                    consumer_pid=pid, agreement_id=agreement_id, dataset_id=None, format=fmt,
+                    counterparty_address=address, counterparty_id=counterparty_id,
+                )
+            )  # fmt: skip
+            enqueue(conn, KIND, pid, f"{address}/transfers/request", body, audience=counterparty_id)
+            row = lock_process(conn, transfers, pid)
+        self.worker.wake()
+        return self.view(row)
+
+    # ------------------------------------------------------------------ worker callbacks
+    def on_delivered(
+        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+    ) -> None:
+        state = TState(process["state"])
+        if message.message_type == "TransferRequestMessage":
+            ack = delivery.response_json if isinstance(delivery.response_json, dict) else {}
+            provider_pid = ack.get("providerPid")
+            if state == TState.REQUESTING:
+                save_state(conn, transfers, process["id"], TState.REQUESTED, timeout_s=self.state_timeout_s,
+                           provider_pid=provider_pid)  # fmt: skip
+            elif provider_pid and not process["provider_pid"]:  # the start overtook the ACK
+                conn.execute(
+                    transfers.update()
+                    .where(transfers.c.id == process["id"])
+                    .values(provider_pid=provider_pid)
+                )
+            return
+        done = {
+            "TransferStartMessage": TState.STARTED,
+            "TransferSuspensionMessage": TState.SUSPENDED,
+            "TransferCompletionMessage": TState.COMPLETED,
+            "TransferTerminationMessage": TState.TERMINATED,
+        }[message.message_type]
+        sending = {TState.STARTING, TState.RESUMING, TState.SUSPENDING, TState.COMPLETING, TState.TERMINATING}
+        if state in sending:
+            save_state(
+                conn,
+                transfers,
+                process["id"],
+                done,
+                timeout_s=None if done in TERMINAL else self.state_timeout_s,
+            )
+
+    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+        if TState(process["state"]) in TERMINAL:
+            return
+        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None,
+                   error_detail=f"{message.message_type} could not be delivered: {reason}")  # fmt: skip
+
+    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+        state = TState(process["state"])
+        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None,
+                   error_detail=f"timed out in state {state.name} after {self.state_timeout_s:.0f} s")  # fmt: skip
+
+    def _changed(self, row: Any) -> None:
+        if self.on_change is not None:
+            self.on_change(self.view(row))
