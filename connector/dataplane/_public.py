@@ -231,10 +231,12 @@ def public_router(
             async def body() -> AsyncIterator[bytes]:
                 nonlocal sent
                 outcome = "partial"
+                recorded = False
                 try:
                     fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
                     try:
                         pos = start
+                        held: bytes | None = None
                         while pos <= end:
                             chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - pos + 1), pos)
                             if not chunk:
@@ -242,12 +244,20 @@ def public_router(
                             pos += len(chunk)
                             sent += len(chunk)
                             counter.feed(chunk)
-                            yield chunk
-                        outcome = "ok"
+                            if held is not None:
+                                yield held
+                            held = chunk
+                        # The event commits before the last chunk leaves: an answered request is
+                        # never unmetered, even if the process dies right after sending it.
+                        await finish("ok")
+                        recorded = True
+                        if held is not None:
+                            yield held
                     finally:
                         os.close(fd)
                 finally:
-                    await finish(outcome)
+                    if not recorded:
+                        await finish(outcome)
 
             return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
         if address.type == "http":
@@ -263,15 +273,23 @@ def public_router(
             async def relay() -> AsyncIterator[bytes]:
                 nonlocal sent
                 outcome = "partial"
+                recorded = False
                 try:
+                    held: bytes | None = None
                     async for chunk in upstream.aiter_bytes(CHUNK):
                         sent += len(chunk)
                         counter.feed(chunk)
-                        yield chunk
-                    outcome = "ok"
+                        if held is not None:
+                            yield held
+                        held = chunk
+                    await finish("ok")  # before the last chunk: see the file source
+                    recorded = True
+                    if held is not None:
+                        yield held
                 finally:
                     await upstream.aclose()
-                    await finish(outcome)
+                    if not recorded:
+                        await finish(outcome)
 
             return StreamingResponse(relay(), media_type=upstream.headers.get("content-type", media_type))
         return _error(
