@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from connector.settings import did_web_for_url
 __all__ = ["DemoError", "Node", "free_port", "run_demo", "start_node", "stop_node"]
 
 API_KEY = "demo-api-key-not-for-production"
-console = Console(width=max(120, Console().width))
+console = Console(width=max(120, Console().width), soft_wrap=True)
 #: What the provider's operator verified about the consumer (in production: from its credentials).
 CONSUMER_CLAIMS = {
     "bpn": "BPNL00000000C0NS",
@@ -220,7 +221,7 @@ def negotiate(consumer: Node, provider: Node, offer_id: str, timeout: float = 60
 
 
 def pull(
-    consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0
+    consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0, request_id: str | None = None
 ) -> tuple[bytes, dict[str, Any]]:
     """The consumer requests an HttpData-PULL transfer, waits for the EDR and fetches the data with it."""
     with consumer.client() as c:
@@ -246,12 +247,47 @@ def pull(
             raise DemoError(f"transfer did not start within {timeout:.0f} s (last state {view['state']})")
     address = view["dataAddress"]
     props = {p["name"]: p["value"] for p in address.get("endpointProperties", [])}
-    data = httpx.get(
-        address["endpoint"], headers={"Authorization": f"Bearer {props['authorization']}"}, timeout=60
-    )
+    headers = {"Authorization": f"Bearer {props['authorization']}"}
+    if request_id:  # the same id on both sides: receipts compare them
+        headers["X-Request-Id"] = request_id
+    data = httpx.get(address["endpoint"], headers=headers, timeout=60)
     if data.status_code != 200:
         raise DemoError(f"data request answered {data.status_code}: {data.text[:500]}")
     return data.content, view
+
+
+def settle(consumer: Node, provider: Node, agreement_id: str, transfer: dict[str, Any], request_id: str,
+           size: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Receipt issued and signed by the provider, checked and countersigned by the consumer, settled."""
+    provider_pid = str(transfer["providerPid"])
+    now = time.time()
+    own_event = {
+        "id": f"{provider_pid}:{request_id}", "agreement_id": agreement_id, "transfer_id": provider_pid,
+        "dataset_id": "pcf-brake-disc-bd330v", "category": "carbon", "bytes": size, "records": 1, "calls": 1,
+        "started_at": now, "ended_at": now, "outcome": "ok", "consumer": consumer.did, "provider": provider.did,
+    }  # fmt: skip
+    with consumer.client() as c:
+        _check(c.post("/bank/usage", json=[own_event]), "consumer-side metering")
+    price = {"payAmount": "0.50", "currency": "EUR", "unitOfCount": "call"}
+    with provider.client() as p:
+        receipt = _check(
+            p.post("/bank/receipts", json={"agreementId": agreement_id, "party": consumer.did, "price": price,
+                                           "reserveRef": provider_pid}),
+            "issue receipt",
+        )  # fmt: skip
+    with consumer.client() as c:
+        answer = _check(c.post("/bank/receipts/countersign", json=receipt), "countersign receipt")
+    if "signature" not in answer:
+        raise DemoError(f"the consumer disputes the receipt: {answer}")
+    with provider.client() as p:
+        settled = _check(
+            p.post(f"/bank/receipts/{quote(receipt['id'], safe='')}/settle", json=answer), "settle"
+        )
+        statement = _check(p.get(f"/bank/statements/{quote(consumer.did, safe='')}"), "statement")
+        verified = _check(p.get("/bank/verify"), "bank verify")
+    if not verified["ok"]:
+        raise DemoError(f"bank verification failed: {verified['problems']}")
+    return {"receipt": receipt, "countersignature": answer["signature"], **settled}, statement
 
 
 def usage_of(provider: Node, agreement_id: str) -> list[dict[str, Any]]:
@@ -353,7 +389,11 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 )
                 for sig in signed.get("signatures", []):
                     console.print(f"   {sig['role']:8} {sig['signer']}: {sig['jws'][:48]}...")
-                data, transfer = pull(consumer, provider, str(agreement["@id"]))
+                with provider.client() as p:
+                    _check(p.post("/bank/deposits", json={"party": consumer.did, "amount": 2000,
+                                                          "ref": "demo-deposit-1"}), "deposit")  # fmt: skip
+                request_id = str(uuid.uuid4())
+                data, transfer = pull(consumer, provider, str(agreement["@id"]), request_id=request_id)
                 events = usage_of(provider, str(agreement["@id"]))
                 metered = sum(e["bytes"] for e in events)
                 records = sum(e["records"] for e in events)
@@ -363,6 +403,25 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 )
                 if metered != len(data):
                     raise DemoError(f"metered {metered} bytes but the consumer received {len(data)}")
+                with provider.client() as p:  # the provider reserves funds for the transfer (two-phase)
+                    _check(p.post("/bank/reservations", json={"ref": transfer["providerPid"], "party": consumer.did,
+                                                              "amount": 500}), "reserve")  # fmt: skip
+                result, statement = settle(
+                    consumer, provider, str(agreement["@id"]), transfer, request_id, len(data)
+                )
+                r = result["receipt"]["receipt"]
+                console.print(
+                    f"[bold]7[/] receipt {result['receipt']['id']}: {r['calls']} call(s), {r['bytes']} bytes, "
+                    f"{r['amount']} {r['currency']} cents, events root {r['events_root'][:16]}...; signed by the "
+                    f"provider, checked and countersigned by the consumer; settlement: {result['status']} "
+                    f"{result['amount']} {result['currency']} cents"
+                )
+                st = statement["statement"]
+                console.print(
+                    f"   statement for {st['consumer']}: settled {st['settled']} cents, prepaid balance "
+                    f"{st['prepaidBalance']} cents, still reserved {st['reserved']} cents; signed "
+                    f"{statement['provider_signature'][:40]}...; bank verify: ok"
+                )
                 if serve:
                     console.print(
                         f"serving: provider {provider.base_url}, consumer {consumer.base_url} "

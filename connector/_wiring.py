@@ -16,7 +16,15 @@ from connector.runtime import Runtime
 from contracts import NegotiationConfig, NegotiationManager, RetryPolicy
 from contracts._signing import DidWebKeyResolver
 
-__all__ = ["IdentitySigner", "build_negotiations", "build_transfers", "thread_worker"]
+__all__ = [
+    "IdentitySigner",
+    "agreement_lookup",
+    "build_negotiations",
+    "build_transfers",
+    "did_verifier",
+    "price_lookup",
+    "thread_worker",
+]
 
 
 class IdentitySigner:
@@ -107,3 +115,77 @@ def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple
         state_timeout_s=float(runtime.settings.state_timeout_seconds),
     )
     return manager, edr
+
+
+def did_verifier(allow_http: bool) -> Callable[[str, bytes, str], bool]:
+    """verify(detached JWS, payload, signer DID): resolves the signer's did:web key (cached)."""
+    from connector.errors import TokenError
+    from connector.identity import PublicKey, verify_jws
+
+    resolver = DidWebKeyResolver(allow_http=allow_http)
+
+    def verify(signature: str, payload: bytes, did: str) -> bool:
+        def key(d: str, kid: str) -> PublicKey:
+            full = kid if kid.startswith("did:") else f"{d}#{kid.split('#')[-1]}"
+            jwk = resolver.public_jwk(full)
+            if jwk is None:
+                raise TokenError(f"cannot find key {full}")
+            return PublicKey(id=full, controller=d, jwk=jwk)
+
+        return verify_jws(signature, key_resolver=key, expected_did=did, detached_payload=payload) == payload
+
+    return verify
+
+
+def agreement_lookup(runtime: Runtime) -> Callable[[str], dict[str, Any] | None]:
+    """The agreement (compact JSON) with this id, from either role's negotiation rows."""
+    import orjson
+    import sqlalchemy as sa
+
+    from contracts._tables import negotiations
+
+    def lookup(agreement_id: str) -> dict[str, Any] | None:
+        with runtime.engine.connect() as conn:
+            raw = conn.execute(
+                sa.select(negotiations.c.agreement)
+                .where(negotiations.c.agreement_id == agreement_id)
+                .limit(1)
+            ).scalar()
+        found: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        return found
+
+    return lookup
+
+
+def price_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
+    """price_for(agreement id, consumer DID): the agreement's compensate duty as metering PriceTerms
+    (the policy engine reads the duty; None when the agreement has no price)."""
+    import usage_policy as up
+    from metering import price_terms_from_engine
+
+    lookup = agreement_lookup(runtime)
+
+    def price_for(agreement_id: str, party: str) -> Any:
+        agreement = lookup(agreement_id)
+        if agreement is None:
+            return None
+        identity = runtime.identity
+        claims = identity.partners.claims_for(party) if isinstance(identity, IdentityService) else {}
+        rules: dict[str, Any] = {
+            k: agreement[k] for k in ("permission", "prohibition", "obligation") if k in agreement
+        }
+        decision = up.evaluate(
+            up.parse_policy({"@type": "Set", **rules}),
+            up.Scope.NEGOTIATION,
+            up.EvaluationContext(
+                did=party,
+                memberships=frozenset(claims.get("memberships") or ()),
+                framework_agreements=frozenset(claims.get("framework_agreements") or ()),
+                purpose=claims.get("purpose"),
+                claims=claims,
+            ),
+        )
+        terms = [t for t in decision.price_terms if t.mode != "revenue_share"]
+        return price_terms_from_engine(terms[0]) if terms else None
+
+    return price_for

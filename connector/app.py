@@ -30,7 +30,13 @@ from fastapi import Depends, FastAPI
 
 from connector._dsp_client import DspClient
 from connector._remote_api import remote_catalog_router
-from connector._wiring import build_negotiations, build_transfers, thread_worker
+from connector._wiring import (
+    build_negotiations,
+    build_transfers,
+    did_verifier,
+    price_lookup,
+    thread_worker,
+)
 from connector.api import (
     ApiKeyAuth,
     BodyLimitMiddleware,
@@ -41,13 +47,15 @@ from connector.api import (
     version_router,
 )
 from connector.dataplane import EdrService, public_router
+from connector.errors import LedgerError
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
 from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
 from contracts._transfer import TransferManager
 from contracts._transfer_api import transfer_dsp_router, transfer_management_router
-from metering import Ledger, bank_router
+from metering import Ledger, Settlement, bank_router
+from metering._api import settlement_router
 from usage_policy._api import policy_router
 
 __all__ = ["create_app"]
@@ -165,12 +173,35 @@ def create_app(
         )
         if isinstance(rt.edr, EdrService) and isinstance(rt.identity, IdentityService):
             app.include_router(
-                public_router(rt.engine, rt.catalog_store, rt.edr, claims_for=rt.identity.partners.claims_for)
+                public_router(
+                    rt.engine,
+                    rt.catalog_store,
+                    rt.edr,
+                    claims_for=rt.identity.partners.claims_for,
+                    account_open=_prepaid_account_exists(rt),
+                )
             )
     if isinstance(rt.bank, Ledger):
         app.include_router(
             bank_router(rt.bank, auth.require_read, auth.require_write), prefix=settings.management_path
         )
+        if isinstance(rt.identity, IdentityService):
+            ident = rt.identity.identity
+
+            def sign(payload: bytes) -> str:
+                return ident.sign_jws(payload, detached=True)
+
+            app.include_router(
+                settlement_router(
+                    Settlement(rt.bank, did=settings.did, sign=sign),
+                    sign=sign,
+                    verify=did_verifier(settings.did_web_allow_http),
+                    price_for=price_lookup(rt),
+                    require_read=auth.require_read,
+                    require_write=auth.require_write,
+                ),
+                prefix=settings.management_path,
+            )
     dsp_client = DspClient(auth_for=getattr(rt.identity, "auth_for", None))
     app.include_router(remote_catalog_router(dsp_client, auth.require_read), prefix=settings.management_path)
     app.include_router(
@@ -180,6 +211,21 @@ def create_app(
     if oauth_router is not None:
         app.include_router(oauth_router, prefix=settings.management_path)
     return app
+
+
+def _prepaid_account_exists(rt: Runtime) -> Callable[[str], bool]:
+    """Whether the data bank keeps a prepaid account for a consumer (compensate duties then bill in arrears)."""
+
+    def exists(did: str) -> bool:
+        if not isinstance(rt.bank, Ledger):
+            return False
+        try:
+            rt.bank.account(Settlement.prepaid(did))
+        except LedgerError:
+            return False
+        return True
+
+    return exists
 
 
 def _oauth_router(auth: Any) -> Any | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from metering._api import bank_router, verify_bank
 from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
+from metering._settlement import Settlement, countersign
 from metering._usage import (
     IngestResult,
     PriceTerms,
@@ -23,6 +24,7 @@ from metering._usage import (
     compare_receipt,
     events_root,
     make_receipt,
+    price_terms_from_engine,
     price_terms_from_odrl,
     query_usage_events,
     record_usage_events,
@@ -38,6 +40,7 @@ __all__ = [
     "PriceTerms",
     "Receipt",
     "Result",
+    "Settlement",
     "Transfer",
     "TransferFlags",
     "UnitOfCount",
@@ -46,11 +49,13 @@ __all__ = [
     "bank_router",
     "charge_minor_units",
     "compare_receipt",
+    "countersign",
     "events_root",
     "make_checkpoint",
     "make_receipt",
     "merkle_root",
     "new_transfers",
+    "price_terms_from_engine",
     "price_terms_from_odrl",
     "query_usage_events",
     "record_usage_events",

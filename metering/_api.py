@@ -18,7 +18,7 @@ from metering._audit import verify_audit
 from metering._ledger import Account, AccountFlags, Ledger, new_transfers
 from metering._usage import query_usage_events
 
-__all__ = ["app", "bank_router", "verify_bank"]
+__all__ = ["app", "bank_router", "settlement_router", "verify_bank"]
 
 
 def verify_bank(engine: Engine) -> list[str]:
@@ -150,3 +150,114 @@ def verify_cmd() -> None:
             typer.echo(f"FAIL {p}", err=True)
         raise typer.Exit(1)
     typer.echo("ok: audit chain, checkpoints, transfer rows and balances verified")
+
+
+def settlement_router(
+    settlement: Any,
+    *,
+    sign: Callable[[bytes], str],
+    verify: Callable[[str, bytes, str], bool],
+    price_for: Callable[[str, str], Any],
+    require_read: Callable[..., Any],
+    require_write: Callable[..., Any],
+) -> APIRouter:
+    """Settlement routes: deposits, reservations, receipts (issue, countersign, settle), statements."""
+    from decimal import Decimal
+
+    from connector.errors import ValidationError
+    from metering._settlement import Settlement, countersign
+    from metering._usage import (
+        PriceTerms,
+        UnitOfCount,
+        UsageEvent,
+        record_usage_events,
+    )
+
+    assert isinstance(settlement, Settlement)
+    router = APIRouter(prefix="/bank", tags=["data bank"])
+    read, write = [Depends(require_read)], [Depends(require_write)]
+
+    def _need(body: dict[str, Any], *keys: str) -> None:
+        missing = [f"{k}: required" for k in keys if body.get(k) in (None, "")]
+        if missing:
+            raise ValidationError("incomplete request", errors=missing)
+
+    @router.post("/deposits", dependencies=write, summary="Record money a consumer paid in (minor units)")
+    async def deposit(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(body, "party", "amount")
+        return await run_in_threadpool(
+            settlement.deposit, str(body["party"]), int(body["amount"]), body.get("ref")
+        )
+
+    @router.post(
+        "/reservations", dependencies=write, summary="Reserve funds (pending transfer) for a transfer"
+    )
+    async def reserve(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(body, "ref", "party", "amount")
+        result = await run_in_threadpool(
+            settlement.reserve, str(body["ref"]), str(body["party"]), int(body["amount"])
+        )
+        return {"ref": body["ref"], "result": str(result)}
+
+    def _terms(body: dict[str, Any]) -> PriceTerms:
+        price = body.get("price")
+        if isinstance(price, dict):
+            _need(price, "payAmount")
+            return PriceTerms(
+                Decimal(str(price["payAmount"])),
+                str(price.get("currency", settlement.currency)),
+                UnitOfCount(str(price.get("unitOfCount", "call"))),
+            )
+        terms = price_for(str(body["agreementId"]), str(body["party"]))
+        if terms is not None:
+            return terms  # type: ignore[no-any-return]
+        raise ValidationError("no price: give 'price' or conclude an agreement with a compensate duty")
+
+    @router.post("/receipts", dependencies=write, summary="Price, sign and store a usage receipt")
+    async def issue(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(body, "agreementId", "party")
+        terms = await run_in_threadpool(_terms, body)
+        return await run_in_threadpool(
+            lambda: settlement.issue_receipt(
+                str(body["agreementId"]), str(body["party"]), terms, reserve_ref=body.get("reserveRef")
+            )
+        )
+
+    @router.post(
+        "/receipts/{receipt_id}/settle", dependencies=write, summary="Settle with the countersignature"
+    )
+    async def settle(receipt_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return await run_in_threadpool(settlement.settle, receipt_id, body, verify)
+
+    @router.get("/statements/{party:path}", dependencies=read, summary="Signed settlement statement")
+    async def statement(party: str) -> dict[str, Any]:
+        return await run_in_threadpool(settlement.statement, party)
+
+    @router.post("/usage", dependencies=write, summary="Record usage events metered on this side")
+    async def record(events: list[dict[str, Any]] = Body(...)) -> dict[str, Any]:
+        try:
+            parsed = [UsageEvent(**e) for e in events]
+        except TypeError as exc:
+            raise ValidationError("invalid usage events", errors=[str(exc)]) from None
+
+        def work() -> list[str]:
+            with settlement.engine.begin() as conn:
+                return [str(r) for r in record_usage_events(conn, parsed)]
+
+        return {"results": await run_in_threadpool(work)}
+
+    @router.post(
+        "/receipts/countersign", dependencies=write, summary="Consumer: check a receipt, countersign"
+    )
+    async def check(document: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(document, "receipt", "event_ids", "provider_signature", "provider")
+
+        def work() -> dict[str, Any]:
+            mine = query_usage_events(
+                settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
+            )
+            return countersign(document, mine, sign=sign, verify=verify)
+
+        return await run_in_threadpool(work)
+
+    return router

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from connector.store import metadata
 
-__all__ = ["accounts", "audit_log", "checkpoints", "failed_ids", "transfers", "usage_events"]
+__all__ = ["accounts", "audit_log", "checkpoints", "failed_ids", "receipts", "transfers", "usage_events"]
 
 accounts = sa.Table(
     "ledger_accounts",
@@ -84,5 +84,22 @@ checkpoints = sa.Table(
     sa.Column("root", sa.String(64), nullable=False),
     sa.Column("signature", sa.Text, nullable=False),
     sa.Column("cosignature", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+receipts = sa.Table(
+    "bank_receipts",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("agreement_id", sa.String(300), nullable=False, index=True),
+    sa.Column("counterparty", sa.String(300), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("event_ids", sa.Text, nullable=False),
+    sa.Column("provider_signature", sa.Text, nullable=False),
+    sa.Column("consumer_signature", sa.Text, nullable=True),
+    #: issued | settled | disputed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("dispute", sa.Text, nullable=True),
+    sa.Column("reserve_ref", sa.String(300), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )

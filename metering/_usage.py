@@ -27,6 +27,7 @@ __all__ = [
     "compare_receipt",
     "events_root",
     "make_receipt",
+    "price_terms_from_engine",
     "price_terms_from_odrl",
     "query_usage_events",
     "record_usage_events",
@@ -175,6 +176,16 @@ def price_terms_from_odrl(duty: Mapping[str, Any]) -> PriceTerms:
     if problems:
         raise ValidationError("invalid compensate duty", errors=problems)
     return PriceTerms(amount, str(values.get("unit", "EUR")), unit)
+
+
+def price_terms_from_engine(terms: Any) -> PriceTerms:
+    """Our PriceTerms from the policy engine's (``usage_policy`` ``Decision.price_terms`` item)."""
+    mode = str(getattr(terms, "mode", ""))
+    if mode == "revenue_share" or terms.amount is None:
+        raise ValidationError("a revenue share is settled with split_revenue, not per use")
+    unit = {"metered": UnitOfCount(terms.unit_of_count or "call"), "flat_fee": UnitOfCount.FLAT_PERIOD,
+            "lump_sum": UnitOfCount.LUMP_SUM}[mode]  # fmt: skip
+    return PriceTerms(Decimal(terms.amount), str(terms.currency or "EUR"), unit)
 
 
 def charge_minor_units(terms: PriceTerms, events: Iterable[UsageEvent]) -> int:

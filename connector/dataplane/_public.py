@@ -133,6 +133,7 @@ def public_router(
     edr: EdrService,
     *,
     claims_for: Callable[[str], dict[str, Any]] = lambda did: {},
+    account_open: Callable[[str], bool] = lambda did: False,
     http: httpx.AsyncClient | None = None,
 ) -> APIRouter:
     """The public data endpoint (unauthenticated by DCP: the EDR token is the credential)."""
@@ -163,13 +164,11 @@ def public_router(
             ).one()  # fmt: skip
         if agreement is None or not agreement.agreement:
             raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known (retired?)")
+        consumer = row["counterparty_id"] or ""
         decision = _evaluate(
-            orjson.loads(agreement.agreement),
-            row,
-            claims_for(row["counterparty_id"] or ""),
-            stats,
-            agreement.updated_at,
-        )
+            orjson.loads(agreement.agreement), row, claims_for(consumer), stats, agreement.updated_at,
+            account_open(consumer),
+        )  # fmt: skip
         if not decision.permitted:
             raise PermissionDeniedError(
                 "the agreement's usage policy does not permit this use: "
@@ -192,7 +191,10 @@ def public_router(
         media_type = dataset.media_type or "application/octet-stream"
         counter = RecordCounter(media_type)
         started = time.time()
-        event_id = f"{tid}:{uuid.uuid4()}"
+        # A client-chosen request id makes a retried request count once, and lets the consumer
+        # meter the same ids on its side (usage receipts compare them).
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        event_id = f"{tid}:{request_id[:200]}"
         sent = 0
 
         async def finish(outcome: str) -> None:
@@ -300,7 +302,7 @@ def public_router(
 
 
 def _evaluate(
-    agreement: dict[str, Any], row: Any, claims: dict[str, Any], stats: Any, agreed_at: float
+    agreement: dict[str, Any], row: Any, claims: dict[str, Any], stats: Any, agreed_at: float, paying: bool
 ) -> Any:
     import usage_policy as up
 
@@ -322,6 +324,8 @@ def _evaluate(
             agreed_at=datetime.fromtimestamp(agreed_at, UTC),
             bytes=int(_bytes),
         ),
+        # a compensate duty is billed in arrears by the data bank when the consumer has an account
+        payment=up.PaymentState(account_open=paying),
     )
     return up.evaluate(policy, up.Scope.USAGE, ctx)
 

@@ -1,0 +1,202 @@
+"""Settlement: prepaid balances, reservations at transfer start, receipts signed by both, statements.
+
+Provider side (:class:`Settlement` with the provider's key):
+
+1. ``deposit`` records money the consumer paid in (from the ``deposits`` account into its
+   ``prepaid:<did>`` account, which may never go below zero);
+2. ``reserve`` puts a pending transfer from the prepaid account to ``revenue`` when a transfer
+   starts (two-phase: nothing is spent yet);
+3. ``issue_receipt`` prices the agreement's usage events for a period, signs the receipt (JWS over
+   RFC 8785 JSON, with a Merkle root of the event ids) and stores it;
+4. ``settle`` takes the consumer's countersignature, verifies it and posts the reservation for the
+   receipt's amount (the rest is released); a dispute stores the differing event ids instead.
+
+Consumer side: :func:`countersign` checks the provider's signature and compares the receipt with
+the consumer's own metering; it signs only when both agree, else it names the differing events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.errors import DadamError, LedgerError, NotFoundError, ValidationError
+from metering._audit import append_audit
+from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags
+from metering._tables import receipts
+from metering._usage import PriceTerms, Receipt, compare_receipt, make_receipt, query_usage_events
+
+__all__ = ["Settlement", "countersign"]
+
+Sign = Callable[[bytes], str]
+#: verify(signature, payload, signer_did) -> True, or raise / False
+Verify = Callable[[str, bytes, str], bool]
+
+
+def _verifies(verify: Verify, signature: str, payload: bytes, did: str) -> bool:
+    """A verifier may answer False or raise (bad signature, unknown key): both mean 'no'."""
+    try:
+        return bool(verify(signature, payload, did))
+    except DadamError:
+        return False
+
+
+def _receipt_from(body: dict[str, Any]) -> Receipt:
+    fields = {k: body[k] for k in Receipt.__dataclass_fields__}
+    return Receipt(**fields)
+
+
+def countersign(
+    document: dict[str, Any], own_events: Sequence[Any], *, sign: Sign, verify: Verify
+) -> dict[str, Any]:
+    """Consumer: ``{"signature": ...}`` when the receipt matches our metering, else ``{"dispute": [...]}``."""
+    receipt = _receipt_from(document["receipt"])
+    if not _verifies(verify, document["provider_signature"], receipt.payload(), document["provider"]):
+        raise ValidationError("the provider's signature on the receipt does not verify")
+    differing = compare_receipt(receipt, document["event_ids"], own_events)
+    if differing:
+        return {"dispute": differing}
+    return {"signature": sign(receipt.payload())}
+
+
+class Settlement:
+    """The provider's side of the data bank for its consumers."""
+
+    REVENUE = "revenue"
+    DEPOSITS = "deposits"
+
+    def __init__(self, ledger: Ledger, *, did: str, sign: Sign, currency: str = "EUR") -> None:
+        self.ledger = ledger
+        self.engine: Engine = ledger.engine
+        self.did = did
+        self.sign = sign
+        self.currency = currency
+        ledger.create_accounts([Account(self.REVENUE, currency), Account(self.DEPOSITS, currency)])
+
+    @staticmethod
+    def prepaid(party: str) -> str:
+        return f"prepaid:{party}"
+
+    def _check(self, result: Result, what: str) -> None:
+        if not result.ok:
+            raise LedgerError(f"{what}: {result}", code=str(result))
+
+    def deposit(self, party: str, amount: int, ref: str | None = None) -> dict[str, Any]:
+        """Money ``party`` paid in (minor units); idempotent on ``ref``."""
+        self.ledger.create_accounts(
+            [Account(self.prepaid(party), self.currency, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)]
+        )
+        tid = ref or f"deposit:{uuid.uuid4()}"
+        self._check(
+            self.ledger.create_transfer(
+                Transfer(tid, self.DEPOSITS, self.prepaid(party), amount, self.currency)
+            ),
+            "deposit",
+        )
+        return self.ledger.account(self.prepaid(party)).to_dict()
+
+    def reserve(self, ref: str, party: str, amount: int, *, timeout_s: int = 0) -> Result:
+        """A pending transfer prepaid -> revenue (e.g. at transfer start); ``exceeds_credits`` if unfunded."""
+        t = Transfer(f"reserve:{ref}", self.prepaid(party), self.REVENUE, amount, self.currency,
+                     flags=TransferFlags.PENDING, timeout_s=timeout_s)  # fmt: skip
+        return self.ledger.create_transfer(t)
+
+    def issue_receipt(
+        self, agreement_id: str, party: str, terms: PriceTerms, *, period: tuple[float, float] | None = None,
+        reserve_ref: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Price and sign the agreement's usage for ``period`` (default: everything so far)."""
+        start, end = period or (0.0, time.time() + 1)
+        events = list(query_usage_events(self.engine, agreement_id=agreement_id, since=start, until=end))
+        receipt = make_receipt(agreement_id, (start, end), events, terms)
+        ids = sorted(e.id for e in events if e.outcome == "ok")
+        doc = {
+            "id": f"receipt:{uuid.uuid4()}",
+            "provider": self.did,
+            "consumer": party,
+            "receipt": asdict(receipt),
+            "event_ids": ids,
+            "provider_signature": self.sign(receipt.payload()),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(
+                receipts.insert().values(
+                    id=doc["id"], agreement_id=agreement_id, counterparty=party, body=json.dumps(doc["receipt"]),
+                    event_ids=json.dumps(ids), provider_signature=doc["provider_signature"], status="issued",
+                    reserve_ref=reserve_ref, created_at=time.time(),
+                )
+            )  # fmt: skip
+            append_audit(conn, "receipt", {"id": doc["id"], "receipt": doc["receipt"], "signed": "provider"})
+        return doc
+
+    def settle(self, receipt_id: str, answer: dict[str, Any], verify: Verify) -> dict[str, Any]:
+        """Apply the consumer's answer: post the reservation with its countersignature, or record the dispute."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(receipts).where(receipts.c.id == receipt_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no receipt {receipt_id!r}")
+        if row["status"] != "issued":
+            raise LedgerError(f"receipt {receipt_id} is already {row['status']}", code="receipt_closed")
+        receipt = _receipt_from(json.loads(row["body"]))
+        if "dispute" in answer:
+            with self.engine.begin() as conn:
+                conn.execute(receipts.update().where(receipts.c.id == receipt_id).values(
+                    status="disputed", dispute=json.dumps(answer["dispute"])))  # fmt: skip
+                append_audit(conn, "dispute", {"id": receipt_id, "event_ids": answer["dispute"]})
+            return {"status": "disputed", "event_ids": answer["dispute"]}
+        signature = str(answer.get("signature") or "")
+        if not _verifies(verify, signature, receipt.payload(), row["counterparty"]):
+            raise ValidationError("the consumer's countersignature does not verify")
+        if row["reserve_ref"]:
+            post = Transfer(f"settle:{receipt_id}", "", "", receipt.amount, self.currency,
+                            flags=TransferFlags.POST_PENDING, pending_id=f"reserve:{row['reserve_ref']}")  # fmt: skip
+        else:
+            post = Transfer(
+                f"settle:{receipt_id}",
+                self.prepaid(row["counterparty"]),
+                self.REVENUE,
+                receipt.amount,
+                self.currency,
+            )
+        if receipt.amount:
+            self._check(self.ledger.create_transfer(post), "settlement")
+        with self.engine.begin() as conn:
+            conn.execute(receipts.update().where(receipts.c.id == receipt_id).values(
+                status="settled", consumer_signature=signature))  # fmt: skip
+            append_audit(
+                conn, "receipt", {"id": receipt_id, "signed": "both", "consumer_signature": signature}
+            )
+        return {"status": "settled", "amount": receipt.amount, "currency": receipt.currency}
+
+    def statement(self, party: str) -> dict[str, Any]:
+        """Every receipt of ``party`` with status and amounts, the balances, signed by us."""
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(sa.select(receipts).where(receipts.c.counterparty == party)
+                                     .order_by(receipts.c.created_at)).mappings())  # fmt: skip
+        lines = [
+            {"receipt": r["id"], "agreement": r["agreement_id"], "status": r["status"],
+             "amount": json.loads(r["body"])["amount"], "signedBy": "both" if r["consumer_signature"] else "provider"}
+            for r in rows
+        ]  # fmt: skip
+        account = self.ledger.account(self.prepaid(party)).to_dict()
+        body = {
+            "type": "dadam:SettlementStatement",
+            "provider": self.did,
+            "consumer": party,
+            "currency": self.currency,
+            "lines": lines,
+            "settled": sum(x["amount"] for x in lines if x["status"] == "settled"),
+            "prepaidBalance": account["balance"],
+            "reserved": account["debits_pending"],
+            "issuedAt": int(time.time()),
+        }
+        from connector.identity import canonical_json
+
+        return {"statement": body, "provider_signature": self.sign(canonical_json(body))}

@@ -1,0 +1,95 @@
+"""Settlement: deposit, reserve, receipt signed by both, partial post, disputes, statements."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from connector.errors import LedgerError, ValidationError
+from connector.identity import Identity, verify_jws
+from metering import (
+    Ledger,
+    PriceTerms,
+    Result,
+    Settlement,
+    UnitOfCount,
+    UsageEvent,
+    countersign,
+    query_usage_events,
+    record_usage_events,
+    verify_bank,
+)
+
+PRICE = PriceTerms(Decimal("0.50"), "EUR", UnitOfCount.CALL)
+
+
+def _verify(idents: dict[str, Identity]):  # type: ignore[no-untyped-def]
+    def verify(sig: str, payload: bytes, did: str) -> bool:
+        return (
+            verify_jws(sig, key_resolver=idents[did].resolve_own, expected_did=did, detached_payload=payload)
+            == payload
+        )
+
+    return verify
+
+
+def _event(i: int, consumer: str) -> UsageEvent:
+    return UsageEvent(
+        f"tp:{i}", "agr", "tp", "pcf", "carbon", 100, 1, 1, 10.0 + i, 11.0 + i, "ok", consumer, "did:web:p"
+    )
+
+
+def test_receipt_countersigned_then_settled_against_the_reservation(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    bank = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True))
+    bank.deposit(consumer.did, 1_000, ref="dep-1")
+    bank.deposit(consumer.did, 1_000, ref="dep-1")  # idempotent on its reference
+    assert bank.reserve("tp", consumer.did, 400) == Result.CREATED
+    assert bank.reserve("tp-big", consumer.did, 10_000) == Result.EXCEEDS_CREDITS  # unfunded
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(3)])
+    doc = bank.issue_receipt("agr", consumer.did, PRICE, reserve_ref="tp")
+    assert doc["receipt"]["amount"] == 150
+    answer = countersign(doc, query_usage_events(engine, agreement_id="agr"),
+                         sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)  # fmt: skip
+    assert "signature" in answer
+    with pytest.raises(ValidationError, match="countersignature does not verify"):
+        bank.settle(doc["id"], {"signature": provider.sign_jws(b"other", detached=True)}, verify)
+    assert bank.settle(doc["id"], answer, verify) == {"status": "settled", "amount": 150, "currency": "EUR"}
+    with pytest.raises(LedgerError, match="already settled"):
+        bank.settle(doc["id"], answer, verify)
+    st = bank.statement(consumer.did)["statement"]
+    assert (st["settled"], st["prepaidBalance"], st["reserved"]) == (
+        150,
+        850,
+        0,
+    )  # the rest of the hold is released
+    assert verify_bank(engine) == []
+
+
+def test_consumer_disputes_a_receipt_that_differs_from_its_metering(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    bank = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True))
+    bank.deposit(consumer.did, 1_000)
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(3)])
+    doc = bank.issue_receipt("agr", consumer.did, PRICE)
+    consumer_saw = [_event(0, consumer.did), _event(1, consumer.did)]
+    answer = countersign(doc, consumer_saw, sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)
+    assert answer == {"dispute": ["tp:2"]}
+    assert bank.settle(doc["id"], answer, verify) == {"status": "disputed", "event_ids": ["tp:2"]}
+    assert bank.statement(consumer.did)["statement"]["settled"] == 0
+    tampered = {**doc, "receipt": {**doc["receipt"], "amount": 1}}
+    with pytest.raises(ValidationError, match="provider's signature"):
+        countersign(tampered, consumer_saw, sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)
