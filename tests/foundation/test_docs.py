@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("doc", ["README.md", "docs/configuration.md"])
 def test_settings_table_is_current(doc: str) -> None:
     text = (ROOT / doc).read_text(encoding="utf-8")
-    assert replace_settings_table(text) == text, (
-        f"{doc} is out of date: run `dadam settings --update {doc}`"
-    )
+    assert replace_settings_table(text) == text, f"{doc} is out of date: run `dadam settings --update {doc}`"
 
 
 def test_readme_gives_exactly_the_two_setup_commands() -> None:
