@@ -13,7 +13,6 @@ and :class:`StaticKeyResolver` implement them with an in-memory EC P-256 key.
 from __future__ import annotations
 
 import base64
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 
 from connector.errors import ValidationError
+from connector.identity import canonical_json as _jcs
 
 __all__ = [
     "DidWebKeyResolver",
@@ -41,44 +41,12 @@ __all__ = [
 ]
 
 
-def _canon(value: Any, out: list[str]) -> None:
-    if value is None or isinstance(value, bool):
-        out.append(orjson.dumps(value).decode())
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValidationError("canonical JSON: NaN and infinity are not allowed")
-        out.append(str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value))
-    elif isinstance(value, str):
-        out.append(orjson.dumps(value).decode())
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, v in enumerate(value):
-            if i:
-                out.append(",")
-            _canon(v, out)
-        out.append("]")
-    elif isinstance(value, Mapping):
-        out.append("{")
-        # RFC 8785: members sorted by the UTF-16 code units of their names.
-        keys = sorted(value, key=lambda k: str(k).encode("utf-16-be"))
-        for i, k in enumerate(keys):
-            if i:
-                out.append(",")
-            out.append(orjson.dumps(str(k)).decode())
-            out.append(":")
-            _canon(value[k], out)
-        out.append("}")
-    else:
-        raise ValidationError(f"canonical JSON: unsupported value of type {type(value).__name__}")
-
-
 def canonical_json(obj: Any) -> bytes:
-    """RFC 8785 (JCS) canonical form of a JSON value (numbers: integers and shortest-repr floats)."""
-    out: list[str] = []
-    _canon(obj, out)
-    return "".join(out).encode()
+    """RFC 8785 (JCS) canonical form of a JSON value: :func:`connector.identity.canonical_json`."""
+    try:
+        return _jcs(obj)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"canonical JSON: {exc}") from None
 
 
 class Signer(Protocol):
