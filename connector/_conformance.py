@@ -19,12 +19,13 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from catalog.samples import seed_tck
-from connector._wiring import build_negotiations, thread_worker
+from connector._wiring import build_negotiations, build_transfers, thread_worker
 from connector.app import create_app
 from connector.identity import Caller, IdentityService
 from connector.runtime import Runtime
 from connector.settings import Settings
 from contracts import NegotiationConfig
+from metering import Ledger
 
 __all__ = ["TCK_PARTICIPANT", "build_conformance_app", "tck_properties"]
 
@@ -85,9 +86,20 @@ def build_conformance_app(
     )
     runtime.negotiations = manager
     runtime.workers.append(thread_worker(manager.start, manager.stop))
+    from contracts._transfer import TransferManager
+    from contracts.transfer_conformance import seed_agreements, tp_script_for, transfer_initiate_router
+
+    runtime.bank = Ledger(runtime.engine)
+    transfers, runtime.edr = build_transfers(runtime, manager)
+    assert isinstance(transfers, TransferManager)
+    transfers.scripts = tp_script_for
+    transfers.script_delay_s = script_delay_s
+    runtime.transfers = transfers
+    seed_agreements(runtime.engine, settings.did)
     app = create_app(runtime=runtime, dsp_caller=tck_caller)
     app.include_router(initiate_router(manager, NEGOTIATION_INITIATE))
-    return app, runtime, tck_properties(settings, with_transfer=False)
+    app.include_router(transfer_initiate_router(transfers, TRANSFER_INITIATE))
+    return app, runtime, tck_properties(settings, with_transfer=True)
 
 
 def serve(host: str, port: int, data_dir: Path, print_fn: Callable[[str], Any] = print) -> None:

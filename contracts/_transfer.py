@@ -103,6 +103,8 @@ class TransferManager:
         edr: EdrIssuer | None = None,
         state_timeout_s: float = 3600.0,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        scripts: Callable[[str], dict[str, list[Command]] | None] | None = None,
+        script_delay_s: float = 0.7,
     ) -> None:
         self.engine = engine
         self.participant_id = participant_id
@@ -111,6 +113,10 @@ class TransferManager:
         self.edr = edr
         self.state_timeout_s = state_timeout_s
         self.on_change = on_change
+        #: Conformance only: agreement id -> {trigger: [commands]}; replaces the normal reactions.
+        self.scripts = scripts
+        self.script_delay_s = script_delay_s
+        self._queued: dict[str, list[Command]] = {}
         worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
 
     # ------------------------------------------------------------------ views
@@ -151,7 +157,7 @@ class TransferManager:
             raise NotFoundError(f"no transfer {transfer_id!r}")
         return self.view(row)
 
-    def list(self, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+    def list_transfers(self, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(transfers).order_by(transfers.c.created_at.desc()).offset(offset).limit(limit)
         with self.engine.connect() as conn:
             return [self.view(r) for r in conn.execute(stmt).mappings()]
@@ -262,7 +268,11 @@ class TransferManager:
                 record_received(conn, KIND, pid, str(body["@id"]), body_digest(body))
             row = lock_process(conn, transfers, pid)
             ack = self._ack(row)
-            self._command(conn, row, Command.START)
+            script = self.scripts(agreement_id) if self.scripts else None
+            if script is None:
+                self._command(conn, row, Command.START)
+            else:
+                self._follow(conn, row, list(script.get("request", [])), delay=self.script_delay_s)
         self.worker.wake()
         return ack
 
@@ -323,11 +333,19 @@ class TransferManager:
             save_state(conn, transfers, pid, nxt, timeout_s=None if nxt in TERMINAL else self.state_timeout_s,
                        error_detail=reason, **values)  # fmt: skip
             row = lock_process(conn, transfers, pid)
+            script = self.scripts(row["agreement_id"]) if self.scripts else None
+            trigger = {"TransferStartMessage": "start"}.get(expected)
+            if script and trigger and script.get(trigger) and nxt == TState.STARTED:
+                self._follow(conn, row, list(script[trigger]), delay=self.script_delay_s)
+                row = lock_process(conn, transfers, pid)
+        self.worker.wake()
         self._changed(row)
         return self._ack(row)
 
     # ------------------------------------------------------------------ local commands
-    def _command(self, conn: Connection, row: Any, cmd: Command, reason: str | None = None) -> None:
+    def _command(
+        self, conn: Connection, row: Any, cmd: Command, reason: str | None = None, delay: float = 0.0
+    ) -> None:
         message, sending, _done = command(row["role"], TState(row["state"]), cmd)
         extra: dict[str, Any] = {}
         if message == "TransferStartMessage" and row["role"] == "provider":
@@ -341,7 +359,14 @@ class TransferManager:
         url = f"{row['counterparty_address']}/transfers/{peer_pid}/{_ENDPOINT[message]}"
         save_state(conn, transfers, row["id"], sending, timeout_s=self.state_timeout_s,
                    error_detail=reason if cmd == Command.TERMINATE else None)  # fmt: skip
-        enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"])
+        enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"], delay_s=delay)
+
+    def _follow(self, conn: Connection, row: Any, steps: list[Command], *, delay: float) -> None:
+        """Run the first scripted step now (after ``delay``); the rest after each acknowledgement."""
+        if not steps:
+            return
+        self._queued[row["id"]] = steps[1:]
+        self._command(conn, row, steps[0], delay=delay)
 
     def run_command(self, transfer_id: str, cmd: Command, reason: str | None = None) -> dict[str, Any]:
         """Management: suspend / resume / complete / terminate one of our transfers."""
@@ -391,6 +416,10 @@ class TransferManager:
             if state == TState.REQUESTING:
                 save_state(conn, transfers, process["id"], TState.REQUESTED, timeout_s=self.state_timeout_s,
                            provider_pid=provider_pid)  # fmt: skip
+                script = self.scripts(process["agreement_id"]) if self.scripts else None
+                if script and script.get("ack:request"):
+                    self._follow(conn, lock_process(conn, transfers, process["id"]),
+                                 list(script["ack:request"]), delay=self.script_delay_s)  # fmt: skip
             elif provider_pid and not process["provider_pid"]:  # the start overtook the ACK
                 conn.execute(
                     transfers.update()
@@ -413,6 +442,11 @@ class TransferManager:
                 done,
                 timeout_s=None if done in TERMINAL else self.state_timeout_s,
             )
+            rest = self._queued.pop(process["id"], [])
+            if rest and done not in TERMINAL:
+                self._follow(
+                    conn, lock_process(conn, transfers, process["id"]), rest, delay=self.script_delay_s
+                )
 
     def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
         if TState(process["state"]) in TERMINAL:

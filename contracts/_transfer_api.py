@@ -84,7 +84,9 @@ def transfer_management_router(
     async def list_all(offset: int = 0, limit: int = 50) -> Response:
         if offset < 0 or not 1 <= limit <= 1000:
             raise ValidationError("bad paging", errors=["offset >= 0, 1 <= limit <= 1000"])
-        return _respond({"items": await asyncio.to_thread(manager.list, offset=offset, limit=limit)})
+        return _respond(
+            {"items": await asyncio.to_thread(manager.list_transfers, offset=offset, limit=limit)}
+        )
 
     @router.get("/transfers/{tid}", dependencies=[Depends(read_dep)])
     async def get_one(tid: str) -> Response:

@@ -30,6 +30,9 @@ SCHEMAS = {
     "CatalogRequestMessage": "catalog/catalog-request-message-schema.json",
     "ContractNegotiationError": "negotiation/contract-negotiation-error-schema.json",
     "TransferError": "transfer/transfer-error-schema.json",
+    "TransferProcess": "transfer/transfer-process-schema.json",
+    "TransferStartMessage": "transfer/transfer-start-message-schema.json",
+    "TransferRequestMessage": "transfer/transfer-request-message-schema.json",
     "version": "common/protocol-version-schema.json",
 }
 

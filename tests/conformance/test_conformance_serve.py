@@ -121,8 +121,12 @@ class TckStandIn:
         self.app = FastAPI()
 
         @self.app.post("/{path:path}")
-        async def receive(path: str, request: Request) -> dict[str, str]:
-            self.inbox.put(("/" + path, json.loads(await request.body())))
+        async def receive(path: str, request: Request) -> dict[str, Any]:
+            body = json.loads(await request.body())
+            self.inbox.put(("/" + path, body))
+            if path.rstrip("/").endswith("transfers/request"):  # the TCK as provider acknowledges
+                return {"@context": CTX, "@type": "TransferProcess", "providerPid": "tck-tp-1",
+                        "consumerPid": body["consumerPid"], "state": "REQUESTED"}  # fmt: skip
             return {}
 
     def expect(self, suffix: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -196,3 +200,62 @@ def test_cn_01_04_provider_agrees_then_finalizes(cut: dict[str, str], tck: tuple
     refused = httpx.post(f"{url}/negotiations/{provider_pid}/termination", json=trm)
     assert 400 <= refused.status_code < 500 and refused.status_code != 404
     assert httpx.get(f"{url}/negotiations/{provider_pid}").json()["state"] == "FINALIZED"
+
+
+def _tp(mtype: str, provider_pid: str, consumer_pid: str, **extra: Any) -> dict[str, Any]:
+    return {"@context": CTX, "@type": mtype, "@id": str(uuid.uuid4()), "providerPid": provider_pid,
+            "consumerPid": consumer_pid, **extra}  # fmt: skip
+
+
+def test_tp_01_04_provider_starts_suspends_resumes_completes(
+    cut: dict[str, str], tck: tuple[TckStandIn, str]
+) -> None:
+    stand_in, k = tck
+    url = cut["dataspacetck.dsp.connector.http.url"]
+    cpid = str(uuid.uuid4())
+    trq = {"@context": CTX, "@type": "TransferRequestMessage", "@id": str(uuid.uuid4()), "consumerPid": cpid,
+           "agreementId": "ATP0104", "format": "HttpData-PULL", "callbackAddress": k}  # fmt: skip
+    ack = httpx.post(url + "/transfers/request", json=trq)
+    assert ack.status_code in (200, 201), ack.text
+    assert schema_errors(ack.json(), "TransferProcess") == []
+    ppid = ack.json()["providerPid"]
+    start = stand_in.expect(f"/transfers/{cpid}/start")
+    assert schema_errors(start, "TransferStartMessage") == []
+    assert start["dataAddress"]["endpoint"]  # pull: the EDR is in the start message
+    assert stand_in.expect(f"/transfers/{cpid}/suspension")["@type"] == "TransferSuspensionMessage"
+    assert stand_in.expect(f"/transfers/{cpid}/start")["@type"] == "TransferStartMessage"  # resume
+    assert stand_in.expect(f"/transfers/{cpid}/completion")["@type"] == "TransferCompletionMessage"
+    for _ in range(50):
+        if httpx.get(f"{url}/transfers/{ppid}").json()["state"] == "COMPLETED":
+            break
+        time.sleep(0.1)
+    assert httpx.get(f"{url}/transfers/{ppid}").json()["state"] == "COMPLETED"
+    # TP:03-06 style: nothing is accepted after the end
+    late = httpx.post(f"{url}/transfers/{ppid}/completion", json=_tp("TransferCompletionMessage", ppid, cpid))
+    assert 400 <= late.status_code < 500 and late.status_code != 404
+
+
+def test_tp_c_02_03_consumer_suspends_then_terminates(
+    cut: dict[str, str], tck: tuple[TckStandIn, str]
+) -> None:
+    stand_in, k = tck
+    hook = cut["dataspacetck.dsp.connector.transfer.initiate.url"]
+    r = httpx.post(hook, json={"providerId": "TCK_PARTICIPANT", "agreementId": "ATPC0203", "format": "HttpData-PULL",
+                               "connectorAddress": k})  # fmt: skip
+    assert r.status_code == 200, r.text
+    trq = stand_in.expect("/transfers/request")
+    assert schema_errors(trq, "TransferRequestMessage") == []
+    cpid, base = trq["consumerPid"], trq["callbackAddress"]
+    time.sleep(0.3)  # the TCK sends its start after its own state moved on
+    start = _tp("TransferStartMessage", "tck-tp-1", cpid,
+                dataAddress={"@type": "DataAddress", "endpoint": "http://example.com",
+                             "endpointType": "https://w3id.org/idsa/v4.1/HTTP"})  # fmt: skip
+    assert httpx.post(f"{base}/transfers/{cpid}/start", json=start).status_code == 200
+    assert httpx.get(f"{base}/transfers/{cpid}").json()["state"] == "STARTED"
+    assert stand_in.expect("/transfers/tck-tp-1/suspension")["@type"] == "TransferSuspensionMessage"
+    assert stand_in.expect("/transfers/tck-tp-1/termination")["@type"] == "TransferTerminationMessage"
+    for _ in range(50):
+        if httpx.get(f"{base}/transfers/{cpid}").json()["state"] == "TERMINATED":
+            break
+        time.sleep(0.1)
+    assert httpx.get(f"{base}/transfers/{cpid}").json()["state"] == "TERMINATED"
