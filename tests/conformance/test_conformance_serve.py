@@ -6,29 +6,20 @@ connector's callbacks, reproducing the TCK's message shapes and its 2xx / 4xx-no
 
 from __future__ import annotations
 
-import json
-import queue
 import socket
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-from fastapi import FastAPI, Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "catalog"))
 from catalog_testing import schema_errors
+from conformance_testing import CTX, TckStandIn
 
 import vocab
-
-CTX = [vocab.DSP_CONTEXT]
 
 
 def _free_port() -> int:
@@ -36,53 +27,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@pytest.fixture(scope="module")
-def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    port = _free_port()
-    data = tmp_path_factory.mktemp("tck")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "connector.cli",
-            "conformance",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    props: dict[str, str] = {}
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip() == "ready":
-            break
-        if "=" in line:
-            key, _, value = line.strip().partition("=")
-            props[key] = value
-    # keep reading the server's output so its pipe never fills up
-    drain = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout or ()], daemon=True)
-    drain.start()
-    try:
-        assert lines and lines[-1].strip() == "ready", "".join(lines)
-        yield props
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        drain.join(timeout=5)
-        proc.stdout.close()
 
 
 def test_prints_every_property_the_tck_needs(cut: dict[str, str]) -> None:
@@ -111,44 +55,6 @@ def test_met_01_01_and_cat_01_01_to_03(cut: dict[str, str]) -> None:
     assert schema_errors(dataset.json()) == []
     missing = httpx.get(url + "/catalog/datasets/CAT0103")
     assert missing.json()["@type"] == "CatalogError"
-
-
-class TckStandIn:
-    """Records what the connector sends to the TCK's callback address."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self.app = FastAPI()
-
-        @self.app.post("/{path:path}")
-        async def receive(path: str, request: Request) -> dict[str, Any]:
-            body = json.loads(await request.body())
-            self.inbox.put(("/" + path, body))
-            if path.rstrip("/").endswith("transfers/request"):  # the TCK as provider acknowledges
-                return {"@context": CTX, "@type": "TransferProcess", "providerPid": "tck-tp-1",
-                        "consumerPid": body["consumerPid"], "state": "REQUESTED"}  # fmt: skip
-            return {}
-
-    def expect(self, suffix: str, timeout: float = 15.0) -> dict[str, Any]:
-        path, body = self.inbox.get(timeout=timeout)
-        assert path.endswith(suffix), (path, body)
-        return body
-
-
-@pytest.fixture(scope="module")
-def tck() -> Iterator[tuple[TckStandIn, str]]:
-    stand_in = TckStandIn()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(stand_in.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield stand_in, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_cn_01_04_provider_agrees_then_finalizes(cut: dict[str, str], tck: tuple[TckStandIn, str]) -> None:
@@ -247,13 +153,13 @@ def test_tp_c_02_03_consumer_suspends_then_terminates(
     assert schema_errors(trq, "TransferRequestMessage") == []
     cpid, base = trq["consumerPid"], trq["callbackAddress"]
     time.sleep(0.3)  # the TCK sends its start after its own state moved on
-    start = _tp("TransferStartMessage", "tck-tp-1", cpid,
+    start = _tp("TransferStartMessage", f"tck-{cpid}", cpid,
                 dataAddress={"@type": "DataAddress", "endpoint": "http://example.com",
                              "endpointType": "https://w3id.org/idsa/v4.1/HTTP"})  # fmt: skip
     assert httpx.post(f"{base}/transfers/{cpid}/start", json=start).status_code == 200
     assert httpx.get(f"{base}/transfers/{cpid}").json()["state"] == "STARTED"
-    assert stand_in.expect("/transfers/tck-tp-1/suspension")["@type"] == "TransferSuspensionMessage"
-    assert stand_in.expect("/transfers/tck-tp-1/termination")["@type"] == "TransferTerminationMessage"
+    assert stand_in.expect(f"/transfers/tck-{cpid}/suspension")["@type"] == "TransferSuspensionMessage"
+    assert stand_in.expect(f"/transfers/tck-{cpid}/termination")["@type"] == "TransferTerminationMessage"
     for _ in range(50):
         if httpx.get(f"{base}/transfers/{cpid}").json()["state"] == "TERMINATED":
             break
