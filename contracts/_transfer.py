@@ -39,7 +39,7 @@ from contracts._tables import negotiations
 from contracts._transfer_states import TERMINAL, Command, TState, command, receive, wire_state
 from vocab import DSP_CONTEXT
 
-__all__ = ["PULL_FORMATS", "EdrIssuer", "TransferManager", "transfers"]
+__all__ = ["PULL_FORMATS", "EdrIssuer", "TransferManager", "retirements", "transfers"]
 
 KIND = "transfer"
 #: Transfer types this connector serves (the catalog's distribution formats).
@@ -59,6 +59,15 @@ transfers = process_table(
     sa.Column("data_address", sa.Text, nullable=True),
     sa.Index("ix_tp_transfers_role_provider_pid", "role", "provider_pid"),
     sa.Index("ix_tp_transfers_role_consumer_pid", "role", "consumer_pid"),
+)
+
+
+retirements = sa.Table(
+    "agreement_retirements",
+    transfers.metadata,
+    sa.Column("agreement_id", sa.String(500), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("retired_at", sa.Float, nullable=False),
 )
 
 
@@ -237,9 +246,12 @@ class TransferManager:
             if known is not None:  # idempotent on consumerPid: the same process back
                 return self._ack(known)
             agreement = self.agreement(conn, agreement_id)
-            if agreement is None:
+            if agreement is None or self.is_retired(conn, agreement_id):
                 raise ValidationError(
-                    f"no concluded agreement {agreement_id!r}", errors=["agreementId: unknown"], context=ctx
+                    f"no concluded agreement {agreement_id!r}"
+                    + (" (retired)" if agreement is not None else ""),
+                    errors=["agreementId: unknown or retired"],
+                    context=ctx,
                 )
             if agreement["counterparty_id"] not in (caller.did, None) and caller.did != "TCK_PARTICIPANT":
                 raise ValidationError(
@@ -404,6 +416,50 @@ class TransferManager:
             row = lock_process(conn, transfers, pid)
         self.worker.wake()
         return self.view(row)
+
+    def retire_agreement(self, agreement_id: str, reason: str) -> dict[str, Any]:
+        """Retire an agreement (provider): no new transfers, every live transfer is terminated with ``reason``."""
+        with write_tx(self.engine) as conn:
+            if self.agreement(conn, agreement_id) is None:
+                raise NotFoundError(f"no concluded agreement {agreement_id!r} as provider")
+            if conn.execute(
+                sa.select(retirements.c.agreement_id).where(retirements.c.agreement_id == agreement_id)
+            ).first():
+                raise ValidationError(f"agreement {agreement_id!r} is already retired")
+            conn.execute(
+                retirements.insert().values(agreement_id=agreement_id, reason=reason, retired_at=time.time())
+            )
+            live = (
+                conn.execute(
+                    sa.select(transfers.c.id).where(
+                        transfers.c.role == "provider",
+                        transfers.c.agreement_id == agreement_id,
+                        transfers.c.state.in_(
+                            [int(s) for s in (TState.REQUESTED, TState.STARTED, TState.SUSPENDED)]
+                        ),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for tid in live:
+                row = lock_process(conn, transfers, tid)
+                self._command(conn, row, Command.TERMINATE, f"agreement retired: {reason}")
+        self.worker.wake()
+        return {
+            "agreementId": agreement_id,
+            "retired": True,
+            "reason": reason,
+            "terminatedTransfers": list(live),
+        }
+
+    def is_retired(self, conn: Connection, agreement_id: str) -> bool:
+        return (
+            conn.execute(
+                sa.select(retirements.c.agreement_id).where(retirements.c.agreement_id == agreement_id)
+            ).first()
+            is not None
+        )
 
     # ------------------------------------------------------------------ worker callbacks
     def on_delivered(

@@ -80,6 +80,14 @@ def transfer_management_router(
         )
         return _respond(view, 201)
 
+    @router.post("/agreements/{agreement_id}/retire", dependencies=[Depends(write_dep)])
+    async def retire(agreement_id: str, request: Request) -> Response:
+        """Retire an agreement: data requests are refused and live transfers terminated with the reason."""
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        reason = str(body.get("reason") or "retired by the provider") if isinstance(body, dict) else "retired"
+        return _respond(await asyncio.to_thread(manager.retire_agreement, agreement_id, reason))
+
     @router.get("/transfers", dependencies=[Depends(read_dep)])
     async def list_all(offset: int = 0, limit: int = 50) -> Response:
         if offset < 0 or not 1 <= limit <= 1000:

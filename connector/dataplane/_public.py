@@ -31,7 +31,7 @@ from catalog import CatalogStore
 from connector.dataplane._edr import EdrService
 from connector.errors import DadamError, NotFoundError, PermissionDeniedError, TokenError
 from contracts._tables import negotiations
-from contracts._transfer import transfers
+from contracts._transfer import retirements, transfers
 from contracts._transfer_states import TState
 from metering import UsageEvent, record_usage_events
 from metering._tables import usage_events
@@ -151,19 +151,24 @@ def public_router(
                 raise NotFoundError(f"no transfer {tid!r}")
             if row["counterparty_id"] and claims.get("sub") != row["counterparty_id"]:
                 raise TokenError("access token was issued to another consumer")
-            if TState(row["state"]) != TState.STARTED:
-                raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
             agreement = conn.execute(
                 sa.select(negotiations.c.agreement, negotiations.c.updated_at).where(
                     negotiations.c.role == "provider", negotiations.c.agreement_id == row["agreement_id"]
                 )
+            ).first()
+            retired = conn.execute(
+                sa.select(retirements.c.reason).where(retirements.c.agreement_id == row["agreement_id"])
             ).first()
             stats = conn.execute(
                 sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
                 .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
             ).one()  # fmt: skip
         if agreement is None or not agreement.agreement:
-            raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known (retired?)")
+            raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
+        if retired is not None:  # named first: it is why the transfer was terminated
+            raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
+        if TState(row["state"]) != TState.STARTED:
+            raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
         consumer = row["counterparty_id"] or ""
         decision = _evaluate(
             orjson.loads(agreement.agreement), row, claims_for(consumer), stats, agreement.updated_at,

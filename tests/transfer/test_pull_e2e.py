@@ -103,9 +103,21 @@ def test_pull_enforced_and_metered(nodes: tuple[Node, Node]) -> None:
     _wait_state(consumer, transfer["id"], "STARTED")
     assert get(token).content == data
     answered += 1
-    _steer(consumer, transfer["id"], "terminate")
-    _wait_state(consumer, transfer["id"], "TERMINATED")
-    assert get(token).status_code == 403
+    with provider.client() as c:  # the provider retires the agreement
+        retired = c.post(
+            f"/agreements/{quote(agreement['@id'], safe='')}/retire", json={"reason": "contract ended"}
+        )
+    assert retired.status_code == 200, retired.text
+    refused = get(token)
+    assert refused.status_code == 403
+    assert "retired: contract ended" in refused.text
+    _wait_state(consumer, transfer["id"], "TERMINATED")  # live transfers are terminated with the reason
+    with consumer.client() as c:
+        view = c.get(f"/transfers/{quote(transfer['id'], safe='')}").json()
+        assert "agreement retired: contract ended" in (view["errorDetail"] or "")
+        again = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                                           "agreementId": agreement["@id"]})  # fmt: skip
+    _wait_state(consumer, again.json()["id"], "TERMINATED")  # a new request on it is refused
     events = usage_of(provider, agreement["@id"])
     assert len(events) == answered  # every answered request metered once, refused ones never
     assert sum(e["bytes"] for e in events) == 2 * len(data) + 10
