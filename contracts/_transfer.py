@@ -179,11 +179,7 @@ class TransferManager:
         return lock_process(conn, transfers, pid)
 
     def _check_caller(self, row: Any, caller: Caller) -> None:
-        if (
-            row["counterparty_id"]
-            and caller.did != row["counterparty_id"]
-            and caller.did != "TCK_PARTICIPANT"
-        ):
+        if row["counterparty_id"] and caller.did != row["counterparty_id"]:
             # not yours: the same answer as not found (DSP)
             raise NotFoundError(f"no transfer process {row['id']!r}", context=self._ctx(row))
 
@@ -253,7 +249,7 @@ class TransferManager:
                     errors=["agreementId: unknown or retired"],
                     context=ctx,
                 )
-            if agreement["counterparty_id"] not in (caller.did, None) and caller.did != "TCK_PARTICIPANT":
+            if agreement["counterparty_id"] not in (caller.did, None):
                 raise ValidationError(
                     f"agreement {agreement_id!r} was not concluded with {caller.did}",
                     errors=["agreementId: not yours"],
