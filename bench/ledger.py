@@ -5,7 +5,8 @@ Usage: ``.venv/bin/python bench/ledger.py [--pg URL] [--seconds 3] [--batches 10
 created and dropped; ``--no-pg`` skips PostgreSQL). Figures:
 
 * single-transfer commits/s (one transfer per transaction, one thread) vs a raw single-row
-  INSERT+COMMIT floor on the same connection type;
+  INSERT+COMMIT floor on the same connection type, and the same single transfers from 32 concurrent
+  callers through :class:`metering.LedgerBatcher` (group commit: each caller still waits for its commit);
 * batched transfers/s with batches of 1,000 over 1,000 accounts (uniform) and with every transfer
   touching one hot account;
 * usage-event ingest/s with dedupe (batches of 1,000, every batch sent twice).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from connector.store import create_engine, migrate
-from metering import Account, Ledger, Transfer, UsageEvent, record_usage_events
+from metering import Account, Ledger, LedgerBatcher, Transfer, UsageEvent, record_usage_events
 
 
 def _raw_floor(engine: sa.Engine, seconds: float) -> float:
@@ -64,6 +66,29 @@ def run(engine: sa.Engine, name: str, seconds: float, batches: int) -> dict[str,
             lg.create_transfers(b)
         return batches * 1000 / (time.perf_counter() - t0)
 
+    # the same single-transfer commits from 32 concurrent callers, grouped into batches
+    batcher = LedgerBatcher(lg)
+    done = [0]
+    stop_at = time.perf_counter() + seconds
+
+    def caller(n: int) -> None:
+        k = 0
+        while time.perf_counter() < stop_at:
+            batcher.submit(Transfer(uuid.uuid4().hex, "bank", f"a{(n * 31 + k) % 1000}", 1, "EUR"))
+            k += 1
+        with lock:
+            done[0] += k
+
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(32)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    grouped = done[0] / (time.perf_counter() - t0)
+    batcher.close()
+
     uniform = batch_rate(hot=False)
     hot = batch_rate(hot=True)
     t0, events = time.perf_counter(), 0
@@ -81,6 +106,7 @@ def run(engine: sa.Engine, name: str, seconds: float, batches: int) -> dict[str,
     figures = {
         f"{name}_raw_single_insert_commits_per_s": round(floor),
         f"{name}_single_transfer_commits_per_s": round(single),
+        f"{name}_single_transfers_32_callers_group_commit_per_s": round(grouped),
         f"{name}_batched_transfers_per_s": round(uniform),
         f"{name}_batched_hot_account_transfers_per_s": round(hot),
         f"{name}_hot_vs_uniform": round(hot / uniform, 2),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from metering._api import bank_router, verify_bank
 from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
+from metering._batcher import LedgerBatcher
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
 from metering._settlement import Settlement, countersign
 from metering._usage import (
@@ -37,6 +38,7 @@ __all__ = [
     "Checkpoint",
     "IngestResult",
     "Ledger",
+    "LedgerBatcher",
     "PriceTerms",
     "Receipt",
     "Result",

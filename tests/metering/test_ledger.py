@@ -7,6 +7,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from connector.errors import ValidationError
 from metering import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, verify_audit
 
 PREPAID = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
@@ -209,3 +210,35 @@ def test_tampering_is_detected_by_verify(ledger: Ledger) -> None:
         conn.execute(sa.text("DELETE FROM bank_audit_log WHERE seq = 2"))
     problems = verify_audit(eng)
     assert any("audit entry 2 is missing" in p for p in problems)
+
+
+def test_group_commit_gives_each_caller_its_own_result(ledger: Ledger) -> None:
+    from metering import LedgerBatcher
+
+    batcher = LedgerBatcher(ledger)
+    results: list[Result] = []
+    lock = threading.Lock()
+
+    def withdraw(n: int) -> None:
+        for k in range(8):
+            r = batcher.submit(Transfer(f"g{n}-{k}", "consumer:prepaid", "provider:revenue", 50, "EUR"))
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=withdraw, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(Result.CREATED) == 200  # exactly the prepaid balance, never more
+    assert results.count(Result.EXCEEDS_CREDITS) == 56
+    assert (
+        batcher.submit(Transfer("g0-0", "consumer:prepaid", "provider:revenue", 50, "EUR")) == Result.EXISTS
+    )
+    with pytest.raises(ValidationError, match="linked"):
+        batcher.submit(
+            Transfer("gl", "consumer:prepaid", "provider:revenue", 1, "EUR", flags=TransferFlags.LINKED)
+        )
+    batcher.close()
+    assert ledger.account("consumer:prepaid").balance == 0
+    _ok(ledger)
