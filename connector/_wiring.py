@@ -6,6 +6,7 @@ Kept apart from :mod:`connector.app` so that embedding code and tests can build 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,12 @@ from connector.runtime import Runtime
 from contracts import NegotiationConfig, NegotiationManager, RetryPolicy
 from contracts._signing import DidWebKeyResolver
 
+log = logging.getLogger("dadam.wiring")
+
 __all__ = [
     "IdentitySigner",
     "agreement_lookup",
+    "bank_worker",
     "build_negotiations",
     "build_transfers",
     "did_verifier",
@@ -189,3 +193,19 @@ def price_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
         return price_terms_from_engine(terms[0]) if terms else None
 
     return price_for
+
+
+def bank_worker(ledger: Any, sign: Callable[[bytes], str], every_s: float) -> Callable[[], Any]:
+    """Every ``every_s``: expire timed-out reservations and sign a checkpoint of new audit entries."""
+    from metering import make_checkpoint
+
+    async def worker() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(ledger.expire_pending)
+                await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
+            except Exception:  # logged and retried next round: the worker never dies silently
+                log.exception("data bank housekeeping failed; retrying in %s s", every_s)
+
+    return worker

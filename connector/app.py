@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI
 from connector._dsp_client import DspClient
 from connector._remote_api import remote_catalog_router
 from connector._wiring import (
+    bank_worker,
     build_negotiations,
     build_transfers,
     did_verifier,
@@ -96,6 +97,14 @@ def create_app(
         runtime.negotiations = manager
         runtime.workers.append(thread_worker(manager.start, manager.stop))
         runtime.bank = Ledger(runtime.engine)
+        ident = runtime.identity.identity
+        runtime.workers.append(
+            bank_worker(
+                runtime.bank,
+                lambda payload: ident.sign_jws(payload, detached=True),
+                float(runtime.settings.bank_checkpoint_seconds),
+            )
+        )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)
     settings = runtime.settings
     rt = runtime
