@@ -339,7 +339,8 @@ def _pid(node: Node) -> int:
 
 @contextlib.contextmanager
 def _nodes(root: Path) -> Iterator[tuple[Node, Node]]:
-    provider = start_node("provider", root / "provider")
+    # the provider reserves 5.00 EUR from a paying consumer's prepaid account when a transfer starts
+    provider = start_node("provider", root / "provider", env={"DADAM_BANK_RESERVATION_MINOR_UNITS": "500"})
     consumer = start_node("consumer", root / "consumer")
     try:
         yield provider, consumer
@@ -403,9 +404,14 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 )
                 if metered != len(data):
                     raise DemoError(f"metered {metered} bytes but the consumer received {len(data)}")
-                with provider.client() as p:  # the provider reserves funds for the transfer (two-phase)
-                    _check(p.post("/bank/reservations", json={"ref": transfer["providerPid"], "party": consumer.did,
-                                                              "amount": 500}), "reserve")  # fmt: skip
+                with provider.client() as p:
+                    prepaid = _check(
+                        p.get(f"/bank/accounts/prepaid:{quote(consumer.did, safe='')}"), "account"
+                    )
+                console.print(
+                    f"   data bank: {prepaid['debits_pending']} cents reserved at transfer start from the "
+                    f"consumer's prepaid balance of {prepaid['balance']} cents"
+                )
                 result, statement = settle(
                     consumer, provider, str(agreement["@id"]), transfer, request_id, len(data)
                 )

@@ -27,6 +27,7 @@ __all__ = [
     "build_transfers",
     "did_verifier",
     "price_lookup",
+    "reserve_at_transfer_start",
     "thread_worker",
 ]
 
@@ -209,3 +210,41 @@ def bank_worker(ledger: Any, sign: Callable[[bytes], str], every_s: float) -> Ca
                 log.exception("data bank housekeeping failed; retrying in %s s", every_s)
 
     return worker
+
+
+def reserve_at_transfer_start(transfers: Any, settlement: Any, settings: Any) -> None:
+    """Two-phase payment for transfers: reserve at start, release when the peer terminates.
+
+    A consumer with a prepaid account gets ``DADAM_BANK_RESERVATION_MINOR_UNITS`` reserved when its
+    transfer starts (a pending ledger transfer ``reserve:<transfer id>``, expiring with the state
+    timeout); if the balance does not cover it, the transfer is TERMINATED with that reason. A
+    consumer without an account is not charged here (unpaid data). A receipt settles the reservation
+    (``reserveRef`` = the transfer id); a termination by the peer releases it.
+    """
+    from metering import Result, Transfer, TransferFlags
+
+    amount = int(settings.bank_reservation_minor_units)
+
+    def before_start(transfer_id: str, consumer: str, agreement_id: str) -> str | None:
+        try:
+            settlement.ledger.account(settlement.prepaid(consumer))
+        except Exception:
+            return None  # no prepaid account: this exchange is not billed by the data bank
+        result = settlement.reserve(
+            transfer_id, consumer, amount, timeout_s=int(settings.state_timeout_seconds)
+        )
+        if result.ok:
+            return None
+        return f"the data bank could not reserve {amount} (minor units) from {consumer}'s prepaid account: {result}"
+
+    def after_end(transfer_id: str) -> None:
+        void = Transfer(f"release:{transfer_id}", "", "", 0, settlement.currency,
+                        flags=TransferFlags.VOID_PENDING, pending_id=f"reserve:{transfer_id}")  # fmt: skip
+        result = settlement.ledger.create_transfer(void)
+        if result not in (Result.CREATED, Result.EXISTS, Result.PENDING_TRANSFER_NOT_FOUND,
+                          Result.PENDING_TRANSFER_ALREADY_POSTED, Result.PENDING_TRANSFER_ALREADY_VOIDED,
+                          Result.PENDING_TRANSFER_EXPIRED):  # fmt: skip
+            log.warning("could not release the reservation of transfer %s: %s", transfer_id, result)
+
+    transfers.before_start = before_start
+    transfers.after_end = after_end

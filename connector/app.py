@@ -36,6 +36,7 @@ from connector._wiring import (
     build_transfers,
     did_verifier,
     price_lookup,
+    reserve_at_transfer_start,
     thread_worker,
 )
 from connector.api import (
@@ -200,9 +201,12 @@ def create_app(
             def sign(payload: bytes) -> str:
                 return ident.sign_jws(payload, detached=True)
 
+            settlement = Settlement(rt.bank, did=settings.did, sign=sign)
+            if isinstance(rt.transfers, TransferManager) and settings.bank_reservation_minor_units > 0:
+                reserve_at_transfer_start(rt.transfers, settlement, settings)
             app.include_router(
                 settlement_router(
-                    Settlement(rt.bank, did=settings.did, sign=sign),
+                    settlement,
                     sign=sign,
                     verify=did_verifier(settings.did_web_allow_http),
                     price_for=price_lookup(rt),

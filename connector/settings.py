@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     )
     worker_poll_ms: int = Field(200, ge=10, description="How often workers look for due work when idle.")
     worker_batch_size: int = Field(20, ge=1, description="Rows a worker claims per iteration.")
+    bank_reservation_minor_units: int = Field(
+        0,
+        ge=0,
+        description="Funds reserved from the consumer's prepaid account when a paid transfer starts (0: off).",
+    )
     bank_checkpoint_seconds: int = Field(
         60, ge=1, description="How often the data bank signs a Merkle checkpoint of new audit entries."
     )

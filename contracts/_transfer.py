@@ -114,6 +114,8 @@ class TransferManager:
         on_change: Callable[[dict[str, Any]], None] | None = None,
         scripts: Callable[[str], dict[str, list[Command]] | None] | None = None,
         script_delay_s: float = 0.7,
+        before_start: Callable[[str, str, str], str | None] | None = None,
+        after_end: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.participant_id = participant_id
@@ -126,6 +128,11 @@ class TransferManager:
         self.scripts = scripts
         self.script_delay_s = script_delay_s
         self._queued: dict[str, list[Command]] = {}
+        #: before_start(transfer id, consumer DID, agreement id) -> None, or why the transfer may not
+        #: start (e.g. the data bank could not reserve funds); runs outside any transaction.
+        self.before_start = before_start
+        #: after_end(transfer id): the peer terminated the transfer (e.g. release a reservation).
+        self.after_end = after_end
         worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
 
     # ------------------------------------------------------------------ views
@@ -277,10 +284,18 @@ class TransferManager:
             row = lock_process(conn, transfers, pid)
             ack = self._ack(row)
             script = self.scripts(agreement_id) if self.scripts else None
-            if script is None:
-                self._command(conn, row, Command.START)
-            else:
+            if script is not None:
                 self._follow(conn, row, list(script.get("request", [])), delay=self.script_delay_s)
+            elif self.before_start is None:
+                self._command(conn, row, Command.START)
+        if script is None and self.before_start is not None:
+            refusal = self.before_start(pid, caller.did, agreement_id)  # outside the transaction
+            with write_tx(self.engine) as conn:
+                row = lock_process(conn, transfers, pid)
+                if refusal is None:
+                    self._command(conn, row, Command.START)
+                else:
+                    self._command(conn, row, Command.TERMINATE, refusal)
         self.worker.wake()
         return ack
 
@@ -348,6 +363,8 @@ class TransferManager:
                 row = lock_process(conn, transfers, pid)
         self.worker.wake()
         self._changed(row)
+        if TState(row["state"]) == TState.TERMINATED and self.after_end is not None:
+            self.after_end(pid)
         return self._ack(row)
 
     # ------------------------------------------------------------------ local commands
