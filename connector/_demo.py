@@ -275,14 +275,17 @@ def settle(consumer: Node, provider: Node, agreement_id: str, transfer: dict[str
                                            "reserveRef": provider_pid}),
             "issue receipt",
         )  # fmt: skip
-    with consumer.client() as c:
-        answer = _check(c.post("/bank/receipts/countersign", json=receipt), "countersign receipt")
-    if "signature" not in answer:
-        raise DemoError(f"the consumer disputes the receipt: {answer}")
     with provider.client() as p:
+        # the provider sends the receipt to the consumer's connector (DSP-authenticated); the consumer
+        # compares it with its own metering and answers with its countersignature (or a dispute)
         settled = _check(
-            p.post(f"/bank/receipts/{quote(receipt['id'], safe='')}/settle", json=answer), "settle"
-        )
+            p.post(f"/bank/receipts/{quote(receipt['id'], safe='')}/exchange",
+                   json={"counterPartyAddress": consumer.dsp_url}),
+            "receipt exchange",
+        )  # fmt: skip
+        answer = settled.pop("consumerAnswer")
+        if "signature" not in answer:
+            raise DemoError(f"the consumer disputes the receipt: {answer}")
         statement = _check(p.get(f"/bank/statements/{quote(consumer.did, safe='')}"), "statement")
         verified = _check(p.get("/bank/verify"), "bank verify")
     if not verified["ok"]:
@@ -419,7 +422,8 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 console.print(
                     f"[bold]7[/] receipt {result['receipt']['id']}: {r['calls']} call(s), {r['bytes']} bytes, "
                     f"{r['amount']} {r['currency']} cents, events root {r['events_root'][:16]}...; signed by the "
-                    f"provider, checked and countersigned by the consumer; settlement: {result['status']} "
+                    f"provider, sent to the consumer over DSP, checked against its own metering and "
+                    f"countersigned; settlement: {result['status']} "
                     f"{result['amount']} {result['currency']} cents"
                 )
                 st = statement["statement"]

@@ -27,6 +27,7 @@ __all__ = [
     "build_transfers",
     "did_verifier",
     "price_lookup",
+    "receipt_exchange",
     "reserve_at_transfer_start",
     "thread_worker",
 ]
@@ -248,3 +249,24 @@ def reserve_at_transfer_start(transfers: Any, settlement: Any, settings: Any) ->
 
     transfers.before_start = before_start
     transfers.after_end = after_end
+
+
+def receipt_exchange(identity: IdentityService) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
+    """exchange(consumer DSP base, consumer DID, receipt document) -> the consumer's answer, over a
+    DCP-authenticated POST to ``<base>/bank/receipts``."""
+    from connector.errors import RemoteProtocolError, TransportError
+
+    def exchange(address: str, consumer: str, document: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = httpx.post(address.rstrip("/") + "/bank/receipts", json=document,
+                              auth=identity.auth_for(consumer), timeout=30)  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach the consumer's connector: {exc}") from None
+        if resp.status_code >= 400:
+            raise RemoteProtocolError(
+                f"the consumer refused the receipt ({resp.status_code}): {resp.text[:300]}"
+            )
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    return exchange

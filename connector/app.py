@@ -36,6 +36,7 @@ from connector._wiring import (
     build_transfers,
     did_verifier,
     price_lookup,
+    receipt_exchange,
     reserve_at_transfer_start,
     thread_worker,
 )
@@ -57,7 +58,7 @@ from contracts import NegotiationManager, negotiation_dsp_router, negotiation_ma
 from contracts._transfer import TransferManager
 from contracts._transfer_api import transfer_dsp_router, transfer_management_router
 from metering import Ledger, Settlement, bank_router
-from metering._api import settlement_router
+from metering._api import bank_peer_router, settlement_router
 from usage_policy._api import policy_router
 
 __all__ = ["create_app"]
@@ -204,11 +205,16 @@ def create_app(
             settlement = Settlement(rt.bank, did=settings.did, sign=sign)
             if isinstance(rt.transfers, TransferManager) and settings.bank_reservation_minor_units > 0:
                 reserve_at_transfer_start(rt.transfers, settlement, settings)
+            verify = did_verifier(settings.did_web_allow_http)
+            app.include_router(
+                bank_peer_router(settlement, caller_dep, sign=sign, verify=verify), prefix=settings.dsp_path
+            )
             app.include_router(
                 settlement_router(
                     settlement,
+                    exchange=receipt_exchange(rt.identity),
                     sign=sign,
-                    verify=did_verifier(settings.did_web_allow_http),
+                    verify=verify,
                     price_for=price_lookup(rt),
                     require_read=auth.require_read,
                     require_write=auth.require_write,

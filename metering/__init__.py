@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from metering._api import bank_router, verify_bank
+from metering._api import bank_peer_router, bank_router, verify_bank
 from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
 from metering._batcher import LedgerBatcher
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
@@ -48,6 +48,7 @@ __all__ = [
     "UnitOfCount",
     "UsageEvent",
     "append_audit",
+    "bank_peer_router",
     "bank_router",
     "charge_minor_units",
     "compare_receipt",

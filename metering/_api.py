@@ -18,7 +18,7 @@ from metering._audit import verify_audit
 from metering._ledger import Account, AccountFlags, Ledger, new_transfers
 from metering._usage import query_usage_events
 
-__all__ = ["app", "bank_router", "settlement_router", "verify_bank"]
+__all__ = ["app", "bank_peer_router", "bank_router", "settlement_router", "verify_bank"]
 
 
 def verify_bank(engine: Engine) -> list[str]:
@@ -155,6 +155,7 @@ def verify_cmd() -> None:
 def settlement_router(
     settlement: Any,
     *,
+    exchange: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None,
     sign: Callable[[bytes], str],
     verify: Callable[[str, bytes, str], bool],
     price_for: Callable[[str, str], Any],
@@ -229,6 +230,22 @@ def settlement_router(
     async def settle(receipt_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return await run_in_threadpool(settlement.settle, receipt_id, body, verify)
 
+    @router.post(
+        "/receipts/{receipt_id}/exchange",
+        dependencies=write,
+        summary="Send the receipt to the consumer's connector (DSP-authenticated) and settle with its answer",
+    )
+    async def exchange_receipt(receipt_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(body, "counterPartyAddress")
+        if exchange is None:
+            raise ValidationError("this connector cannot reach peers (no identity)")
+        document = await run_in_threadpool(settlement.receipt_document, receipt_id)
+        answer = await run_in_threadpool(
+            exchange, str(body["counterPartyAddress"]), document["consumer"], document
+        )
+        settled = await run_in_threadpool(settlement.settle, receipt_id, answer, verify)
+        return {**settled, "consumerAnswer": answer}
+
     @router.get("/statements/{party:path}", dependencies=read, summary="Signed settlement statement")
     async def statement(party: str) -> dict[str, Any]:
         return await run_in_threadpool(settlement.statement, party)
@@ -251,6 +268,47 @@ def settlement_router(
     )
     async def check(document: dict[str, Any] = Body(...)) -> dict[str, Any]:
         _need(document, "receipt", "event_ids", "provider_signature", "provider")
+
+        def work() -> dict[str, Any]:
+            mine = query_usage_events(
+                settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
+            )
+            return countersign(document, mine, sign=sign, verify=verify)
+
+        return await run_in_threadpool(work)
+
+    return router
+
+
+def bank_peer_router(
+    settlement: Any, caller_dependency: Callable[..., Any], *, sign: Callable[[bytes], str],
+    verify: Callable[[str, bytes, str], bool],
+) -> APIRouter:  # fmt: skip
+    """``POST <dsp>/bank/receipts``: a provider sends us (the consumer) a signed receipt; we answer
+    with our countersignature or the list of event ids we disagree on. Authenticated like DSP."""
+    from connector.errors import NotFoundError, ValidationError
+    from connector.identity import Caller
+    from metering._settlement import countersign
+
+    router = APIRouter(tags=["data bank (peer)"])
+
+    @router.post("/bank/receipts")
+    async def receive_receipt(
+        document: dict[str, Any] = Body(...), caller: Caller = Depends(caller_dependency)
+    ) -> dict[str, Any]:
+        missing = [
+            k
+            for k in ("receipt", "event_ids", "provider_signature", "provider", "consumer")
+            if k not in document
+        ]
+        if missing:
+            raise ValidationError("incomplete receipt", errors=[f"{k}: required" for k in missing])
+        if document["provider"] != caller.did:
+            raise ValidationError(
+                f"the receipt names provider {document['provider']}, but {caller.did} sent it"
+            )
+        if document["consumer"] != settlement.did:
+            raise NotFoundError("this receipt is for another consumer")
 
         def work() -> dict[str, Any]:
             mine = query_usage_events(

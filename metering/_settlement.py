@@ -136,6 +136,21 @@ class Settlement:
             append_audit(conn, "receipt", {"id": doc["id"], "receipt": doc["receipt"], "signed": "provider"})
         return doc
 
+    def receipt_document(self, receipt_id: str) -> dict[str, Any]:
+        """The signed receipt document as issued (what the consumer is sent)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(receipts).where(receipts.c.id == receipt_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no receipt {receipt_id!r}")
+        return {
+            "id": row["id"],
+            "provider": self.did,
+            "consumer": row["counterparty"],
+            "receipt": json.loads(row["body"]),
+            "event_ids": json.loads(row["event_ids"]),
+            "provider_signature": row["provider_signature"],
+        }
+
     def settle(self, receipt_id: str, answer: dict[str, Any], verify: Verify) -> dict[str, Any]:
         """Apply the consumer's answer: post the reservation with its countersignature, or record the dispute."""
         with self.engine.connect() as conn:

@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     assert "consumer pulled 2503 bytes of pcf-brake-disc-bd330v" in out
     assert "provider metered 1 request(s), 2503 bytes" in out
     assert "500 cents reserved at transfer start" in out
-    assert "checked and countersigned by the consumer; settlement: settled 50 EUR cents" in out
+    assert "checked against its own metering and countersigned; settlement: settled 50 EUR cents" in out
     assert "prepaid balance 1950 cents" in out
     assert "bank verify: ok" in out
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]

@@ -93,3 +93,58 @@ def test_consumer_disputes_a_receipt_that_differs_from_its_metering(
     tampered = {**doc, "receipt": {**doc["receipt"], "amount": 1}}
     with pytest.raises(ValidationError, match="provider's signature"):
         countersign(tampered, consumer_saw, sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)
+
+
+def test_peer_endpoint_answers_only_the_provider_named_in_the_receipt(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    import warnings
+
+    from fastapi import FastAPI
+
+    from connector.api import install_error_handlers
+    from connector.identity import Caller
+    from metering import bank_peer_router
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    provider_bank = Settlement(
+        Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True)
+    )
+    provider_bank.deposit(consumer.did, 1_000)
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(2)])
+    doc = provider_bank.issue_receipt("agr", consumer.did, PRICE)
+    # the consumer's connector (same test database: it metered the same events)
+    consumer_bank = Settlement(
+        Ledger(engine), did=consumer.did, sign=lambda b: consumer.sign_jws(b, detached=True)
+    )
+    caller = {"did": provider.did}
+
+    async def who() -> Caller:
+        return Caller(did=caller["did"])
+
+    app = FastAPI()
+    install_error_handlers(app, dsp_path="/dsp")
+    app.include_router(
+        bank_peer_router(
+            consumer_bank, who, sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify
+        ),
+        prefix="/dsp",
+    )
+    with TestClient(app) as c:
+        ok = c.post("/dsp/bank/receipts", json=doc)
+        assert ok.status_code == 200
+        assert provider_bank.settle(doc["id"], ok.json(), verify)["status"] == "settled"
+        caller["did"] = "did:web:someone-else"
+        wrong = c.post("/dsp/bank/receipts", json=doc)
+        assert wrong.status_code == 400
+        assert "did:web:someone-else sent it" in wrong.text
+        caller["did"] = provider.did
+        other = c.post("/dsp/bank/receipts", json={**doc, "consumer": "did:web:x"})
+        assert other.status_code == 404
