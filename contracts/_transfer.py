@@ -131,7 +131,8 @@ class TransferManager:
         #: before_start(transfer id, consumer DID, agreement id) -> None, or why the transfer may not
         #: start (e.g. the data bank could not reserve funds); runs outside any transaction.
         self.before_start = before_start
-        #: after_end(transfer id): the peer terminated the transfer (e.g. release a reservation).
+        #: after_end(transfer id): the transfer was terminated, by the peer or by us (e.g. release a
+        #: reservation); runs outside any transaction.
         self.after_end = after_end
         worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
 
@@ -400,6 +401,8 @@ class TransferManager:
             self._command(conn, row, cmd, reason)
             row = lock_process(conn, transfers, transfer_id)
         self.worker.wake()
+        if cmd == Command.TERMINATE and self.after_end is not None:
+            self.after_end(transfer_id)  # a terminated transfer uses nothing more: release at once
         return self.view(row)
 
     def start_transfer(

@@ -76,4 +76,12 @@ def test_reservation_at_start_refusal_and_release(nodes: tuple[Node, Node]) -> N
             time.sleep(0.05)
         acc = p.get(account).json()
         assert (acc["debits_pending"], acc["balance"]) == (0, 1000)  # released, nothing spent
+        # the provider terminates a transfer itself: released at once too
+        second = _transfer(consumer, provider, agreement, "STARTED")
+        assert p.get(account).json()["debits_pending"] == 500
+        r = p.post(
+            f"/transfers/{quote(second['providerPid'], safe='')}/terminate", json={"reason": "maintenance"}
+        )
+        assert r.status_code == 200, r.text
+        assert p.get(account).json()["debits_pending"] == 0
         assert p.get("/bank/verify").json()["ok"]
