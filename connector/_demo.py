@@ -286,7 +286,13 @@ def settle(consumer: Node, provider: Node, agreement_id: str, transfer: dict[str
         answer = settled.pop("consumerAnswer")
         if "signature" not in answer:
             raise DemoError(f"the consumer disputes the receipt: {answer}")
-        statement = _check(p.get(f"/bank/statements/{quote(consumer.did, safe='')}"), "statement")
+        statement = _check(
+            p.post(f"/bank/statements/{quote(consumer.did, safe='')}/exchange",
+                   json={"counterPartyAddress": consumer.dsp_url}),
+            "statement exchange",
+        )  # fmt: skip
+        if statement.get("signedBy") != "both":
+            raise DemoError(f"the consumer did not countersign the statement: {statement}")
         verified = _check(p.get("/bank/verify"), "bank verify")
     if not verified["ok"]:
         raise DemoError(f"bank verification failed: {verified['problems']}")
@@ -429,8 +435,9 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                 st = statement["statement"]
                 console.print(
                     f"   statement for {st['consumer']}: settled {st['settled']} cents, prepaid balance "
-                    f"{st['prepaidBalance']} cents, still reserved {st['reserved']} cents; signed "
-                    f"{statement['provider_signature'][:40]}...; bank verify: ok"
+                    f"{st['prepaidBalance']} cents, still reserved {st['reserved']} cents; signed by both "
+                    f"(provider {statement['provider_signature'][:24]}..., consumer "
+                    f"{statement['consumer_signature'][:24]}...); bank verify: ok"
                 )
                 if serve:
                     console.print(

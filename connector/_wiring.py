@@ -251,14 +251,16 @@ def reserve_at_transfer_start(transfers: Any, settlement: Any, settings: Any) ->
     transfers.after_end = after_end
 
 
-def receipt_exchange(identity: IdentityService) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
-    """exchange(consumer DSP base, consumer DID, receipt document) -> the consumer's answer, over a
-    DCP-authenticated POST to ``<base>/bank/receipts``."""
+def receipt_exchange(
+    identity: IdentityService, path: str = "/bank/receipts"
+) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
+    """exchange(consumer DSP base, consumer DID, document) -> the consumer's answer, over a
+    DCP-authenticated POST to ``<base><path>`` (``/bank/receipts`` or ``/bank/statements``)."""
     from connector.errors import RemoteProtocolError, TransportError
 
     def exchange(address: str, consumer: str, document: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = httpx.post(address.rstrip("/") + "/bank/receipts", json=document,
+            resp = httpx.post(address.rstrip("/") + path, json=document,
                               auth=identity.auth_for(consumer), timeout=30)  # fmt: skip
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach the consumer's connector: {exc}") from None

@@ -213,6 +213,7 @@ def create_app(
                 settlement_router(
                     settlement,
                     exchange=receipt_exchange(rt.identity),
+                    exchange_statement_with=receipt_exchange(rt.identity, "/bank/statements"),
                     sign=sign,
                     verify=verify,
                     price_for=price_lookup(rt),

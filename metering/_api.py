@@ -156,6 +156,7 @@ def settlement_router(
     settlement: Any,
     *,
     exchange: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None,
+    exchange_statement_with: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None,
     sign: Callable[[bytes], str],
     verify: Callable[[str, bytes, str], bool],
     price_for: Callable[[str, str], Any],
@@ -166,6 +167,7 @@ def settlement_router(
     from decimal import Decimal
 
     from connector.errors import ValidationError
+    from connector.identity import canonical_json
     from metering._settlement import Settlement, countersign
     from metering._usage import (
         PriceTerms,
@@ -246,6 +248,25 @@ def settlement_router(
         settled = await run_in_threadpool(settlement.settle, receipt_id, answer, verify)
         return {**settled, "consumerAnswer": answer}
 
+    @router.post(
+        "/statements/{party:path}/exchange",
+        dependencies=write,
+        summary="Send the statement to the consumer's connector and return it signed by both",
+    )
+    async def exchange_statement(party: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        _need(body, "counterPartyAddress")
+        if exchange_statement_with is None:
+            raise ValidationError("this connector cannot reach peers (no identity)")
+        document = await run_in_threadpool(settlement.statement, party)
+        answer = await run_in_threadpool(
+            exchange_statement_with, str(body["counterPartyAddress"]), party, document
+        )
+        if "signature" not in answer:
+            return {**document, "consumer_dispute": answer.get("dispute", [])}
+        if not verify(answer["signature"], canonical_json(document["statement"]), party):
+            raise ValidationError("the consumer's signature on the statement does not verify")
+        return {**document, "consumer_signature": answer["signature"], "signedBy": "both"}
+
     @router.get("/statements/{party:path}", dependencies=read, summary="Signed settlement statement")
     async def statement(party: str) -> dict[str, Any]:
         return await run_in_threadpool(settlement.statement, party)
@@ -273,7 +294,9 @@ def settlement_router(
             mine = query_usage_events(
                 settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
             )
-            return countersign(document, mine, sign=sign, verify=verify)
+            answer = countersign(document, mine, sign=sign, verify=verify)
+            settlement.record_countersigned(document, answer)
+            return answer
 
         return await run_in_threadpool(work)
 
@@ -314,8 +337,27 @@ def bank_peer_router(
             mine = query_usage_events(
                 settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
             )
-            return countersign(document, mine, sign=sign, verify=verify)
+            answer = countersign(document, mine, sign=sign, verify=verify)
+            settlement.record_countersigned(document, answer)
+            return answer
 
         return await run_in_threadpool(work)
+
+    @router.post("/bank/statements")
+    async def receive_statement(
+        document: dict[str, Any] = Body(...), caller: Caller = Depends(caller_dependency)
+    ) -> dict[str, Any]:
+        body = document.get("statement")
+        if not isinstance(body, dict) or "provider_signature" not in document:
+            raise ValidationError(
+                "incomplete statement", errors=["statement and provider_signature: required"]
+            )
+        if body.get("provider") != caller.did:
+            raise ValidationError(
+                f"the statement names provider {body.get('provider')}, but {caller.did} sent it"
+            )
+        if body.get("consumer") != settlement.did:
+            raise NotFoundError("this statement is for another consumer")
+        return await run_in_threadpool(settlement.countersign_statement, document, verify)
 
     return router

@@ -190,6 +190,51 @@ class Settlement:
             )
         return {"status": "settled", "amount": receipt.amount, "currency": receipt.currency}
 
+    # ------------------------------------------------------------------ consumer side
+    def record_countersigned(self, document: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Consumer: remember a receipt we answered (to check the provider's statements later)."""
+        status = "countersigned" if "signature" in answer else "disputed-by-us"
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(receipts.c.id).where(receipts.c.id == document["id"])).first():
+                return
+            conn.execute(
+                receipts.insert().values(
+                    id=document["id"], agreement_id=str(document["receipt"]["agreement_id"]),
+                    counterparty=document["provider"], body=json.dumps(document["receipt"]),
+                    event_ids=json.dumps(document["event_ids"]), provider_signature=document["provider_signature"],
+                    consumer_signature=answer.get("signature"), status=status,
+                    dispute=json.dumps(answer["dispute"]) if "dispute" in answer else None, reserve_ref=None,
+                    created_at=time.time(),
+                )
+            )  # fmt: skip
+            append_audit(conn, "receipt", {"id": document["id"], "answered": status})
+
+    def countersign_statement(self, document: dict[str, Any], verify: Verify) -> dict[str, Any]:
+        """Consumer: countersign a provider's statement if every settled line is a receipt we countersigned
+        with the same amount; else name the lines we disagree with."""
+        from connector.identity import canonical_json
+
+        body = document["statement"]
+        if not _verifies(verify, document["provider_signature"], canonical_json(body), body["provider"]):
+            raise ValidationError("the provider's signature on the statement does not verify")
+        with self.engine.connect() as conn:
+            mine = {r["id"]: r for r in conn.execute(sa.select(receipts).where(
+                receipts.c.counterparty == body["provider"])).mappings()}  # fmt: skip
+        problems = []
+        for line in body["lines"]:
+            if line["status"] != "settled":
+                continue
+            local = mine.get(line["receipt"])
+            if local is None or local["status"] != "countersigned":
+                problems.append(f"{line['receipt']}: we did not countersign this receipt")
+            elif json.loads(local["body"])["amount"] != line["amount"]:
+                problems.append(
+                    f"{line['receipt']}: amount {line['amount']} differs from the receipt we signed"
+                )
+        if problems:
+            return {"dispute": problems}
+        return {"signature": self.sign(canonical_json(body))}
+
     def statement(self, party: str) -> dict[str, Any]:
         """Every receipt of ``party`` with status and amounts, the balances, signed by us."""
         with self.engine.connect() as conn:

@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     assert "500 cents reserved at transfer start" in out
     assert "checked against its own metering and countersigned; settlement: settled 50 EUR cents" in out
     assert "prepaid balance 1950 cents" in out
+    assert "signed by both (provider" in out
     assert "bank verify: ok" in out
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2, out

@@ -148,3 +148,41 @@ def test_peer_endpoint_answers_only_the_provider_named_in_the_receipt(
         caller["did"] = provider.did
         other = c.post("/dsp/bank/receipts", json={**doc, "consumer": "did:web:x"})
         assert other.status_code == 404
+
+
+def test_consumer_countersigns_only_statements_matching_its_receipts(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from connector.identity import canonical_json
+
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    bank = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True))
+    bank.deposit(consumer.did, 1_000)
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(2)])
+    doc = bank.issue_receipt("agr", consumer.did, PRICE)
+    from connector.store import create_engine, migrate
+
+    own = create_engine(f"sqlite:///{(tmp_path / 'consumer.db').as_posix()}")  # the consumer's own database
+    migrate(own)
+    consumer_bank = Settlement(
+        Ledger(own), did=consumer.did, sign=lambda b: consumer.sign_jws(b, detached=True)
+    )
+    answer = countersign(doc, query_usage_events(engine, agreement_id="agr"),
+                         sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)  # fmt: skip
+    consumer_bank.record_countersigned(doc, answer)
+    bank.settle(doc["id"], answer, verify)
+    statement = bank.statement(consumer.did)
+    signed = consumer_bank.countersign_statement(statement, verify)
+    assert "signature" in signed, signed
+    assert verify(signed["signature"], canonical_json(statement["statement"]), consumer.did)
+    # a statement claiming more than the consumer signed for is disputed, naming the line
+    body = {**statement["statement"], "lines": [{**statement["statement"]["lines"][0], "amount": 999}]}
+    forged = {"statement": body, "provider_signature": provider.sign_jws(canonical_json(body), detached=True)}
+    assert (
+        "differs from the receipt we signed"
+        in consumer_bank.countersign_statement(forged, verify)["dispute"][0]
+    )
+    own.dispose()
