@@ -123,6 +123,25 @@ class Settings(BaseSettings):
     bank_checkpoint_seconds: int = Field(
         60, ge=1, description="How often the data bank signs a Merkle checkpoint of new audit entries."
     )
+    bank_checkpoint_entries: int = Field(
+        1000,
+        ge=0,
+        description="Also sign a checkpoint as soon as this many audit entries are unsigned (0: by time only).",
+    )
+    bank_period_seconds: int = Field(
+        86400,
+        ge=60,
+        description="Length of a data bank accounting period; a closed period takes late usage only as adjustments.",
+    )
+    bank_receipt_events: int = Field(
+        0,
+        ge=0,
+        description="Provider: issue a usage receipt as soon as an agreement has this many unbilled events (0: per period).",
+    )
+    negotiation_manual_approval: bool = Field(
+        False,
+        description="Provider: queue permitted negotiations for approval in the management API instead of agreeing.",
+    )
     lease_seconds: int = Field(
         30, ge=1, description="A claimed row is released after this if its worker died."
     )
