@@ -197,17 +197,39 @@ def price_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
     return price_for
 
 
-def bank_worker(ledger: Any, sign: Callable[[bytes], str], every_s: float) -> Callable[[], Any]:
-    """Every ``every_s``: expire timed-out reservations and sign a checkpoint of new audit entries."""
+def bank_worker(
+    ledger: Any,
+    sign: Callable[[bytes], str],
+    every_s: float,
+    every_entries: int = 0,
+    *,
+    poll_s: float = 1.0,
+) -> Callable[[], Any]:
+    """Every ``every_s``: expire timed-out reservations and sign a checkpoint of new audit entries.
+
+    With ``every_entries`` > 0 it also looks every ``poll_s`` (two index lookups) and signs a
+    checkpoint as soon as that many entries are unsigned, without waiting for the period.
+    """
     from metering import make_checkpoint
 
     async def worker() -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + every_s
+        poll_from = loop.time()  # entry polling pauses until the next round after a failure
         while True:
-            await asyncio.sleep(every_s)
+            wait = next_round - loop.time()
+            if every_entries > 0 and loop.time() >= poll_from:
+                wait = min(wait, poll_s)
+            await asyncio.sleep(max(wait, 0.0))
             try:
-                await asyncio.to_thread(ledger.expire_pending)
-                await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
+                if loop.time() >= next_round:
+                    next_round = loop.time() + every_s
+                    await asyncio.to_thread(ledger.expire_pending)
+                    await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
+                elif every_entries > 0 and loop.time() >= poll_from:
+                    await asyncio.to_thread(make_checkpoint, ledger.engine, sign, min_entries=every_entries)
             except Exception:  # logged and retried next round: the worker never dies silently
+                poll_from = next_round
                 log.exception("data bank housekeeping failed; retrying in %s s", every_s)
 
     return worker

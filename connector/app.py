@@ -105,6 +105,7 @@ def create_app(
                 runtime.bank,
                 lambda payload: ident.sign_jws(payload, detached=True),
                 float(runtime.settings.bank_checkpoint_seconds),
+                int(runtime.settings.bank_checkpoint_entries),
             )
         )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)

@@ -4,14 +4,22 @@
 * :func:`record_usage_events`: the data plane's usage events, deduplicated by id, in its transaction.
 * :func:`price_terms_from_odrl`, :func:`charge_minor_units`: charges from an agreement's compensate duty.
 * :func:`make_receipt`, :func:`compare_receipt`: receipts with a Merkle root of the event ids.
-* :func:`verify_audit`, :func:`make_checkpoint`: the hash-chained log and signed RFC 6962 checkpoints.
+* :func:`verify_audit`, :func:`make_checkpoint`: the hash-chained log and signed RFC 6962 checkpoints
+  (:func:`unsigned_entries`: how many entries the latest checkpoint does not cover yet).
 * :func:`split_revenue`: integer revenue shares that always sum to the total.
 """
 
 from __future__ import annotations
 
 from metering._api import bank_peer_router, bank_router, verify_bank
-from metering._audit import Checkpoint, append_audit, make_checkpoint, merkle_root, verify_audit
+from metering._audit import (
+    Checkpoint,
+    append_audit,
+    make_checkpoint,
+    merkle_root,
+    unsigned_entries,
+    verify_audit,
+)
 from metering._batcher import LedgerBatcher
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags, new_transfers
 from metering._settlement import Settlement, countersign
@@ -63,6 +71,7 @@ __all__ = [
     "query_usage_events",
     "record_usage_events",
     "split_revenue",
+    "unsigned_entries",
     "verify_audit",
     "verify_bank",
 ]

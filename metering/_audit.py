@@ -30,6 +30,7 @@ __all__ = [
     "make_checkpoint",
     "merkle_root",
     "transfer_digest",
+    "unsigned_entries",
     "verify_audit",
 ]
 
@@ -102,9 +103,26 @@ class Checkpoint:
         return canonical_json({"type": "dadam:AuditCheckpoint", "size": self.size, "root": self.root})
 
 
-def make_checkpoint(engine: Engine, sign: Callable[[bytes], str]) -> Checkpoint | None:
-    """Sign the Merkle tree head over every audit entry so far; None when nothing is new."""
+def _unsigned(conn: Connection) -> int:
+    last = conn.execute(sa.select(sa.func.max(audit_log.c.seq))).scalar() or 0
+    signed = conn.execute(sa.select(sa.func.max(checkpoints.c.size))).scalar() or 0
+    return max(int(last) - int(signed), 0)
+
+
+def unsigned_entries(engine: Engine) -> int:
+    """How many audit entries follow the latest checkpoint (two index lookups: cheap to poll)."""
+    with engine.connect() as conn:
+        return _unsigned(conn)
+
+
+def make_checkpoint(
+    engine: Engine, sign: Callable[[bytes], str], *, min_entries: int = 1
+) -> Checkpoint | None:
+    """Sign the Merkle tree head over every audit entry so far; None when fewer than
+    ``min_entries`` entries (at least one) follow the latest checkpoint."""
     with engine.begin() as conn:
+        if _unsigned(conn) < max(min_entries, 1):
+            return None
         hashes = [
             bytes.fromhex(h) for (h,) in conn.execute(sa.select(audit_log.c.hash).order_by(audit_log.c.seq))
         ]
