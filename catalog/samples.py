@@ -163,6 +163,7 @@ def sample_datasets() -> list[Dataset]:
             purpose="Traceability of components down the supply chain.",
             related=["production-tracking-line2"],
             version="3.0.0",
+            transfer_types=["HttpData-PULL", "HttpData-PUSH", "AmazonS3-PUSH"],
             data_address=bom_address,
         ),
     ]

@@ -24,11 +24,13 @@ __all__ = [
     "agreement_lookup",
     "bank_worker",
     "build_negotiations",
+    "build_pushes",
     "build_transfers",
     "did_verifier",
     "price_lookup",
     "receipt_exchange",
     "reserve_at_transfer_start",
+    "s3_config",
     "thread_worker",
 ]
 
@@ -85,6 +87,7 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
             participant_id=settings.did,
             dsp_base_url=settings.dsp_base_url,
             state_timeout_s=float(settings.state_timeout_seconds),
+            manual_approval=settings.negotiation_manual_approval,
         ),
     )
     return NegotiationManager(runtime.engine, config, **kwargs)
@@ -103,6 +106,16 @@ def thread_worker(start: Callable[[], None], stop: Callable[[], None]) -> Callab
     return worker
 
 
+def s3_config(settings: Any) -> Any:
+    """This connector's S3 endpoint (``DADAM_S3_*``), or None when none is configured."""
+    from connector.dataplane import S3Config
+
+    if not settings.s3_endpoint:
+        return None
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
+    return S3Config(settings.s3_endpoint, settings.s3_access_key or "", secret, settings.s3_region)
+
+
 def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple[Any, Any]:
     """The transfer manager (sharing the negotiation worker) and the data plane's EDR service."""
     from connector.dataplane import EdrService
@@ -111,16 +124,49 @@ def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple
     identity = runtime.identity
     if not isinstance(identity, IdentityService):
         raise TypeError("transfers need the runtime's IdentityService")
-    edr = EdrService(identity.identity, runtime.settings.public_url)
+    settings = runtime.settings
+    edr = EdrService(
+        identity.identity, settings.public_url, ttl_seconds=settings.edr_ttl_seconds, engine=runtime.engine
+    )
+
+    def formats_for(dataset_id: str) -> frozenset[str] | None:
+        try:
+            return frozenset(runtime.catalog_store.get_dataset(dataset_id).transfer_types)
+        except Exception:  # the dataset was deleted: the request fails later with the reason
+            return None
+
     manager = TransferManager(
         runtime.engine,
-        participant_id=runtime.settings.did,
-        dsp_base_url=runtime.settings.dsp_base_url,
+        participant_id=settings.did,
+        dsp_base_url=settings.dsp_base_url,
         worker=negotiations.worker,
         edr=edr,
-        state_timeout_s=float(runtime.settings.state_timeout_seconds),
+        state_timeout_s=float(settings.state_timeout_seconds),
+        formats_for=formats_for,
     )
     return manager, edr
+
+
+def build_pushes(runtime: Runtime, manager: Any) -> Any:
+    """The provider's push worker (registers itself on the transfer manager's STARTED hook)."""
+    from connector.dataplane import PushService
+
+    identity = runtime.identity
+    assert isinstance(identity, IdentityService)
+    settings = runtime.settings
+    return PushService(
+        runtime.engine,
+        runtime.catalog_store,
+        manager,
+        provider_did=settings.did,
+        s3=s3_config(settings),
+        claims_for=identity.partners.claims_for,
+        retry_limit=settings.send_retry_limit,
+        retry_base_s=settings.send_retry_base_ms / 1000,
+        part_size=settings.push_part_bytes,
+        lease_s=float(settings.lease_seconds),
+        poll_s=settings.worker_poll_ms / 1000,
+    )
 
 
 def did_verifier(allow_http: bool) -> Callable[[str, bytes, str], bool]:

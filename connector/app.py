@@ -33,11 +33,13 @@ from connector._remote_api import remote_catalog_router
 from connector._wiring import (
     bank_worker,
     build_negotiations,
+    build_pushes,
     build_transfers,
     did_verifier,
     price_lookup,
     receipt_exchange,
     reserve_at_transfer_start,
+    s3_config,
     thread_worker,
 )
 from connector.api import (
@@ -49,7 +51,14 @@ from connector.api import (
     management_router,
     version_router,
 )
-from connector.dataplane import EdrService, public_router
+from connector.dataplane import (
+    EdrRefresher,
+    EdrService,
+    consumer_destination,
+    inbox_router,
+    public_router,
+    token_router,
+)
 from connector.errors import LedgerError
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
@@ -57,6 +66,7 @@ from connector.settings import Settings
 from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
 from contracts._transfer import TransferManager
 from contracts._transfer_api import transfer_dsp_router, transfer_management_router
+from contracts._transfer_states import Command
 from metering import Ledger, Settlement, bank_router
 from metering._api import bank_peer_router, settlement_router
 from usage_policy._api import policy_router
@@ -109,6 +119,8 @@ def create_app(
             )
         )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)
+        pushes = build_pushes(runtime, runtime.transfers)
+        runtime.workers.append(thread_worker(pushes.start, pushes.stop))
     settings = runtime.settings
     rt = runtime
 
@@ -179,20 +191,41 @@ def create_app(
         )
     if isinstance(rt.transfers, TransferManager):
         app.include_router(transfer_dsp_router(rt.transfers, caller_dep), prefix=settings.dsp_path)
+        s3 = s3_config(settings)
+        identity_service = rt.identity if isinstance(rt.identity, IdentityService) else None
+
+        def destination_for(fmt: str, requested: dict[str, Any] | None) -> Any:
+            return consumer_destination(fmt, requested, public_url=settings.public_url, s3=s3)
+
         app.include_router(
-            transfer_management_router(rt.transfers, auth.require_read, auth.require_write),
+            transfer_management_router(
+                rt.transfers,
+                auth.require_read,
+                auth.require_write,
+                destination_for=destination_for,
+                edr=EdrRefresher(rt.engine, auth_for=identity_service.auth_for if identity_service else None),
+            ),
             prefix=settings.management_path,
         )
-        if isinstance(rt.edr, EdrService) and isinstance(rt.identity, IdentityService):
+        app.include_router(inbox_router(rt.engine, settings.inbox_dir or settings.data_dir / "inbox"))
+        if isinstance(rt.edr, EdrService) and identity_service is not None:
+            transfers_manager = rt.transfers
+
+            def terminate(tid: str, reason: str) -> None:
+                transfers_manager.run_command(tid, Command.TERMINATE, reason)
+
             app.include_router(
                 public_router(
                     rt.engine,
                     rt.catalog_store,
                     rt.edr,
-                    claims_for=rt.identity.partners.claims_for,
+                    claims_for=identity_service.partners.claims_for,
                     account_open=_prepaid_account_exists(rt),
+                    s3=s3,
+                    terminate=terminate,
                 )
             )
+            app.include_router(token_router(rt.edr, identity_service.verifier.verify))
     if isinstance(rt.bank, Ledger):
         app.include_router(
             bank_router(rt.bank, auth.require_read, auth.require_write), prefix=settings.management_path

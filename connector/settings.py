@@ -102,6 +102,27 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(10, ge=1, description="Connection pool size (PostgreSQL).")
 
+    # --- data plane ---------------------------------------------------------------------------
+    edr_ttl_seconds: int = Field(
+        300, ge=10, le=3600, description="Lifetime of the data plane access tokens handed out in EDRs."
+    )
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 endpoint URL of this connector's object store (e.g. http://127.0.0.1:8333). Unset: no S3.",
+    )
+    s3_access_key: str | None = Field(None, description="S3 access key id.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_region: str = Field("us-east-1", description="S3 region name sent in signatures.")
+    push_part_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Part size of multipart uploads when pushing to S3 (the object is streamed, never buffered whole).",
+    )
+    inbox_dir: Path | None = Field(
+        None,
+        description="Consumer: where HttpData-PUSH deliveries to this connector are written. Default: data_dir/inbox.",
+    )
+
     # --- processes ----------------------------------------------------------------------------
     catalog_page_size: int = Field(50, ge=1, le=1000, description="Default datasets per catalog page.")
     send_retry_limit: int = Field(

@@ -39,11 +39,63 @@ from contracts._tables import negotiations
 from contracts._transfer_states import TERMINAL, Command, TState, command, receive, wire_state
 from vocab import DSP_CONTEXT
 
-__all__ = ["PULL_FORMATS", "EdrIssuer", "TransferManager", "retirements", "transfers"]
+__all__ = [
+    "FORMATS",
+    "PULL_FORMATS",
+    "PUSH_FORMATS",
+    "EdrIssuer",
+    "TransferManager",
+    "masked_address",
+    "retirements",
+    "transfers",
+]
 
 KIND = "transfer"
 #: Transfer types this connector serves (the catalog's distribution formats).
 PULL_FORMATS = frozenset({"HttpData-PULL"})
+PUSH_FORMATS = frozenset({"HttpData-PUSH", "AmazonS3-PUSH"})
+FORMATS = PULL_FORMATS | PUSH_FORMATS
+#: endpoint properties never shown in management views or logs
+SECRET_PROPERTIES = frozenset({"authorization", "secretAccessKey", "sessionToken", "secretKey", "password"})
+
+
+def address_properties(address: dict[str, Any]) -> dict[str, str]:
+    """A DSP DataAddress's ``endpointProperties`` as a name -> value dict."""
+    out: dict[str, str] = {}
+    for prop in address.get("endpointProperties") or []:
+        if isinstance(prop, dict) and isinstance(prop.get("name"), str):
+            out[prop["name"].rsplit("/", 1)[-1]] = str(prop.get("value", ""))
+    return out
+
+
+def masked_address(address: dict[str, Any]) -> dict[str, Any]:
+    """A push destination with its secrets replaced by ``**********``."""
+    out = dict(address)
+    out["endpointProperties"] = [
+        {**p, "value": "**********"}
+        if isinstance(p, dict) and str(p.get("name", "")).rsplit("/", 1)[-1] in SECRET_PROPERTIES
+        else p
+        for p in address.get("endpointProperties") or []
+    ]
+    return out
+
+
+def _push_destination_problems(fmt: str, address: Any) -> list[str]:
+    if not isinstance(address, dict):
+        return [f"dataAddress: required for {fmt} (where to push the data)"]
+    props = address_properties(address)
+    endpoint = str(address.get("endpoint") or "")
+    if fmt == "HttpData-PUSH" and not endpoint.startswith(("http://", "https://")):
+        return ["dataAddress.endpoint: the http(s) URL to push to"]
+    if fmt == "AmazonS3-PUSH":
+        problems = [
+            f"dataAddress.endpointProperties: {k} required" for k in ("bucketName",) if not props.get(k)
+        ]
+        if not endpoint.startswith(("http://", "https://")):
+            problems.append("dataAddress.endpoint: the S3 endpoint URL")
+        return problems
+    return []
+
 
 transfers = process_table(
     "tp_transfers",
@@ -116,6 +168,8 @@ class TransferManager:
         script_delay_s: float = 0.7,
         before_start: Callable[[str, str, str], str | None] | None = None,
         after_end: Callable[[str], None] | None = None,
+        on_started: Callable[[Connection, RowMapping], None] | None = None,
+        formats_for: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
         self.engine = engine
         self.participant_id = participant_id
@@ -134,13 +188,28 @@ class TransferManager:
         #: after_end(transfer id): the transfer was terminated, by the peer or by us (e.g. release a
         #: reservation); runs outside any transaction.
         self.after_end = after_end
+        #: on_started(conn, row): a provider transfer became STARTED (start or resume delivered), in
+        #: the same transaction: the data plane queues its push here.
+        self.on_started = on_started
+        #: formats_for(dataset id) -> the transfer types the dataset is offered with (None: unknown)
+        self.formats_for = formats_for
         worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
+
+    def _timeout(self, state: TState) -> float | None:
+        """STARTED and SUSPENDED are where a transfer lives (for as long as the agreement allows):
+        they do not time out; every waiting state does; terminal states have no deadline."""
+        if state in TERMINAL or state in (TState.STARTED, TState.SUSPENDED):
+            return None
+        return self.state_timeout_s
 
     # ------------------------------------------------------------------ views
     @staticmethod
     def view(row: Any) -> dict[str, Any]:
         """The management view of a transfer row (the EDR included, consumer side)."""
         state = TState(row["state"])
+        address = orjson.loads(row["data_address"]) if row["data_address"] else None
+        if address is not None and row["format"] in PUSH_FORMATS:
+            address = masked_address(address)
         return {
             "id": row["id"],
             "role": row["role"],
@@ -153,7 +222,7 @@ class TransferManager:
             "format": row["format"],
             "counterPartyAddress": row["counterparty_address"],
             "counterPartyId": row["counterparty_id"],
-            "dataAddress": orjson.loads(row["data_address"]) if row["data_address"] else None,
+            "dataAddress": address,
             "errorDetail": row["error_detail"],
             "createdAt": row["created_at"],
             "updatedAt": row["updated_at"],
@@ -235,6 +304,11 @@ class TransferManager:
             raise ValidationError(
                 "unusable callbackAddress", errors=["callbackAddress: http(s) URL"], context=ctx
             )
+        offered = None
+        if self.formats_for is not None:  # read before the write transaction (SQLite: one writer)
+            with self.engine.connect() as conn:
+                found = self.agreement(conn, agreement_id)
+            offered = self.formats_for(found["dataset_id"]) if found is not None else None
         with write_tx(self.engine) as conn:
             known = (
                 conn.execute(
@@ -263,12 +337,24 @@ class TransferManager:
                     errors=["agreementId: not yours"],
                     context=ctx,
                 )
-            if fmt not in PULL_FORMATS:
+            if fmt not in FORMATS:
                 raise ValidationError(
                     f"transfer type {fmt!r} is not served here",
-                    errors=[f"format: one of {sorted(PULL_FORMATS)}"],
+                    errors=[f"format: one of {sorted(FORMATS)}"],
                     context=ctx,
                 )
+            if offered is not None and fmt not in offered:
+                raise ValidationError(
+                    f"dataset {agreement['dataset_id']!r} is not offered as {fmt}",
+                    errors=[f"format: one of {sorted(offered)}"],
+                    context=ctx,
+                )
+            destination = None
+            if fmt in PUSH_FORMATS:
+                problems = _push_destination_problems(fmt, body.get("dataAddress"))
+                if problems:
+                    raise ValidationError(f"invalid {fmt} destination", errors=problems, context=ctx)
+                destination = orjson.dumps(body["dataAddress"]).decode()
             pid = f"urn:uuid:{uuid.uuid4()}"
             now = time.time()
             conn.execute(
@@ -277,7 +363,7 @@ class TransferManager:
                     pending=False, version=0, created_at=now, updated_at=now, role="provider",
                     provider_pid=pid, consumer_pid=consumer_pid, agreement_id=agreement_id,
                     dataset_id=agreement["dataset_id"], format=fmt, counterparty_address=callback,
-                    counterparty_id=caller.did,
+                    counterparty_id=caller.did, data_address=destination,
                 )
             )  # fmt: skip
             if body.get("@id"):
@@ -354,7 +440,7 @@ class TransferManager:
                     + (f": {'; '.join(map(str, reasons))}" if reasons else "")
                     + (f" (code {body['code']})" if body.get("code") else "")
                 )
-            save_state(conn, transfers, pid, nxt, timeout_s=None if nxt in TERMINAL else self.state_timeout_s,
+            save_state(conn, transfers, pid, nxt, timeout_s=self._timeout(nxt),
                        error_detail=reason, **values)  # fmt: skip
             row = lock_process(conn, transfers, pid)
             script = self.scripts(row["agreement_id"]) if self.scripts else None
@@ -374,7 +460,7 @@ class TransferManager:
     ) -> None:
         message, sending, _done = command(row["role"], TState(row["state"]), cmd)
         extra: dict[str, Any] = {}
-        if message == "TransferStartMessage" and row["role"] == "provider":
+        if message == "TransferStartMessage" and row["role"] == "provider" and row["format"] in PULL_FORMATS:
             if self.edr is None:
                 raise RemoteProtocolError("no data plane is configured to serve this transfer")
             extra["dataAddress"] = self.edr.data_address(row["id"], row["counterparty_id"] or "")
@@ -394,6 +480,18 @@ class TransferManager:
         self._queued[row["id"]] = steps[1:]
         self._command(conn, row, steps[0], delay=delay)
 
+    def command_in(self, conn: Connection, transfer_id: str, cmd: Command, reason: str | None = None) -> None:
+        """Steer one of our transfers inside the caller's transaction (the data plane completes or
+        terminates a push in the same commit that records its outcome). Call :meth:`sent` after."""
+        row = lock_process(conn, transfers, transfer_id)
+        self._command(conn, row, cmd, reason)
+
+    def sent(self, transfer_id: str, cmd: Command) -> None:
+        """After :meth:`command_in` committed: wake the sender, release what a termination frees."""
+        self.worker.wake()
+        if cmd == Command.TERMINATE and self.after_end is not None:
+            self.after_end(transfer_id)
+
     def run_command(self, transfer_id: str, cmd: Command, reason: str | None = None) -> dict[str, Any]:
         """Management: suspend / resume / complete / terminate one of our transfers."""
         with write_tx(self.engine) as conn:
@@ -412,13 +510,28 @@ class TransferManager:
         *,
         fmt: str = "HttpData-PULL",
         counterparty_id: str | None = None,
+        destination: Callable[[str], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Consumer: request a transfer under ``agreement_id`` from the provider's DSP base."""
+        """Consumer: request a transfer under ``agreement_id`` from the provider's DSP base.
+
+        For a push, ``destination(consumer pid)`` gives the DSP DataAddress the provider pushes to."""
+        if fmt not in FORMATS:
+            raise ValidationError(
+                f"unknown transfer type {fmt!r}", errors=[f"format: one of {sorted(FORMATS)}"]
+            )
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         address = counterparty_address.rstrip("/")
+        extra: dict[str, Any] = {}
+        if fmt in PUSH_FORMATS:
+            if destination is None:
+                raise ValidationError(f"{fmt} needs a destination", errors=["dataDestination: required"])
+            extra["dataAddress"] = destination(pid)
+            problems = _push_destination_problems(fmt, extra["dataAddress"])
+            if problems:
+                raise ValidationError(f"invalid {fmt} destination", errors=problems)
         body = _msg("TransferRequestMessage", None, pid, agreementId=agreement_id, format=fmt,
-                    callbackAddress=self.dsp_base_url)  # fmt: skip
+                    callbackAddress=self.dsp_base_url, **extra)  # fmt: skip
         with write_tx(self.engine) as conn:
             conn.execute(
                 sa.insert(transfers).values(
@@ -426,6 +539,7 @@ class TransferManager:
                     pending=False, version=0, created_at=now, updated_at=now, role="consumer", provider_pid=None,
                     consumer_pid=pid, agreement_id=agreement_id, dataset_id=None, format=fmt,
                     counterparty_address=address, counterparty_id=counterparty_id,
+                    data_address=orjson.dumps(extra["dataAddress"]).decode() if extra else None,
                 )
             )  # fmt: skip
             enqueue(conn, KIND, pid, f"{address}/transfers/request", body, audience=counterparty_id)
@@ -512,8 +626,10 @@ class TransferManager:
                 transfers,
                 process["id"],
                 done,
-                timeout_s=None if done in TERMINAL else self.state_timeout_s,
+                timeout_s=self._timeout(done),
             )
+            if done == TState.STARTED and process["role"] == "provider" and self.on_started is not None:
+                self.on_started(conn, lock_process(conn, transfers, process["id"]))
             rest = self._queued.pop(process["id"], [])
             if rest and done not in TERMINAL:
                 self._follow(

@@ -58,9 +58,19 @@ def transfer_dsp_router(manager: TransferManager, caller_dependency: Callable[..
 
 
 def transfer_management_router(
-    manager: TransferManager, read_dep: Callable[..., Any], write_dep: Callable[..., Any]
+    manager: TransferManager,
+    read_dep: Callable[..., Any],
+    write_dep: Callable[..., Any],
+    *,
+    destination_for: Callable[[str, dict[str, Any] | None], Callable[[str], dict[str, Any]] | None]
+    | None = None,
+    edr: Any = None,
 ) -> APIRouter:
-    """Start, list, read and steer transfers; the EDR is in ``dataAddress`` once STARTED."""
+    """Start, list, read and steer transfers; the EDR is in ``dataAddress`` once STARTED, and at
+    ``/transfers/{id}/edr`` (refreshed before it expires when ``edr`` is an EdrRefresher).
+
+    ``destination_for(format, dataDestination)`` builds the push destination of a consumer request.
+    """
     router = APIRouter(tags=["transfers"])
 
     @router.post("/transfers", status_code=201, dependencies=[Depends(write_dep)])
@@ -69,14 +79,19 @@ def transfer_management_router(
         if not isinstance(body, dict):
             raise ValidationError("body must be an object")
         problems = [f"{k}: required" for k in ("counterPartyAddress", "agreementId") if not body.get(k)]
+        requested = body.get("dataDestination")
+        if requested is not None and not isinstance(requested, dict):
+            problems.append("dataDestination: an object")
         if problems:
             raise ValidationError("cannot start a transfer", errors=problems)
+        fmt = str(body.get("format") or "HttpData-PULL")
         view = await asyncio.to_thread(
             manager.start_transfer,
             str(body["counterPartyAddress"]),
             str(body["agreementId"]),
-            fmt=str(body.get("format") or "HttpData-PULL"),
+            fmt=fmt,
             counterparty_id=body.get("counterPartyId"),
+            destination=destination_for(fmt, requested) if destination_for else None,
         )
         return _respond(view, 201)
 
@@ -99,6 +114,20 @@ def transfer_management_router(
     @router.get("/transfers/{tid}", dependencies=[Depends(read_dep)])
     async def get_one(tid: str) -> Response:
         return _respond(await asyncio.to_thread(manager.get, tid))
+
+    @router.get("/transfers/{tid}/edr", dependencies=[Depends(read_dep)])
+    async def get_edr(tid: str) -> Response:
+        """The EDR of a started pull transfer, refreshed first when it expires within a minute."""
+        if edr is None:
+            raise ValidationError("this connector hands out no EDRs")
+        return _respond(await asyncio.to_thread(edr.edr, tid))
+
+    @router.post("/transfers/{tid}/edr/refresh", dependencies=[Depends(write_dep)])
+    async def refresh_edr(tid: str) -> Response:
+        """Refresh the EDR now (the current token stays valid if the provider does not answer)."""
+        if edr is None:
+            raise ValidationError("this connector hands out no EDRs")
+        return _respond(await asyncio.to_thread(edr.edr, tid, force=True))
 
     @router.post("/transfers/{tid}/{action}", dependencies=[Depends(write_dep)])
     async def steer(tid: str, action: str, request: Request) -> Response:

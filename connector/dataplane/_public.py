@@ -12,10 +12,10 @@ or is cut off before its end is recorded with outcome ``partial`` or not at all 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,14 @@ from sqlalchemy.engine import Engine
 
 from catalog import CatalogStore
 from connector.dataplane._edr import EdrService
+from connector.dataplane._sources import (
+    S3Config,
+    SourceUnavailable,
+    http_url,
+    open_file,
+    open_s3,
+    s3_size,
+)
 from connector.errors import DadamError, NotFoundError, PermissionDeniedError, TokenError
 from contracts._tables import negotiations
 from contracts._transfer import retirements, transfers
@@ -36,7 +44,9 @@ from contracts._transfer_states import TState
 from metering import UsageEvent, record_usage_events
 from metering._tables import usage_events
 
-__all__ = ["RecordCounter", "public_router"]
+__all__ = ["PolicyDenied", "RecordCounter", "public_router", "usage_event"]
+
+log = logging.getLogger("dadam.dataplane")
 
 CHUNK = 64 * 1024
 CATEGORIES = {"carbon", "process", "supply-chain"}
@@ -127,6 +137,123 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+class PolicyDenied(PermissionDeniedError):
+    """The usage policy does not permit this use; ``permanent`` when it never will again (a count
+    used up, an end date or an elapsed time passed), so the transfer is terminated."""
+
+    def __init__(self, message: str, details: list[str], *, permanent: bool) -> None:
+        super().__init__(message)
+        self.details = details
+        self.permanent = permanent
+
+
+#: constraints that only get further from being satisfied as time passes and data is used
+_MONOTONIC = {"count", "elapsedTime", "delayPeriod"}
+
+
+def _permanent(decision: Any) -> bool:
+    """Every failed constraint is one that can never hold again."""
+    failed = [
+        node
+        for _, node in decision.explanation.walk()
+        if node.kind == "constraint" and not node.holds and not node.children
+    ]
+    if not failed:
+        return False
+    for node in failed:
+        if node.outcome != "unsatisfied":
+            return False
+        name = (node.left_operand or "").rsplit(":", 1)[-1]
+        if name == "dateTime" and node.operator in ("lt", "lteq", "eq"):
+            continue
+        if name not in _MONOTONIC or node.operator not in ("lt", "lteq", "eq"):
+            return False
+    return True
+
+
+def usage_event(
+    event_id: str,
+    row: Any,
+    dataset: Any,
+    sent: int,
+    records: int,
+    started: float,
+    outcome: str,
+    provider: str,
+) -> UsageEvent:
+    """The usage event of one served request or push."""
+    category = str(getattr(dataset.category, "value", dataset.category))
+    return UsageEvent(
+        id=event_id, agreement_id=row["agreement_id"], transfer_id=row["id"], dataset_id=dataset.id,
+        category=category if category in CATEGORIES else "other", bytes=sent, records=records,
+        calls=1, started_at=started, ended_at=time.time(), outcome=outcome,
+        consumer=row["counterparty_id"] or "", provider=provider,
+    )  # fmt: skip
+
+
+async def _threaded(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking chunk iterator read in a worker thread, chunk by chunk."""
+    end = object()
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, end)
+        if chunk is end:
+            return
+        yield chunk  # type: ignore[misc]
+
+
+def enforce(
+    engine: Engine,
+    store: CatalogStore,
+    tid: str,
+    *,
+    subject: str | None,
+    claims_for: Callable[[str], dict[str, Any]],
+    account_open: Callable[[str], bool],
+) -> tuple[dict[str, Any], Any]:
+    """Everything a data request or a push must pass: our provider transfer, for this consumer
+    (``subject``; None for a push, where we are the sender), the agreement known and not retired,
+    the transfer STARTED, the usage policy permitting with the use so far. The transfer row and
+    the dataset; PermissionDeniedError / PolicyDenied / NotFoundError naming the failed check."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(transfers).where(transfers.c.id == tid)).mappings().first()
+        if row is None or row["role"] != "provider":
+            raise NotFoundError(f"no transfer {tid!r}")
+        if subject is not None and row["counterparty_id"] and subject != row["counterparty_id"]:
+            raise TokenError("access token was issued to another consumer")
+        agreement = conn.execute(
+            sa.select(negotiations.c.agreement, negotiations.c.updated_at).where(
+                negotiations.c.role == "provider", negotiations.c.agreement_id == row["agreement_id"]
+            )
+        ).first()
+        retired = conn.execute(
+            sa.select(retirements.c.reason).where(retirements.c.agreement_id == row["agreement_id"])
+        ).first()
+        stats = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
+            .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
+        ).one()  # fmt: skip
+    if agreement is None or not agreement.agreement:
+        raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
+    if retired is not None:  # named first: it is why the transfer was terminated
+        raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
+    if TState(row["state"]) != TState.STARTED:
+        raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
+    consumer = row["counterparty_id"] or ""
+    decision = _evaluate(
+        orjson.loads(agreement.agreement), row, claims_for(consumer), stats, agreement.updated_at,
+        account_open(consumer),
+    )  # fmt: skip
+    if not decision.permitted:
+        failures = decision.failures() or decision.reasons()
+        raise PolicyDenied(
+            "the agreement's usage policy does not permit this use: " + "; ".join(failures),
+            failures,
+            permanent=_permanent(decision),
+        )
+    dataset = store.get_dataset(row["dataset_id"])
+    return dict(row), dataset
+
+
 def public_router(
     engine: Engine,
     store: CatalogStore,
@@ -135,61 +262,45 @@ def public_router(
     claims_for: Callable[[str], dict[str, Any]] = lambda did: {},
     account_open: Callable[[str], bool] = lambda did: False,
     http: httpx.AsyncClient | None = None,
+    s3: S3Config | None = None,
+    terminate: Callable[[str, str], Any] | None = None,
 ) -> APIRouter:
-    """The public data endpoint (unauthenticated by DCP: the EDR token is the credential)."""
+    """The public data endpoint (unauthenticated by DCP: the EDR token is the credential).
+
+    ``terminate(transfer id, reason)`` ends a transfer whose usage policy can never be satisfied again.
+    """
     router = APIRouter(tags=["data plane"])
-    client = http or httpx.AsyncClient(timeout=30.0)
+    client_http = http or httpx.AsyncClient(timeout=30.0)
+    s3_clients: list[Any] = []
+
+    def s3_client() -> Any:
+        assert s3 is not None
+        if not s3_clients:
+            s3_clients.append(s3.client())
+        return s3_clients[0]
 
     def _error(status: int, code: str, message: str, details: list[str] | None = None) -> JSONResponse:
         return JSONResponse({"error": code, "message": message, "details": details or []}, status_code=status)
 
     def _authorize(tid: str, authorization: str | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
         claims = edr.verify(authorization, tid)
-        with engine.connect() as conn:
-            row = conn.execute(sa.select(transfers).where(transfers.c.id == tid)).mappings().first()
-            if row is None or row["role"] != "provider":
-                raise NotFoundError(f"no transfer {tid!r}")
-            if row["counterparty_id"] and claims.get("sub") != row["counterparty_id"]:
-                raise TokenError("access token was issued to another consumer")
-            agreement = conn.execute(
-                sa.select(negotiations.c.agreement, negotiations.c.updated_at).where(
-                    negotiations.c.role == "provider", negotiations.c.agreement_id == row["agreement_id"]
-                )
-            ).first()
-            retired = conn.execute(
-                sa.select(retirements.c.reason).where(retirements.c.agreement_id == row["agreement_id"])
-            ).first()
-            stats = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
-                .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
-            ).one()  # fmt: skip
-        if agreement is None or not agreement.agreement:
-            raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
-        if retired is not None:  # named first: it is why the transfer was terminated
-            raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
-        if TState(row["state"]) != TState.STARTED:
-            raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
-        consumer = row["counterparty_id"] or ""
-        decision = _evaluate(
-            orjson.loads(agreement.agreement), row, claims_for(consumer), stats, agreement.updated_at,
-            account_open(consumer),
-        )  # fmt: skip
-        if not decision.permitted:
-            raise PermissionDeniedError(
-                "the agreement's usage policy does not permit this use: "
-                + "; ".join(decision.failures() or decision.reasons())
-            )
-        dataset = store.get_dataset(row["dataset_id"])
-        return dict(row), claims, dataset
+        row, dataset = enforce(
+            engine, store, tid, subject=claims.get("sub"), claims_for=claims_for, account_open=account_open
+        )
+        return row, claims, dataset
 
-    @router.get("/api/public/transfers/{tid}")
-    async def pull(tid: str, request: Request) -> Response:
+    async def pull(tid: str, request: Request, path: str = "") -> Response:
         try:
             row, _claims, dataset = await asyncio.to_thread(
                 _authorize, tid, request.headers.get("authorization")
             )
+        except PolicyDenied as exc:
+            if exc.permanent and terminate is not None:
+                # the policy can never permit this transfer again: end it, with the reason, for both sides
+                await asyncio.to_thread(_terminate_quietly, tid, exc.message)
+            return _error(403, exc.code, exc.message, exc.details)
         except DadamError as exc:
-            return _error(exc.status_hint if exc.status_hint != 401 else 401, exc.code, exc.message)
+            return _error(exc.status_hint, exc.code, exc.message)
         address = dataset.data_address
         if address is None:
             return _error(502, "no_source", f"dataset {dataset.id} has no data address")
@@ -203,13 +314,9 @@ def public_router(
         sent = 0
 
         async def finish(outcome: str) -> None:
-            category = str(getattr(dataset.category, "value", dataset.category))
-            event = UsageEvent(
-                id=event_id, agreement_id=row["agreement_id"], transfer_id=tid, dataset_id=dataset.id,
-                category=category if category in CATEGORIES else "other", bytes=sent, records=counter.total(),
-                calls=1, started_at=started, ended_at=time.time(), outcome=outcome,
-                consumer=row["counterparty_id"] or "", provider=edr.identity.did,
-            )  # fmt: skip
+            event = usage_event(
+                event_id, row, dataset, sent, counter.total(), started, outcome, edr.identity.did
+            )
 
             def write() -> None:
                 with engine.begin() as conn:
@@ -217,15 +324,51 @@ def public_router(
 
             await asyncio.to_thread(write)
 
+        async def metered(
+            chunks: AsyncIterator[bytes], close: Callable[[], Any] | None = None
+        ) -> AsyncIterator[bytes]:
+            """Relay chunks, counting bytes and records; the usage event commits before the last
+            chunk leaves, so an answered request is never unmetered even if the process dies right
+            after sending it. A request cut off midway is recorded as ``partial``."""
+            nonlocal sent
+            recorded = False
+            try:
+                held: bytes | None = None
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    counter.feed(chunk)
+                    if held is not None:
+                        yield held
+                    held = chunk
+                await finish("ok")
+                recorded = True
+                if held is not None:
+                    yield held
+            finally:
+                if close is not None:
+                    await asyncio.to_thread(close)
+                if not recorded:
+                    await finish("partial")
+
         headers: dict[str, str] = {"Cache-Control": "no-store"}
         status = 200
-        if address.type == "file":
-            path = Path(address.properties["path"])
+        props = dict(address.properties)
+        if address.type in ("file", "s3"):
             try:
-                size = path.stat().st_size
+                if address.type == "file":
+                    size = await asyncio.to_thread(lambda: Path(props["path"]).stat().st_size)
+                else:
+                    if s3 is None:
+                        return _error(
+                            502, "source_unavailable", "the dataset is in S3 but no S3 endpoint is configured"
+                        )
+                    client = s3_client()
+                    size, _ = await asyncio.to_thread(s3_size, client, props["bucket"], props["key"])
                 span = _range(request.headers.get("range"), size)
             except OSError as exc:
                 return _error(502, "source_unavailable", f"the data source cannot be read: {exc.strerror}")
+            except SourceUnavailable as exc:
+                return _error(502, "source_unavailable", str(exc))
             except DadamError as exc:
                 return _error(exc.status_hint if exc.status_hint != 500 else 400, exc.code, exc.message)
             start, end = span or (0, size - 1)
@@ -234,75 +377,53 @@ def public_router(
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             headers["Content-Length"] = str(max(end - start + 1, 0))
             headers["Accept-Ranges"] = "bytes"
-
-            async def body() -> AsyncIterator[bytes]:
-                nonlocal sent
-                outcome = "partial"
-                recorded = False
+            if size == 0:
+                source: Iterator[bytes] = iter(())
+            else:
                 try:
-                    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-                    try:
-                        pos = start
-                        held: bytes | None = None
-                        while pos <= end:
-                            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - pos + 1), pos)
-                            if not chunk:
-                                break
-                            pos += len(chunk)
-                            sent += len(chunk)
-                            counter.feed(chunk)
-                            if held is not None:
-                                yield held
-                            held = chunk
-                        # The event commits before the last chunk leaves: an answered request is
-                        # never unmetered, even if the process dies right after sending it.
-                        await finish("ok")
-                        recorded = True
-                        if held is not None:
-                            yield held
-                    finally:
-                        os.close(fd)
-                finally:
-                    if not recorded:
-                        await finish(outcome)
-
-            return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
+                    if address.type == "file":
+                        source, _ = await asyncio.to_thread(open_file, props["path"], start, end)
+                    else:
+                        source = await asyncio.to_thread(
+                            open_s3, client, props["bucket"], props["key"], start, end
+                        )
+                except SourceUnavailable as exc:
+                    return _error(502, "source_unavailable", str(exc))
+            return StreamingResponse(
+                metered(_threaded(source), getattr(source, "close", None)),
+                status_code=status, headers=headers, media_type=media_type,
+            )  # fmt: skip
         if address.type == "http":
-            url = address.properties["url"]
+            url = http_url(props, path, request.url.query)
             try:
-                upstream = await client.send(client.build_request("GET", url), stream=True)
+                upstream = await client_http.send(client_http.build_request("GET", url), stream=True)
             except httpx.HTTPError as exc:
                 return _error(502, "source_unavailable", f"the data source is down: {exc.__class__.__name__}")
             if upstream.status_code >= 400:
                 await upstream.aclose()
                 return _error(502, "source_error", f"the data source answered {upstream.status_code}")
 
-            async def relay() -> AsyncIterator[bytes]:
-                nonlocal sent
-                outcome = "partial"
-                recorded = False
+            async def upstream_chunks() -> AsyncIterator[bytes]:
                 try:
-                    held: bytes | None = None
                     async for chunk in upstream.aiter_bytes(CHUNK):
-                        sent += len(chunk)
-                        counter.feed(chunk)
-                        if held is not None:
-                            yield held
-                        held = chunk
-                    await finish("ok")  # before the last chunk: see the file source
-                    recorded = True
-                    if held is not None:
-                        yield held
+                        yield chunk
                 finally:
                     await upstream.aclose()
-                    if not recorded:
-                        await finish(outcome)
 
-            return StreamingResponse(relay(), media_type=upstream.headers.get("content-type", media_type))
-        return _error(
-            501, "unsupported_source", f"{address.type} sources are not served by this data plane yet"
-        )
+            return StreamingResponse(
+                metered(upstream_chunks()), media_type=upstream.headers.get("content-type", media_type)
+            )
+        return _error(501, "unsupported_source", f"{address.type} sources are not served by this data plane")
 
+    def _terminate_quietly(tid: str, reason: str) -> None:
+        assert terminate is not None
+        try:
+            terminate(tid, reason)
+        except DadamError as exc:  # already terminating, or terminated meanwhile
+            log.info("transfer %s not terminated: %s", tid, exc.message)
+
+    router.add_api_route("/api/public/transfers/{tid}", pull, methods=["GET"])
+    router.add_api_route("/api/public/transfers/{tid}/{path:path}", pull, methods=["GET"])
     return router
 
 
@@ -341,3 +462,42 @@ def _rules(agreement: dict[str, Any]) -> dict[str, Any]:
         if key in agreement:
             out[key] = agreement[key]
     return out
+
+
+def token_router(edr: EdrService, verify_caller: Callable[[str | None], Any]) -> APIRouter:
+    """``POST /api/public/token``: OAuth2 refresh (``grant_type=refresh_token``). The caller proves
+    who it is with its DCP self-issued token (``verify_caller``: awaitable -> Caller), and must be
+    the consumer the refresh token was issued to."""
+    router = APIRouter(tags=["data plane"])
+
+    @router.post("/api/public/token")
+    async def refresh(request: Request) -> JSONResponse:
+        def oauth_error(status: int, code: str, message: str) -> JSONResponse:
+            return JSONResponse({"error": code, "error_description": message}, status_code=status)
+
+        try:
+            caller = await verify_caller(request.headers.get("authorization"))
+        except DadamError as exc:
+            return oauth_error(401, "invalid_client", exc.message)
+        raw = await request.body()
+        ctype = request.headers.get("content-type", "")
+        try:
+            if "json" in ctype:
+                form = orjson.loads(raw)
+            else:
+                from urllib.parse import parse_qs
+
+                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            return oauth_error(400, "invalid_request", "body is neither a form nor JSON")
+        if not isinstance(form, dict) or form.get("grant_type") != "refresh_token":
+            return oauth_error(400, "unsupported_grant_type", "only grant_type=refresh_token is supported")
+        if not form.get("refresh_token"):
+            return oauth_error(400, "invalid_request", "refresh_token is required")
+        try:
+            answer = await asyncio.to_thread(edr.refresh, str(form["refresh_token"]), caller.did)
+        except DadamError as exc:
+            return oauth_error(400, "invalid_grant", exc.message)
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+    return router
