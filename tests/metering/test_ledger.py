@@ -242,3 +242,20 @@ def test_group_commit_gives_each_caller_its_own_result(ledger: Ledger) -> None:
     batcher.close()
     assert ledger.account("consumer:prepaid").balance == 0
     _ok(ledger)
+
+
+def test_a_retried_post_or_void_that_inherits_its_fields_answers_exists(ledger: Ledger) -> None:
+    pending = TransferFlags.PENDING
+    assert ledger.create_transfer(Transfer("rr1", "consumer:prepaid", "provider:revenue", 10, "EUR", flags=pending)) == Result.CREATED  # fmt: skip
+    assert ledger.create_transfer(Transfer("rr2", "consumer:prepaid", "provider:revenue", 20, "EUR", flags=pending)) == Result.CREATED  # fmt: skip
+    post = Transfer("rp1", "", "", 0, "EUR", flags=TransferFlags.POST_PENDING, pending_id="rr1")
+    void = Transfer("rv2", "", "", 0, "", flags=TransferFlags.VOID_PENDING, pending_id="rr2")
+    assert ledger.create_transfers([post, void]) == [Result.CREATED, Result.CREATED]
+    assert ledger.create_transfers([post, void]) == [Result.EXISTS, Result.EXISTS]  # retries count once
+    # what a retry does set is still compared
+    other = Transfer("rp1", "", "", 0, "EUR", flags=TransferFlags.POST_PENDING, pending_id="rr2")
+    assert ledger.create_transfer(other) == Result.EXISTS_WITH_DIFFERENT_PENDING_ID
+    bigger = Transfer("rp1", "", "", 11, "EUR", flags=TransferFlags.POST_PENDING, pending_id="rr1")
+    assert ledger.create_transfer(bigger) == Result.EXISTS_WITH_DIFFERENT_AMOUNT
+    assert ledger.account("provider:revenue").balance == 10
+    _ok(ledger)
