@@ -9,7 +9,7 @@ The routers are factories so the application decides prefixes and authentication
   ``consumerPid`` in their context; the app's error handlers render them as
   ``ContractNegotiationError`` (400 invalid message or transition, 404 unknown or not yours).
 * :func:`negotiation_management_router` (mount under the management base) starts, lists, reads,
-  terminates, approves and counter-offers negotiations, exports agreements, and streams state
+  terminates, approves, rejects and counter-offers negotiations, exports agreements, and streams state
   changes as server-sent events (``GET /negotiations/events``).
 """
 
@@ -133,11 +133,15 @@ def negotiation_management_router(
 
     @router.get("/negotiations", dependencies=[Depends(read_dep)])
     def list_all(
-        offset: int = 0, limit: int = 50, state: str | None = None, role: str | None = None
+        offset: int = 0,
+        limit: int = 50,
+        state: str | None = None,
+        role: str | None = None,
+        pending: bool | None = None,
     ) -> Response:
         if offset < 0 or not 1 <= limit <= 1000:
             raise ValidationError("bad paging", errors=["offset >= 0, 1 <= limit <= 1000"])
-        items = manager.list_negotiations(offset=offset, limit=limit, state=state, role=role)
+        items = manager.list_negotiations(offset=offset, limit=limit, state=state, role=role, pending=pending)
         return _respond({"items": items, "offset": offset, "limit": limit})
 
     @router.get("/negotiations/events", dependencies=[Depends(read_dep)])
@@ -173,6 +177,14 @@ def negotiation_management_router(
     @router.post("/negotiations/{nid}/approve", dependencies=[Depends(write_dep)])
     def approve(nid: str) -> Response:
         return _respond(manager.approve(nid))
+
+    @router.post("/negotiations/{nid}/reject", dependencies=[Depends(write_dep)])
+    async def reject(nid: str, request: Request) -> Response:
+        body = await _json(request)
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValidationError("a reason is required", errors=["reason: non-empty text for the peer"])
+        return _respond(await asyncio.to_thread(manager.reject, nid, reason))
 
     @router.post("/negotiations/{nid}/counter-offer", dependencies=[Depends(write_dep)])
     async def counter(nid: str, request: Request) -> Response:

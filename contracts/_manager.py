@@ -1149,11 +1149,20 @@ class NegotiationManager:
         return self._view(row)
 
     def list_negotiations(
-        self, *, offset: int = 0, limit: int = 50, state: str | None = None, role: str | None = None
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        state: str | None = None,
+        role: str | None = None,
+        pending: bool | None = None,
     ) -> list[dict[str, Any]]:
+        """Negotiations, oldest first; ``pending=True``: only those waiting for an operator's decision."""
         stmt = sa.select(negotiations).order_by(negotiations.c.created_at, negotiations.c.id)
         if role:
             stmt = stmt.where(negotiations.c.role == role)
+        if pending is not None:
+            stmt = stmt.where(negotiations.c.pending == pending)
         if state:
             try:
                 wanted = State[state.upper()]
@@ -1195,6 +1204,22 @@ class NegotiationManager:
             if row["role"] != "provider" or not row["pending"]:
                 raise ConflictError(f"negotiation {nid!r} is not waiting for approval")
             row = self._agree(conn, row, fx, delay_s=0.0)
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def reject(self, nid: str, reason: str) -> dict[str, Any]:
+        """Terminate a negotiation waiting for the operator, with the operator's reason (sent to the peer)."""
+        if not reason.strip():
+            raise ValidationError("a reason is required", errors=["reason: non-empty text for the peer"])
+        fx = _Effects()
+        with write_tx(self.engine) as conn:
+            row: Row = lock_process(conn, negotiations, nid)
+            if not row["pending"]:
+                raise ConflictError(f"negotiation {nid!r} is not waiting for a decision")
+            why = f"rejected by the operator: {reason.strip()}"
+            cancel_pending(conn, KIND, nid, why)
+            row = self._send(conn, row, Event.SEND_TERMINATION, fx, reason=why)
             view = self._view(row)
         self._publish(fx)
         return view
