@@ -1,4 +1,4 @@
-"""Data bank tables (SQLAlchemy Core on the shared metadata; migration ``metering_0001``)."""
+"""Data bank tables (SQLAlchemy Core on the shared metadata; migrations ``metering_0001`` to ``0003``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import sqlalchemy as sa
 
 from connector.store import metadata
 
-__all__ = ["accounts", "audit_log", "checkpoints", "failed_ids", "receipts", "transfers", "usage_events"]
+__all__ = [
+    "accounts",
+    "audit_log",
+    "checkpoints",
+    "event_billing",
+    "failed_ids",
+    "periods",
+    "receipts",
+    "transfers",
+    "usage_events",
+]
 
 accounts = sa.Table(
     "ledger_accounts",
@@ -101,5 +111,34 @@ receipts = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("dispute", sa.Text, nullable=True),
     sa.Column("reserve_ref", sa.String(300), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    #: periodic receipts (metering_0003): the accounting period billed and the receipt's number in it
+    sa.Column("period_start", sa.BigInteger, nullable=True),
+    sa.Column("sequence", sa.Integer, nullable=True),
+)
+
+#: closed accounting periods (fixed length, aligned to the epoch); a period without a row is closed
+#: when it ends at or before the latest closed period's end (periods close in order)
+periods = sa.Table(
+    "bank_periods",
+    metadata,
+    sa.Column("start", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("end", sa.BigInteger, nullable=False),
+    sa.Column("closed_at", sa.Float, nullable=False),
+    #: manual | auto
+    sa.Column("closed_by", sa.String(16), nullable=False),
+)
+
+#: how a usage event is billed: the period it belongs to on the bill, whether it is a late
+#: adjustment of a closed period, and the one receipt that billed it (the key makes that unique)
+event_billing = sa.Table(
+    "bank_event_billing",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    #: the period whose receipt bills the event (NULL: billed by a receipt without a period)
+    sa.Column("period_start", sa.BigInteger, nullable=True),
+    #: set for an event that arrived after its period closed: that period (it is billed in a later one)
+    sa.Column("adjustment_of", sa.BigInteger, nullable=True),
+    sa.Column("receipt_id", sa.String(200), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )
