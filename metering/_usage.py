@@ -26,6 +26,7 @@ __all__ = [
     "charge_minor_units",
     "compare_receipt",
     "events_root",
+    "make_period_receipt",
     "make_receipt",
     "price_terms_from_engine",
     "price_terms_from_odrl",
@@ -217,9 +218,17 @@ class Receipt:
     currency: str
     event_count: int
     events_root: str
+    #: periodic receipts only: the receipt's number within its period (1, 2, ...)
+    sequence: int | None = None
+    #: periodic receipts only: the events that arrived after their own period closed, billed here
+    #: (included in the totals above): ``event_count``, ``calls``, ``bytes``, ``records``, ``amount``,
+    #: ``event_ids`` and ``of_periods`` (the closed periods they belong to)
+    adjustments: dict[str, Any] | None = None
 
     def payload(self) -> builtins.bytes:
-        return canonical_json({"type": "dadam:UsageReceipt", **asdict(self)})
+        """What both parties sign (fields left at None are omitted: older receipts keep their bytes)."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        return canonical_json({"type": "dadam:UsageReceipt", **fields})
 
 
 def events_root(event_ids: Iterable[str]) -> str:
@@ -245,15 +254,79 @@ def make_receipt(
     )
 
 
+def _totals(events: Sequence[UsageEvent]) -> dict[str, int]:
+    return {
+        "event_count": len(events),
+        "calls": sum(e.calls for e in events),
+        "bytes": sum(e.bytes for e in events),
+        "records": sum(e.records for e in events),
+    }
+
+
+def make_period_receipt(
+    agreement_id: str,
+    period: tuple[float, float],
+    events: Sequence[UsageEvent],
+    adjustments: Mapping[str, int],
+    terms: PriceTerms,
+    *,
+    sequence: int,
+    fixed_fee_due: bool,
+) -> Receipt:
+    """A periodic receipt: the period's own events plus late ones (``adjustments``: event id -> the
+    closed period it belongs to) as a separate line. Totals, amount and Merkle root cover both.
+
+    Per call / MB / record, each line is priced on its own (rounded once per line). A flat fee per
+    period or a lump sum is charged only when ``fixed_fee_due`` (the period's, resp. the agreement's,
+    first receipt), never on adjustments.
+    """
+    ok = [e for e in events if e.outcome == "ok" and e.agreement_id == agreement_id]
+    late = [e for e in ok if e.id in adjustments]
+    regular = [e for e in ok if e.id not in adjustments]
+    usage_priced = terms.unit_of_count in (UnitOfCount.CALL, UnitOfCount.MB, UnitOfCount.RECORD)
+    if usage_priced:
+        regular_amount, late_amount = charge_minor_units(terms, regular), charge_minor_units(terms, late)
+    else:
+        regular_amount, late_amount = (charge_minor_units(terms, []) if fixed_fee_due else 0), 0
+    adj = None
+    if late:
+        adj = {
+            **_totals(late),
+            "amount": late_amount,
+            "event_ids": sorted(e.id for e in late),
+            "of_periods": sorted({int(adjustments[e.id]) for e in late}),
+        }
+    return Receipt(
+        agreement_id=agreement_id,
+        period_start=period[0],
+        period_end=period[1],
+        calls=sum(e.calls for e in ok),
+        bytes=sum(e.bytes for e in ok),
+        records=sum(e.records for e in ok),
+        amount=regular_amount + late_amount,
+        currency=terms.currency,
+        event_count=len(ok),
+        events_root=events_root(e.id for e in ok),
+        sequence=sequence,
+        adjustments=adj,
+    )
+
+
 def compare_receipt(
-    receipt: Receipt, provider_ids: Iterable[str], own_events: Sequence[UsageEvent]
+    receipt: Receipt, provider_ids: Iterable[str], own_events: Sequence[UsageEvent], *, complete: bool = True
 ) -> list[str]:
-    """The consumer's check: ids only one side metered (empty: the receipt matches its own metering)."""
+    """The consumer's check: ids only one side metered (empty: the receipt matches its own metering).
+
+    ``own_events``: the consumer's events not yet billed to it. ``complete=False`` (a periodic receipt
+    bills part of them; the rest comes with later receipts or as adjustments): only ids the receipt
+    bills that are not among them are named.
+    """
     mine = {e.id for e in own_events if e.outcome == "ok"}
     theirs = set(provider_ids)
+    differing = sorted(theirs ^ mine) if complete else sorted(theirs - mine)
     if events_root(theirs) != receipt.events_root:
-        return sorted(theirs ^ mine) or ["<provider's event list does not match its own receipt root>"]
-    return sorted(theirs ^ mine)
+        return differing or ["<provider's event list does not match its own receipt root>"]
+    return differing
 
 
 def split_revenue(total: int, shares: Mapping[str, int]) -> dict[str, int]:
