@@ -30,8 +30,9 @@ from sqlalchemy.engine import Engine
 from connector.errors import DadamError, LedgerError, NotFoundError, ValidationError
 from metering._audit import append_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags
+from metering._periods import bill_events, billing_lock, unbilled_events
 from metering._tables import receipts
-from metering._usage import PriceTerms, Receipt, compare_receipt, make_receipt, query_usage_events
+from metering._usage import PriceTerms, Receipt, UsageEvent, compare_receipt, make_receipt, query_usage_events
 
 __all__ = ["Settlement", "countersign"]
 
@@ -49,18 +50,23 @@ def _verifies(verify: Verify, signature: str, payload: bytes, did: str) -> bool:
 
 
 def _receipt_from(body: dict[str, Any]) -> Receipt:
-    fields = {k: body[k] for k in Receipt.__dataclass_fields__}
+    fields = {k: body[k] for k in Receipt.__dataclass_fields__ if k in body}
     return Receipt(**fields)
 
 
 def countersign(
     document: dict[str, Any], own_events: Sequence[Any], *, sign: Sign, verify: Verify
 ) -> dict[str, Any]:
-    """Consumer: ``{"signature": ...}`` when the receipt matches our metering, else ``{"dispute": [...]}``."""
+    """Consumer: ``{"signature": ...}`` when the receipt matches our metering, else ``{"dispute": [...]}``.
+
+    ``own_events``: our events of the agreement not billed by another receipt we countersigned
+    (:meth:`Settlement.own_unbilled_events`). A periodic receipt (it has a ``sequence``) bills part of
+    them: only events it bills that we did not meter (or already paid for) are disputed.
+    """
     receipt = _receipt_from(document["receipt"])
     if not _verifies(verify, document["provider_signature"], receipt.payload(), document["provider"]):
         raise ValidationError("the provider's signature on the receipt does not verify")
-    differing = compare_receipt(receipt, document["event_ids"], own_events)
+    differing = compare_receipt(receipt, document["event_ids"], own_events, complete=receipt.sequence is None)
     if differing:
         return {"dispute": differing}
     return {"signature": sign(receipt.payload())}
@@ -112,20 +118,25 @@ class Settlement:
         self, agreement_id: str, party: str, terms: PriceTerms, *, period: tuple[float, float] | None = None,
         reserve_ref: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """Price and sign the agreement's usage for ``period`` (default: everything so far)."""
+        """Price and sign the agreement's usage for ``period`` (default: everything so far) that no other
+        receipt bills yet (the events are then billed by this one)."""
         start, end = period or (0.0, time.time() + 1)
-        events = list(query_usage_events(self.engine, agreement_id=agreement_id, since=start, until=end))
-        receipt = make_receipt(agreement_id, (start, end), events, terms)
-        ids = sorted(e.id for e in events if e.outcome == "ok")
-        doc = {
-            "id": f"receipt:{uuid.uuid4()}",
-            "provider": self.did,
-            "consumer": party,
-            "receipt": asdict(receipt),
-            "event_ids": ids,
-            "provider_signature": self.sign(receipt.payload()),
-        }
         with self.engine.begin() as conn:
+            billing_lock(conn)
+            rows = unbilled_events(conn, agreement_id=agreement_id, since=start, until=end)
+            events = [UsageEvent(**{k: r._mapping[k] for k in UsageEvent.__dataclass_fields__}) for r in rows]
+            receipt = make_receipt(agreement_id, (start, end), events, terms)
+            ids = sorted(e.id for e in events)
+            rid = f"receipt:{uuid.uuid4()}"
+            doc = {
+                "id": rid,
+                "provider": self.did,
+                "consumer": party,
+                "receipt": asdict(receipt),
+                "event_ids": ids,
+                "provider_signature": self.sign(receipt.payload()),
+            }
+            bill_events(conn, rid, rows, period_start=None, now=time.time())
             conn.execute(
                 receipts.insert().values(
                     id=doc["id"], agreement_id=agreement_id, counterparty=party, body=json.dumps(doc["receipt"]),
@@ -135,6 +146,47 @@ class Settlement:
             )  # fmt: skip
             append_audit(conn, "receipt", {"id": doc["id"], "receipt": doc["receipt"], "signed": "provider"})
         return doc
+
+    def receipts(
+        self, *, agreement_id: str | None = None, party: str | None = None, period_start: int | None = None,
+        offset: int = 0, limit: int = 100,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Receipts (issued or answered here), oldest first, with the period they bill."""
+        stmt = sa.select(receipts).order_by(receipts.c.created_at, receipts.c.id).offset(offset).limit(limit)
+        if agreement_id is not None:
+            stmt = stmt.where(receipts.c.agreement_id == agreement_id)
+        if party is not None:
+            stmt = stmt.where(receipts.c.counterparty == party)
+        if period_start is not None:
+            stmt = stmt.where(receipts.c.period_start == period_start)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(stmt).mappings())
+        items = []
+        for r in rows:
+            body = json.loads(r["body"])
+            items.append({
+                "id": r["id"], "agreement": r["agreement_id"], "counterparty": r["counterparty"],
+                "status": r["status"], "period": {"start": body["period_start"], "end": body["period_end"]},
+                "sequence": r["sequence"], "amount": body["amount"], "currency": body["currency"],
+                "events": body["event_count"], "adjustments": body.get("adjustments"),
+                "signedBy": "both" if r["consumer_signature"] else "provider", "createdAt": r["created_at"],
+            })  # fmt: skip
+        return items
+
+    def own_unbilled_events(
+        self, agreement_id: str, provider: str, *, except_receipt: str | None = None
+    ) -> list[UsageEvent]:
+        """Consumer: our events of the agreement that no receipt of ``provider`` we countersigned bills
+        (``except_receipt``: leave that one out, so answering the same receipt again gives the same answer)."""
+        with self.engine.connect() as conn:
+            paid = conn.execute(
+                sa.select(receipts.c.id, receipts.c.event_ids).where(
+                    receipts.c.counterparty == provider, receipts.c.agreement_id == agreement_id,
+                    receipts.c.status == "countersigned",
+                )
+            ).all()  # fmt: skip
+        billed = {i for r in paid if r.id != except_receipt for i in json.loads(r.event_ids)}
+        return [e for e in query_usage_events(self.engine, agreement_id=agreement_id) if e.id not in billed]
 
     def receipt_document(self, receipt_id: str) -> dict[str, Any]:
         """The signed receipt document as issued (what the consumer is sent)."""
