@@ -162,12 +162,19 @@ def settlement_router(
     price_for: Callable[[str, str], Any],
     require_read: Callable[..., Any],
     require_write: Callable[..., Any],
+    period_s: int = 86400,
+    receipt_events: int = 0,
+    period_grace_s: float | None = 3600,
 ) -> APIRouter:
-    """Settlement routes: deposits, reservations, receipts (issue, countersign, settle), statements."""
+    """Settlement routes: deposits, reservations, receipts (issue, list, issue due, countersign, settle),
+    accounting periods (list, close), statements. ``period_s``, ``receipt_events`` and ``period_grace_s``
+    as :func:`~metering._periods.issue_due_receipts` takes them."""
+    import time
     from decimal import Decimal
 
     from connector.errors import ValidationError
     from connector.identity import canonical_json
+    from metering._periods import close_period, issue_due_receipts, list_periods
     from metering._settlement import Settlement, countersign
     from metering._usage import (
         PriceTerms,
@@ -224,6 +231,46 @@ def settlement_router(
             lambda: settlement.issue_receipt(
                 str(body["agreementId"]), str(body["party"]), terms, reserve_ref=body.get("reserveRef")
             )
+        )
+
+    @router.get("/receipts", dependencies=read, summary="Receipts with the period they bill, oldest first")
+    async def list_receipts(
+        agreement: str | None = None,
+        party: str | None = None,
+        period: int | None = None,
+        offset: int = 0,
+        limit: int = Query(100, le=1000),
+    ) -> dict[str, Any]:
+        items = await run_in_threadpool(lambda: settlement.receipts(
+            agreement_id=agreement, party=party, period_start=period, offset=offset, limit=limit))  # fmt: skip
+        return {"items": items, "offset": offset, "limit": limit}
+
+    @router.post(
+        "/receipts/due",
+        dependencies=write,
+        summary="Close the period that ended a grace ago and issue every due receipt now (as housekeeping does)",
+    )
+    async def issue_due() -> dict[str, Any]:
+        result = await run_in_threadpool(lambda: issue_due_receipts(
+            settlement, period_s=period_s, price_for=price_for, every_events=receipt_events,
+            grace_s=period_grace_s))  # fmt: skip
+        result["issued"] = [{k: v for k, v in i.items() if k != "document"} for i in result["issued"]]
+        return result
+
+    @router.get("/periods", dependencies=read, summary="Accounting periods, newest first")
+    async def periods(count: int = Query(30, ge=1, le=366), before: float | None = None) -> dict[str, Any]:
+        return await run_in_threadpool(
+            lambda: list_periods(settlement.engine, period_s=period_s, count=count, before=before)
+        )
+
+    @router.post(
+        "/periods/{start}/close",
+        dependencies=write,
+        summary="Close an ended period (and every earlier one): later usage in it becomes an adjustment",
+    )
+    async def close(start: int) -> dict[str, Any]:
+        return await run_in_threadpool(
+            lambda: close_period(settlement.engine, start, period_s=period_s, now=time.time())
         )
 
     @router.post(
@@ -291,9 +338,10 @@ def settlement_router(
         _need(document, "receipt", "event_ids", "provider_signature", "provider")
 
         def work() -> dict[str, Any]:
-            mine = query_usage_events(
-                settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
-            )
+            mine = settlement.own_unbilled_events(
+                str(document["receipt"]["agreement_id"]), str(document["provider"]),
+                except_receipt=document.get("id"),
+            )  # fmt: skip
             answer = countersign(document, mine, sign=sign, verify=verify)
             settlement.record_countersigned(document, answer)
             return answer
@@ -334,9 +382,10 @@ def bank_peer_router(
             raise NotFoundError("this receipt is for another consumer")
 
         def work() -> dict[str, Any]:
-            mine = query_usage_events(
-                settlement.engine, agreement_id=str(document["receipt"]["agreement_id"])
-            )
+            mine = settlement.own_unbilled_events(
+                str(document["receipt"]["agreement_id"]), str(document["provider"]),
+                except_receipt=document.get("id"),
+            )  # fmt: skip
             answer = countersign(document, mine, sign=sign, verify=verify)
             settlement.record_countersigned(document, answer)
             return answer
