@@ -152,6 +152,41 @@ def verify_cmd() -> None:
     typer.echo("ok: audit chain, checkpoints, transfer rows and balances verified")
 
 
+@app.command("periods")
+def periods_cmd(
+    count: int = typer.Option(10, help="How many periods, newest first"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accounting periods (DADAM_BANK_PERIOD_SECONDS): status, events, unbilled, adjustments, receipts."""
+    from connector.settings import Settings
+    from metering._periods import list_periods
+
+    result = list_periods(_ledger().engine, period_s=Settings().bank_period_seconds, count=count)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for p in result["items"]:
+        typer.echo(
+            f"{p['start']:>12} {p['status']:6} events {p['events']:>8} unbilled {p['unbilled']:>8} "
+            f"adjustments {p['adjustments']:>6} receipts {p['receipts']:>4}"
+        )
+
+
+@app.command("close-period")
+def close_period_cmd(start: int = typer.Argument(..., help="The period's start (epoch seconds)")) -> None:
+    """Close an ended period and every earlier one: usage arriving later for it is billed as an adjustment."""
+    from connector.errors import ValidationError
+    from connector.settings import Settings
+    from metering._periods import close_period
+
+    try:
+        result = close_period(_ledger().engine, start, period_s=Settings().bank_period_seconds)
+    except ValidationError as exc:
+        typer.echo(f"FAIL {': '.join(exc.reasons())}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result))
+
+
 def settlement_router(
     settlement: Any,
     *,

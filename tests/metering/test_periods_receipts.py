@@ -335,3 +335,32 @@ def test_metering_migrations_match_the_table_definitions(engine: sa.Engine) -> N
         diffs = compare_metadata(MigrationContext.configure(conn), metadata)
     ours = [d for d in diffs if any(t in repr(d) for t in ("'bank_", "'ledger_", "'usage_events'"))]
     assert ours == []
+
+
+def test_cli_lists_and_closes_periods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from typer.testing import CliRunner
+
+    from connector.store import create_engine, migrate
+    from metering._api import app
+
+    db = f"sqlite:///{(tmp_path / 'bank.db').as_posix()}"
+    monkeypatch.setenv("DADAM_DATABASE_URL", db)
+    monkeypatch.setenv("DADAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DADAM_BANK_PERIOD_SECONDS", "3600")
+    engine = create_engine(db)
+    migrate(engine)
+    previous = period_of(time.time(), 3600) - 3600
+    record(engine, ev("a", previous + 5))
+    engine.dispose()
+    runner = CliRunner()
+    refused = runner.invoke(app, ["close-period", str(previous + 1)])
+    assert refused.exit_code == 1
+    assert "not the start of a period" in refused.output
+    ok = runner.invoke(app, ["close-period", str(previous)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["events"] == 1
+    listed = runner.invoke(app, ["periods", "--count", "3", "--json"])
+    closed = next(p for p in json.loads(listed.output)["items"] if p["start"] == previous)
+    assert (closed["status"], closed["events"], closed["unbilled"]) == ("closed", 1, 1)
