@@ -95,7 +95,13 @@ class Node:
 
 
 def start_node(
-    name: str, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None
+    name: str,
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    command: str = "serve",
+    log_name: str | None = None,
 ) -> Node:
     """Start ``dadam serve`` for a connector named ``name`` (returns at once; see :func:`wait_ready`)."""
     node = Node(name=name, port=port or free_port(), data_dir=data_dir, env=dict(env or {}))
@@ -112,9 +118,9 @@ def start_node(
         }
     )
     child_env.update(node.env)
-    log = node.log_path.open("wb")
+    log = (data_dir / log_name).open("wb") if log_name else node.log_path.open("wb")
     node.proc = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "serve", "--log-level", "warning"],
+        [sys.executable, "-m", "connector.cli", command, "--log-level", "warning"],
         env=child_env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ __all__ = [
     "build_pushes",
     "build_transfers",
     "did_verifier",
+    "prepaid_account_exists",
     "price_lookup",
     "receipt_exchange",
     "reserve_at_transfer_start",
@@ -126,7 +127,7 @@ def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple
         raise TypeError("transfers need the runtime's IdentityService")
     settings = runtime.settings
     edr = EdrService(
-        identity.identity, settings.public_url, ttl_seconds=settings.edr_ttl_seconds, engine=runtime.engine
+        identity.identity, settings.dataplane_url, ttl_seconds=settings.edr_ttl_seconds, engine=runtime.engine
     )
 
     def formats_for(dataset_id: str) -> frozenset[str] | None:
@@ -147,6 +148,23 @@ def build_transfers(runtime: Runtime, negotiations: NegotiationManager) -> tuple
     return manager, edr
 
 
+def prepaid_account_exists(rt: Runtime) -> Callable[[str], bool]:
+    """Whether the data bank keeps a prepaid account for a consumer (compensate duties then bill in arrears)."""
+    from connector.errors import LedgerError
+    from metering import Ledger, Settlement
+
+    def exists(did: str) -> bool:
+        if not isinstance(rt.bank, Ledger):
+            return False
+        try:
+            rt.bank.account(Settlement.prepaid(did))
+        except LedgerError:
+            return False
+        return True
+
+    return exists
+
+
 def build_pushes(runtime: Runtime, manager: Any) -> Any:
     """The provider's push worker (registers itself on the transfer manager's STARTED hook)."""
     from connector.dataplane import PushService
@@ -161,6 +179,7 @@ def build_pushes(runtime: Runtime, manager: Any) -> Any:
         provider_did=settings.did,
         s3=s3_config(settings),
         claims_for=identity.partners.claims_for,
+        account_open=prepaid_account_exists(runtime),
         retry_limit=settings.send_retry_limit,
         retry_base_s=settings.send_retry_base_ms / 1000,
         part_size=settings.push_part_bytes,

@@ -36,6 +36,7 @@ from connector._wiring import (
     build_pushes,
     build_transfers,
     did_verifier,
+    prepaid_account_exists,
     price_lookup,
     receipt_exchange,
     reserve_at_transfer_start,
@@ -59,7 +60,6 @@ from connector.dataplane import (
     public_router,
     token_router,
 )
-from connector.errors import LedgerError
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
@@ -119,8 +119,9 @@ def create_app(
             )
         )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)
-        pushes = build_pushes(runtime, runtime.transfers)
-        runtime.workers.append(thread_worker(pushes.start, pushes.stop))
+        pushes = build_pushes(runtime, runtime.transfers)  # queues pushes when transfers start
+        if runtime.settings.dataplane_embedded:  # else `dadam dataplane` processes run them
+            runtime.workers.append(thread_worker(pushes.start, pushes.stop))
     settings = runtime.settings
     rt = runtime
 
@@ -195,7 +196,7 @@ def create_app(
         identity_service = rt.identity if isinstance(rt.identity, IdentityService) else None
 
         def destination_for(fmt: str, requested: dict[str, Any] | None) -> Any:
-            return consumer_destination(fmt, requested, public_url=settings.public_url, s3=s3)
+            return consumer_destination(fmt, requested, public_url=settings.dataplane_url, s3=s3)
 
         app.include_router(
             transfer_management_router(
@@ -207,8 +208,9 @@ def create_app(
             ),
             prefix=settings.management_path,
         )
-        app.include_router(inbox_router(rt.engine, settings.inbox_dir or settings.data_dir / "inbox"))
-        if isinstance(rt.edr, EdrService) and identity_service is not None:
+        if settings.dataplane_embedded:
+            app.include_router(inbox_router(rt.engine, settings.inbox_dir or settings.data_dir / "inbox"))
+        if isinstance(rt.edr, EdrService) and identity_service is not None and settings.dataplane_embedded:
             transfers_manager = rt.transfers
 
             def terminate(tid: str, reason: str) -> None:
@@ -220,7 +222,7 @@ def create_app(
                     rt.catalog_store,
                     rt.edr,
                     claims_for=identity_service.partners.claims_for,
-                    account_open=_prepaid_account_exists(rt),
+                    account_open=prepaid_account_exists(rt),
                     s3=s3,
                     terminate=terminate,
                 )
@@ -265,21 +267,6 @@ def create_app(
     if oauth_router is not None:
         app.include_router(oauth_router, prefix=settings.management_path)
     return app
-
-
-def _prepaid_account_exists(rt: Runtime) -> Callable[[str], bool]:
-    """Whether the data bank keeps a prepaid account for a consumer (compensate duties then bill in arrears)."""
-
-    def exists(did: str) -> bool:
-        if not isinstance(rt.bank, Ledger):
-            return False
-        try:
-            rt.bank.account(Settlement.prepaid(did))
-        except LedgerError:
-            return False
-        return True
-
-    return exists
 
 
 def _oauth_router(auth: Any) -> Any | None:

@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, description="Connection pool size (PostgreSQL).")
 
     # --- data plane ---------------------------------------------------------------------------
+    dataplane_embedded: bool = Field(
+        True,
+        description="Run the data plane (public data endpoint, token refresh, push inbox, push worker) in "
+        "this process. false: `dadam dataplane` processes on the same database serve it.",
+    )
+    dataplane_public_url: str | None = Field(
+        None,
+        description="Public base URL of the data plane; EDRs and push inboxes point here. Default: public_url.",
+    )
     edr_ttl_seconds: int = Field(
         300, ge=10, le=3600, description="Lifetime of the data plane access tokens handed out in EDRs."
     )
@@ -203,6 +212,11 @@ class Settings(BaseSettings):
         """This connector's DID (participant id)."""
         assert self.participant_id is not None
         return self.participant_id
+
+    @property
+    def dataplane_url(self) -> str:
+        """Base URL of the data plane's public endpoints (``/api/public/...``)."""
+        return (self.dataplane_public_url or self.public_url).rstrip("/")
 
     @property
     def dsp_base_url(self) -> str:

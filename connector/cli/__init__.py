@@ -62,6 +62,7 @@ def settings_cmd(
 
 # Sub-apps register below, one line each: app.add_typer(<module>.app, name="<name>").
 app.command("serve")(_serve.serve)
+app.command("dataplane")(_serve.dataplane)
 app.command("demo")(_serve.demo)
 app.add_typer(_serve.db_app, name="db")
 app.add_typer(_serve.conformance_app, name="conformance")

@@ -8,7 +8,7 @@ import typer
 
 from connector.errors import DadamError
 
-__all__ = ["conformance_app", "db_app", "demo", "serve"]
+__all__ = ["conformance_app", "dataplane", "db_app", "demo", "serve"]
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 conformance_app = typer.Typer(help="DSP conformance (TCK) support.", no_args_is_help=True)
@@ -39,6 +39,28 @@ def serve(
         access_log=False,
         lifespan="on",
     )
+
+
+def dataplane(
+    host: str | None = typer.Option(None, help="Interface to bind (default DADAM_HOST)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default DADAM_PORT)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the data plane alone (public data endpoint, token refresh, push inbox and push worker) on
+    the control plane's database and keys; set DADAM_DATAPLANE_EMBEDDED=false on the control plane."""
+    import uvicorn
+
+    from connector.dataplane._service import create_dataplane_app
+    from connector.settings import Settings
+
+    try:
+        settings = Settings()
+        app = create_dataplane_app(settings)
+    except DadamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=log_level,
+                access_log=False, lifespan="on")  # fmt: skip
 
 
 @db_app.command("migrate")

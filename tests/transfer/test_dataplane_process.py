@@ -1,0 +1,114 @@
+"""The data plane as its own process (``dadam dataplane``) beside a control plane that does not
+embed it: EDRs point at the data plane, pulls and pushes are served and metered there, the control
+plane serves no data; the data plane can die and come back without the transfer noticing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from connector._demo import (
+    Node,
+    fetch_catalog,
+    free_port,
+    negotiate,
+    pull,
+    record_partner,
+    seed_provider,
+    start_node,
+    stop_node,
+    usage_of,
+    wait_ready,
+)
+
+
+def _wait_health(node: Node, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.proc is not None and node.proc.poll() is None, node.log_tail()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(node.base_url + "/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError("data plane did not start")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
+    cp_port, dp_port = free_port(), free_port()
+    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_PUBLIC_URL": f"http://127.0.0.1:{dp_port}"}
+    if request.param == "postgres":
+        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
+    control = start_node("provider", tmp_path / "p", port=cp_port, env=env)
+    wait_ready(control)  # migrates the database and creates the DID keys first
+    dp_env = {**env, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
+    data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
+                      log_name="dataplane.log")  # fmt: skip
+    consumer = start_node("consumer", tmp_path / "c")
+    try:
+        _wait_health(data)
+        wait_ready(consumer)
+        yield control, data, consumer
+    finally:
+        stop_node(consumer)
+        stop_node(data)
+        stop_node(control)
+
+
+def test_pull_and_push_served_by_a_separate_data_plane(
+    split: tuple[Node, Node, Node], tmp_path: Path
+) -> None:
+    control, data, consumer = split
+    seed_provider(control)
+    record_partner(control, consumer)
+    bom = next(
+        d for d in fetch_catalog(consumer, control)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
+    )
+    agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+
+    payload, transfer = pull(consumer, control, agreement)
+    endpoint = transfer["dataAddress"]["endpoint"]
+    assert endpoint.startswith(data.base_url + "/api/public/transfers/")
+    assert len(payload) > 0
+    # the control plane does not serve data
+    assert httpx.get(control.base_url + "/api/public/transfers/x").status_code == 404
+
+    # the data plane dies and comes back: the same EDR works again (state lives in the database)
+    token = next(
+        p["value"] for p in transfer["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
+    )
+    assert data.proc is not None
+    data.proc.kill()
+    data.proc.wait(timeout=10)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(endpoint, headers={"Authorization": f"Bearer {token}"})
+    restarted = start_node("dataplane", data.data_dir, port=data.port, env=data.env, command="dataplane",
+                           log_name="dataplane2.log")  # fmt: skip
+    try:
+        _wait_health(restarted)
+        again = httpx.get(endpoint, headers={"Authorization": f"Bearer {token}"})
+        assert again.status_code == 200 and again.content == payload
+
+        # a push: queued by the control plane, run by the data plane's worker, completed over DSP
+        with consumer.client() as c:
+            r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
+                                           "agreementId": agreement, "format": "HttpData-PUSH"})  # fmt: skip
+            tid = r.json()["id"]
+            view = {}
+            for _ in range(300):
+                view = c.get(f"/transfers/{quote(tid, safe='')}").json()
+                if view["state"] in ("COMPLETED", "TERMINATED"):
+                    break
+                time.sleep(0.1)
+        assert view["state"] == "COMPLETED", view
+        events = usage_of(control, agreement)
+        assert sum(1 for e in events if e["id"].endswith(":push")) == 1
+        assert sum(1 for e in events if not e["id"].endswith(":push")) == 2  # the two answered pulls
+    finally:
+        stop_node(restarted)
