@@ -43,6 +43,7 @@ __all__ = [
     "close_due_periods",
     "close_period",
     "closed_until",
+    "event_of",
     "issue_due_receipts",
     "list_periods",
     "mark_adjustments",
@@ -85,8 +86,13 @@ def _unbilled() -> sa.Select[Any]:
     )  # fmt: skip
 
 
-def _event(row: Any) -> UsageEvent:
-    return UsageEvent(**{c.name: row._mapping[c.name] for c in _EVENT_FIELDS})
+# the table's columns are the event's fields, in order: a row's first columns build the event
+assert [c.name for c in _EVENT_FIELDS] == list(UsageEvent.__dataclass_fields__)
+
+
+def event_of(row: Any) -> UsageEvent:
+    """The usage event of a row of :func:`unbilled_events`."""
+    return UsageEvent(*row[: len(_EVENT_FIELDS)])
 
 
 def unbilled_events(
@@ -197,18 +203,22 @@ def close_due_periods(engine: Engine, *, now: float, period_s: int, grace_s: flo
         return _close(conn, start, period_s, now, "auto")
 
 
-def mark_adjustments(conn: Connection, *, now: float, period_s: int) -> int:
+def mark_adjustments(conn: Connection, *, now: float, period_s: int, agreement_id: str | None = None) -> int:
     """Mark the unmarked events of closed periods (they arrived after the close) as adjustments billed
-    in the period open at ``now``; returns how many. Call under :func:`billing_lock`."""
+    in the period open at ``now`` (of one agreement, or all); returns how many. Call under
+    :func:`billing_lock`."""
     watermark = closed_until(conn)
     if watermark is None:
         return 0
-    late = list(conn.execute(
+    stmt = (
         sa.select(usage_events.c.id, usage_events.c.started_at)
         .select_from(usage_events.outerjoin(event_billing, event_billing.c.event_id == usage_events.c.id))
         .where(event_billing.c.event_id.is_(None), usage_events.c.outcome == "ok",
                usage_events.c.started_at < watermark)
-    ))  # fmt: skip
+    )  # fmt: skip
+    if agreement_id is not None:
+        stmt = stmt.where(usage_events.c.agreement_id == agreement_id)
+    late = list(conn.execute(stmt))
     current = period_of(max(now, watermark), period_s)
     rows = [{"event_id": r.id, "period_start": current, "adjustment_of": period_of(r.started_at, period_s),
              "receipt_id": None, "created_at": now} for r in late]  # fmt: skip
@@ -277,7 +287,9 @@ def _issue_for(
     issued: list[dict[str, Any]] = []
     with settlement.engine.begin() as conn:
         billing_lock(conn)
-        mark_adjustments(conn, now=now, period_s=period_s)  # late events that came since the first pass
+        mark_adjustments(
+            conn, now=now, period_s=period_s, agreement_id=agreement_id
+        )  # came since the first pass
         watermark = closed_until(conn)
         rows = unbilled_events(conn, agreement_id=agreement_id, consumer=consumer)
         by_period: dict[int, list[Any]] = {}
@@ -306,7 +318,7 @@ def _issue_for(
                 continue
             adjustments = {r.id: int(r.adjustment_of) for r in group if r.adjustment_of is not None}
             receipt = make_period_receipt(
-                agreement_id, (float(start), float(start + period_s)), [_event(r) for r in group], adjustments,
+                agreement_id, (float(start), float(start + period_s)), [event_of(r) for r in group], adjustments,
                 terms, sequence=sequence, fixed_fee_due=fixed_due,
             )  # fmt: skip
             ids = sorted(r.id for r in group)

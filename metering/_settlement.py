@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from connector.errors import DadamError, LedgerError, NotFoundError, ValidationError
 from metering._audit import append_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags
-from metering._periods import bill_events, billing_lock, unbilled_events
+from metering._periods import bill_events, billing_lock, event_of, unbilled_events
 from metering._tables import receipts
 from metering._usage import PriceTerms, Receipt, UsageEvent, compare_receipt, make_receipt, query_usage_events
 
@@ -124,7 +124,7 @@ class Settlement:
         with self.engine.begin() as conn:
             billing_lock(conn)
             rows = unbilled_events(conn, agreement_id=agreement_id, since=start, until=end)
-            events = [UsageEvent(**{k: r._mapping[k] for k in UsageEvent.__dataclass_fields__}) for r in rows]
+            events = [event_of(r) for r in rows]
             receipt = make_receipt(agreement_id, (start, end), events, terms)
             ids = sorted(e.id for e in events)
             rid = f"receipt:{uuid.uuid4()}"
