@@ -9,7 +9,7 @@ The routers are factories so the application decides prefixes and authentication
   ``consumerPid`` in their context; the app's error handlers render them as
   ``ContractNegotiationError`` (400 invalid message or transition, 404 unknown or not yours).
 * :func:`negotiation_management_router` (mount under the management base) starts, lists, reads,
-  terminates, approves, rejects and counter-offers negotiations, exports agreements, and streams state
+  terminates, approves, accepts, rejects and counter-offers negotiations, exports agreements, and streams state
   changes as server-sent events (``GET /negotiations/events``).
 """
 
@@ -177,6 +177,10 @@ def negotiation_management_router(
     @router.post("/negotiations/{nid}/approve", dependencies=[Depends(write_dep)])
     def approve(nid: str) -> Response:
         return _respond(manager.approve(nid))
+
+    @router.post("/negotiations/{nid}/accept", dependencies=[Depends(write_dep)])
+    def accept(nid: str) -> Response:
+        return _respond(manager.accept(nid))
 
     @router.post("/negotiations/{nid}/reject", dependencies=[Depends(write_dep)])
     async def reject(nid: str, request: Request) -> Response:

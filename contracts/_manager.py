@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 import orjson
@@ -214,6 +214,10 @@ class NegotiationConfig:
     state_timeout_s: float = 3600.0
     #: Park permitted requests as pending until approved in the management API.
     manual_approval: bool = False
+    #: Consumer, on a provider's counter-offer: "auto" accepts it when it grants at least what we
+    #: asked for and adds nothing (else terminates with the differences); "manual" leaves the
+    #: negotiation OFFERED and pending until the operator accepts, counter-offers or rejects it.
+    accept_counter_offers: Literal["auto", "manual"] = "auto"
     #: Delay before a reply to a received message is sent (the ACK must reach the peer first).
     reply_delay_s: float = 0.0
     #: Delay before a scripted follow-up message (TCK: handlers are registered late).
@@ -897,6 +901,13 @@ class NegotiationManager:
         if trigger == "offer":
             assert isinstance(msg, OfferMessage)
             verdict = self.decider.matches(requested, msg.offer)
+            if self.config.accept_counter_offers == "manual":
+                note = "counter-offer waiting for the operator: " + (
+                    "it grants at least what we asked for"
+                    if verdict.permitted
+                    else "it differs from what we asked for: " + "; ".join(verdict.reasons)
+                )
+                return self._set(conn, row, State(row["state"]), fx, pending=True, reason=note)
             if verdict.permitted:
                 return self._send(conn, row, Event.SEND_ACCEPTED, fx, delay_s=delay)
             why = "offer is not what we asked for: " + "; ".join(verdict.reasons)
@@ -1224,19 +1235,61 @@ class NegotiationManager:
         self._publish(fx)
         return view
 
-    def counter_offer(self, nid: str, offer: Mapping[str, Any]) -> dict[str, Any]:
-        """Provider: answer a request with a counter-offer instead of agreeing."""
+    def accept(self, nid: str) -> dict[str, Any]:
+        """Consumer: accept the provider's offer the negotiation is waiting on (event ACCEPTED).
+
+        The accepted offer becomes what the agreement is checked against."""
         fx = _Effects()
         with write_tx(self.engine) as conn:
             row: Row = lock_process(conn, negotiations, nid)
-            if row["role"] != "provider":
-                raise ConflictError("only a provider sends counter-offers (a consumer starts a new request)")
+            if row["role"] != "consumer" or not row["pending"] or row["state"] != State.OFFERED:
+                raise ConflictError(f"negotiation {nid!r} is not waiting for us to accept an offer")
+            row = self._accept(conn, row, fx, delay_s=0.0)
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def _accept(self, conn: Connection, row: Row, fx: _Effects, *, delay_s: float) -> Row:
+        return self._send(
+            conn,
+            row,
+            Event.SEND_ACCEPTED,
+            fx,
+            delay_s=delay_s,
+            extra=_extra_with(row, requested=_loads(row["offer"])),
+        )
+
+    def counter_offer(self, nid: str, offer: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer the peer's offer with another one: a provider sends a ContractOfferMessage
+        instead of agreeing; a consumer waiting on an offer sends a new ContractRequestMessage."""
+        fx = _Effects()
+        with write_tx(self.engine) as conn:
+            row: Row = lock_process(conn, negotiations, nid)
             new_offer = dict(offer)
             new_offer.setdefault("@type", "Offer")
             new_offer.setdefault("@id", f"urn:uuid:{uuid.uuid4()}")
             new_offer["target"] = row["dataset_id"]
-            new_offer["assigner"] = self.config.participant_id
-            row = self._send(conn, row, Event.SEND_OFFER, fx, offer=_dumps(new_offer), offer_by="provider")
+            if row["role"] == "provider":
+                new_offer["assigner"] = self.config.participant_id
+                row = self._send(
+                    conn, row, Event.SEND_OFFER, fx, offer=_dumps(new_offer), offer_by="provider"
+                )
+            else:
+                if not row["pending"] or row["state"] != State.OFFERED:
+                    raise ConflictError(f"negotiation {nid!r} is not waiting for our answer to an offer")
+                for rule_key in _RULE_KEYS:
+                    for rule in new_offer.get(rule_key) or []:
+                        if isinstance(rule, dict):
+                            rule.pop("target", None)
+                row = self._send(
+                    conn,
+                    row,
+                    Event.SEND_REQUEST,
+                    fx,
+                    offer=_dumps(new_offer),
+                    offer_by="consumer",
+                    extra=_extra_with(row, requested=new_offer),
+                )
             view = self._view(row)
         self._publish(fx)
         return view
