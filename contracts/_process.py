@@ -171,10 +171,14 @@ def process_table(
 
 def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMapping:
     """The row of ``process_id``, locked until the transaction ends; NotFoundError if absent."""
-    stmt = sa.select(table).where(table.c.id == process_id)
-    if is_postgres_conn(conn):
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).mappings().first()
+    pg = is_postgres_conn(conn)
+
+    def build() -> Any:
+        stmt = sa.select(table).where(table.c.id == sa.bindparam("_pid"))
+        return stmt.with_for_update() if pg else stmt
+
+    stmt = _statement(("lock", table.name, id(table), pg), build)
+    row = conn.execute(stmt, {"_pid": process_id}).mappings().first()
     if row is None:
         raise NotFoundError(f"no process {process_id!r}", context={"table": table.name})
     return row
@@ -182,6 +186,18 @@ def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMappi
 
 def is_postgres_conn(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+#: Statements of the hot paths, built once with bound parameters: building a Core statement and
+#: its cache key costs several times more CPU than executing it (bench/negotiation.py profile).
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
 
 
 def save_state(
@@ -207,12 +223,21 @@ def save_state(
         "deadline": None if timeout_s is None else now + timeout_s,
         "pending": pending,
         "updated_at": now,
-        "version": table.c.version + 1,
         **values,
     }
     if error_detail is not None:
         upd["error_detail"] = error_detail
-    res = conn.execute(sa.update(table).where(table.c.id == process_id).values(**upd))
+    names = tuple(sorted(upd))
+
+    def build() -> Any:
+        return (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("_pid"))
+            .values({**{n: sa.bindparam(f"v_{n}") for n in names}, "version": table.c.version + 1})
+        )
+
+    stmt = _statement(("save_state", table.name, id(table), names), build)
+    res = conn.execute(stmt, {"_pid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
     if res.rowcount != 1:
         raise StoreError(
             f"process {process_id!r} vanished while it was locked", context={"table": table.name}
@@ -276,31 +301,34 @@ def _enqueue(
     mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
     payload = dict(body)
     payload.setdefault("@id", mid)
-    seq, pending = conn.execute(
-        sa.select(
+    last = _statement(
+        ("outbox_last",),
+        lambda: sa.select(
             sa.func.coalesce(sa.func.max(outbox.c.seq), 0),
             sa.func.count().filter(outbox.c.status == "pending"),
-        ).where(outbox.c.kind == kind, outbox.c.process_id == process_id)
-    ).one()
+        ).where(outbox.c.kind == sa.bindparam("_kind"), outbox.c.process_id == sa.bindparam("_pid")),
+    )
+    seq, pending = conn.execute(last, {"_kind": kind, "_pid": process_id}).one()
     older = int(pending or 0) > 0
     lease = owner is not None and not older
     conn.execute(
-        sa.insert(outbox).values(
-            id=mid,
-            kind=kind,
-            process_id=process_id,
-            seq=int(seq) + 1,
-            message_type=str(body.get("@type", "")),
-            url=url,
-            body=orjson.dumps(payload).decode(),
-            audience=audience,
-            status="pending",
-            attempts=0,
-            not_before=now + delay_s,
-            lease_owner=owner if lease else None,
-            lease_until=now + lease_s if lease else None,
-            created_at=now,
-        )
+        _statement(("outbox_add",), lambda: sa.insert(outbox)),
+        {
+            "id": mid,
+            "kind": kind,
+            "process_id": process_id,
+            "seq": int(seq) + 1,
+            "message_type": str(body.get("@type", "")),
+            "url": url,
+            "body": orjson.dumps(payload).decode(),
+            "audience": audience,
+            "status": "pending",
+            "attempts": 0,
+            "not_before": now + delay_s,
+            "lease_owner": owner if lease else None,
+            "lease_until": now + lease_s if lease else None,
+            "created_at": now,
+        },
     )
     msg = OutboxMessage(
         id=mid,
@@ -363,18 +391,20 @@ def record_received(
     """
     if not message_id:
         return "new"
-    row = conn.execute(
-        sa.select(inbox.c.digest, inbox.c.process_id).where(
-            inbox.c.kind == kind, inbox.c.message_id == message_id
-        )
-    ).first()
+    find = _statement(
+        ("inbox_find",),
+        lambda: sa.select(inbox.c.digest, inbox.c.process_id).where(
+            inbox.c.kind == sa.bindparam("_kind"), inbox.c.message_id == sa.bindparam("_mid")
+        ),
+    )
+    row = conn.execute(find, {"_kind": kind, "_mid": message_id}).first()
     if row is not None:
         return "duplicate" if (row.digest == digest and row.process_id == process_id) else "conflict"
     conn.execute(
-        sa.insert(inbox).values(
-            kind=kind, message_id=message_id, process_id=process_id, digest=digest, received_at=time.time()
-        )
-    )
+        _statement(("inbox_add",), lambda: sa.insert(inbox)),
+        {"kind": kind, "message_id": message_id, "process_id": process_id, "digest": digest,
+         "received_at": time.time()},
+    )  # fmt: skip
     return "new"
 
 
