@@ -9,16 +9,17 @@ form (integers without a fraction or exponent, ``1e+21`` style exponents, ``-0``
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["canonical_json"]
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-
-def _string(s: str) -> str:
+def _string_py(s: str) -> str:
+    """The escaping rules spelled out (the reference for :func:`_string`)."""
     out = ['"']
     for ch in s:
         esc = _ESCAPES.get(ch)
@@ -30,6 +31,14 @@ def _string(s: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+#: The standard library's C string encoder applies exactly these rules (short escapes for
+#: " \\ \\b \\f \\n \\r \\t, \\u00xx for other control characters, nothing else escaped) and is
+#: ~20x faster; tests/identity compare it with :func:`_string_py`.
+_string = json.encoder.encode_basestring
 
 
 def _number(x: float) -> str:

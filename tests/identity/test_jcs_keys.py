@@ -7,6 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.errors import ConfigError, TokenError
 from connector.identity import Identity, StaticDidResolver, canonical_json, did_web_url, find_key, verify_jws
@@ -101,3 +103,10 @@ def test_did_web_urls() -> None:
     assert did_web_url("did:web:evil.example.com", allow_http_loopback=True).startswith("https://")
     with pytest.raises(TokenError, match="only did:web"):
         did_web_url("did:key:z6Mk")
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40))
+def test_fast_string_escaping_equals_the_spelled_out_rules(s: str) -> None:
+    from connector.identity._jcs import _string, _string_py
+
+    assert _string(s) == _string_py(s)
