@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import LedgerError, ValidationError
@@ -263,8 +264,24 @@ _COMPARED = (
 _INHERITED = frozenset({"debit_account_id", "credit_account_id", "amount", "ledger", "code"})
 
 
+_PG_BALANCES = sa.text(
+    "UPDATE ledger_accounts SET debits_pending = v.a, debits_posted = v.b, credits_pending = v.c, "
+    "credits_posted = v.d FROM unnest(CAST(:i AS text[]), CAST(:a AS bigint[]), CAST(:b AS bigint[]), "
+    "CAST(:c AS bigint[]), CAST(:d AS bigint[])) AS v(i, a, b, c, d) WHERE ledger_accounts.id = v.i"
+)
+
+
 def _update_balances(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """All changed balances in one ``UPDATE ... FROM (VALUES ...)`` statement per 500 accounts."""
+    """All changed balances in one statement: on PostgreSQL ``UPDATE ... FROM unnest(arrays)``
+    (five parameters, whatever the count), elsewhere ``UPDATE ... FROM (VALUES ...)`` per 500."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _PG_BALANCES,
+            {"i": [r["id"] for r in rows], "a": [r["debits_pending"] for r in rows],
+             "b": [r["debits_posted"] for r in rows], "c": [r["credits_pending"] for r in rows],
+             "d": [r["credits_posted"] for r in rows]},
+        )  # fmt: skip
+        return
     for start in range(0, len(rows), 500):
         chunk = rows[start : start + 500]
         params: dict[str, Any] = {}
@@ -375,26 +392,34 @@ class Ledger:
         """Like :meth:`create_transfers` inside the caller's transaction (e.g. with usage events)."""
         return self._apply(conn, list(batch))
 
+    def _in(self, column: Any, values: Any) -> Any:
+        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter instead of thousands
+        (psycopg parses every placeholder of a query it has not cached)."""
+        values = list(values)
+        if self._pg:
+            return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(sa.String)))
+        return column.in_(values)
+
     def _load(self, conn: Connection, batch: list[Transfer]) -> _State:
         st = _State()
         pending_ids = {t.pending_id for t in batch if t.pending_id}
         account_ids = {t.debit_account_id for t in batch} | {t.credit_account_id for t in batch}
         if pending_ids:
-            for r in conn.execute(sa.select(transfers).where(transfers.c.id.in_(pending_ids))):
+            for r in conn.execute(sa.select(transfers).where(self._in(transfers.c.id, pending_ids))):
                 account_ids |= {r.debit_account_id, r.credit_account_id}
-        lock = sa.select(accounts).where(accounts.c.id.in_(sorted(account_ids))).order_by(accounts.c.id)
+        lock = sa.select(accounts).where(self._in(accounts.c.id, sorted(account_ids))).order_by(accounts.c.id)
         if self._pg:
             lock = lock.with_for_update()
         for r in conn.execute(lock):
             st.accounts[r.id] = _Bal(dict(r._mapping))
         # Read after the locks: whatever touched these accounts before us is committed and visible.
         if pending_ids:
-            for r in conn.execute(sa.select(transfers).where(transfers.c.id.in_(pending_ids))):
+            for r in conn.execute(sa.select(transfers).where(self._in(transfers.c.id, pending_ids))):
                 st.pendings[r.id] = _Pending(dict(r._mapping), r.pending_status)
         ids = [t.id for t in batch]
-        for r in conn.execute(sa.select(transfers).where(transfers.c.id.in_(ids))):
+        for r in conn.execute(sa.select(transfers).where(self._in(transfers.c.id, ids))):
             st.existing[r.id] = dict(r._mapping)
-        for r in conn.execute(sa.select(failed_ids).where(failed_ids.c.id.in_(ids))):
+        for r in conn.execute(sa.select(failed_ids).where(self._in(failed_ids.c.id, ids))):
             st.failed[r.id] = r.result
         return st
 
