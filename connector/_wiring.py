@@ -76,6 +76,7 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
         "signer": IdentitySigner(identity.identity),
         "keys": DidWebKeyResolver(allow_http=settings.did_web_allow_http),
         "auth_for": auth_for,
+        "claims_for": identity.partners.claims_for,
         "retry": RetryPolicy(limit=settings.send_retry_limit, base_s=settings.send_retry_base_ms / 1000),
         "lease_s": float(settings.lease_seconds),
         "batch_size": settings.worker_batch_size,
@@ -89,6 +90,9 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
             dsp_base_url=settings.dsp_base_url,
             state_timeout_s=float(settings.state_timeout_seconds),
             manual_approval=settings.negotiation_manual_approval,
+            # Consumer choices (settings DADAM_NEGOTIATION_COUNTER_OFFERS / _INITIAL_OFFERS when present).
+            accept_counter_offers=getattr(settings, "negotiation_counter_offers", "auto"),
+            accept_initial_offers=getattr(settings, "negotiation_initial_offers", "manual"),
         ),
     )
     return NegotiationManager(runtime.engine, config, **kwargs)

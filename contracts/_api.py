@@ -8,9 +8,10 @@ The routers are factories so the application decides prefixes and authentication
   Errors are :class:`~connector.errors.DadamError` subclasses carrying ``providerPid`` /
   ``consumerPid`` in their context; the app's error handlers render them as
   ``ContractNegotiationError`` (400 invalid message or transition, 404 unknown or not yours).
-* :func:`negotiation_management_router` (mount under the management base) starts, lists, reads,
-  terminates, approves, accepts, rejects and counter-offers negotiations, exports agreements, and streams state
-  changes as server-sent events (``GET /negotiations/events``).
+* :func:`negotiation_management_router` (mount under the management base) starts (as consumer,
+  or as provider with ``POST /negotiations/offers``), lists, reads, terminates, approves, accepts,
+  rejects and counter-offers negotiations, exports agreements, and streams state changes as
+  server-sent events (``GET /negotiations/events``).
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
         return _respond(ack, 201)
 
     @router.post("/negotiations/offers")
-    async def initial_offer(request: Request, caller: Caller = Depends(caller_dependency)) -> Response:
-        from connector.errors import RemoteProtocolError
-
-        await _json(request)
-        raise RemoteProtocolError(
-            "provider-initiated negotiations (initial ContractOfferMessage) are not accepted"
-        )
+    async def initial_offer(
+        request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
+    ) -> Response:
+        """Consumer: a provider-initiated negotiation (initial ContractOfferMessage)."""
+        body = await _json(request)
+        ack = await asyncio.to_thread(manager.consumer_initial_offer, body, caller, tasks.add_task)
+        return _respond(ack, 201)
 
     @router.get("/negotiations/{pid}")
     async def get_negotiation(pid: str, caller: Caller = Depends(caller_dependency)) -> Response:
@@ -126,6 +127,35 @@ def negotiation_management_router(
                 offer=offer,
                 dataset_id=body.get("datasetId"),
                 counterparty_id=body.get("counterPartyId"),
+                callbacks=callbacks,
+            )
+
+        return _respond(await asyncio.to_thread(work), 201)
+
+    @router.post("/negotiations/offers", status_code=201, dependencies=[Depends(write_dep)])
+    async def offer(request: Request) -> Response:
+        """Provider: start a negotiation by offering one of our catalog's offers to a consumer."""
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be an object")
+        errors = []
+        address = body.get("counterPartyAddress")
+        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+            errors.append("counterPartyAddress: the consumer's DSP base URL (http(s))")
+        for key in ("counterPartyId", "offerId"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                errors.append(f"{key}: required")
+        callbacks = body.get("callbackAddresses") or []
+        if not isinstance(callbacks, list) or not all(isinstance(c, str) for c in callbacks):
+            errors.append("callbackAddresses: a list of URLs")
+        if errors:
+            raise ValidationError("cannot offer", errors=errors)
+
+        def work() -> dict[str, Any]:
+            return manager.offer_negotiation(
+                str(address),
+                offer_id=body["offerId"],
+                counterparty_id=body["counterPartyId"],
                 callbacks=callbacks,
             )
 

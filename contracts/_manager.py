@@ -16,7 +16,11 @@ Reactions ("what do we do next") are decided here too, inside the same transacti
   manual approval when ``manual_approval`` is set), denied -> terminate with the engine's
   explanation as the reason;
 * provider, on ACCEPTED -> agree; on verification -> check the consumer's countersignature, finalize;
-* consumer, on an offer -> accept when it is within what we asked for, else terminate with why;
+* consumer, on an offer -> accept when it is within what we asked for, else terminate with why
+  (or wait for the operator with ``accept_counter_offers="manual"``); on a provider-initiated
+  offer -> wait for the operator (or accept unconditional use with ``accept_initial_offers="auto"``);
+* provider, on ACCEPTED of an offer it started -> evaluate the offer's contract policy for the
+  caller's verified claims, agree or terminate with the engine's explanation;
   on an agreement -> check target, parties, policy and the provider's signature, countersign
   and verify; else terminate with the reason.
 
@@ -188,6 +192,9 @@ class UsagePolicyDecider:
 
 _RULE_KEYS = ("permission", "prohibition", "obligation")
 
+#: What an offer must grant, with nothing added, to be accepted unasked (``accept_initial_offers="auto"``).
+_UNCONDITIONAL_USE: dict[str, Any] = {"permission": [{"action": "use"}]}
+
 
 def _policy_part(policy: Mapping[str, Any]) -> dict[str, Any]:
     """Rules (and type) of an offer or agreement, for comparison: ids, parties and timestamps dropped."""
@@ -218,6 +225,10 @@ class NegotiationConfig:
     #: asked for and adds nothing (else terminates with the differences); "manual" leaves the
     #: negotiation OFFERED and pending until the operator accepts, counter-offers or rejects it.
     accept_counter_offers: Literal["auto", "manual"] = "auto"
+    #: Consumer, on a provider-initiated offer (``POST /negotiations/offers``): "manual" leaves it
+    #: OFFERED and pending for the operator; "auto" accepts it if it grants unconditional use with
+    #: no duty (anything else still waits for the operator, with the reason).
+    accept_initial_offers: Literal["manual", "auto"] = "manual"
     #: Delay before a reply to a received message is sent (the ACK must reach the peer first).
     reply_delay_s: float = 0.0
     #: Delay before a scripted follow-up message (TCK: handlers are registered late).
@@ -279,8 +290,11 @@ class NegotiationManager:
         poll_s: float = 0.2,
         concurrency: int = 8,
         direct_dispatch: bool = True,
+        claims_for: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self.engine = engine
+        #: Provider: what we know (verified) about a partner, to check an offer we start is for them.
+        self.claims_for = claims_for
         #: Send a message from this process right after the commit that produced it (leased to
         #: our worker). False: leave every message to whichever worker claims it (API-only replicas).
         self.direct_dispatch = direct_dispatch
@@ -446,7 +460,7 @@ class NegotiationManager:
             }[event]
         cp = row["consumer_pid"]
         return {
-            Event.SEND_OFFER: f"/negotiations/{cp}/offers",
+            Event.SEND_OFFER: f"/negotiations/{cp}/offers" if cp else "/negotiations/offers",
             Event.SEND_AGREEMENT: f"/negotiations/{cp}/agreement",
             Event.SEND_FINALIZED: f"/negotiations/{cp}/events",
             Event.SEND_TERMINATION: f"/negotiations/{cp}/termination",
@@ -461,6 +475,8 @@ class NegotiationManager:
                 return ContractRequestMessage(cp, offer, None, pp, mid)
             return ContractRequestMessage(cp, offer, self.config.dsp_base_url, None, mid)
         if event is Event.SEND_OFFER:
+            if not cp:  # provider-initiated: the consumer answers to our DSP base
+                return OfferMessage(pp, _loads(row["offer"]), None, self.config.dsp_base_url, mid)
             return OfferMessage(pp, _loads(row["offer"]), cp, None, mid)
         if event is Event.SEND_AGREEMENT:
             return AgreementMessage(pp, cp, _loads(row["agreement"]), row["provider_signature"], mid)
@@ -626,6 +642,79 @@ class NegotiationManager:
         self._publish(fx, defer=defer)
         return ack
 
+    def consumer_initial_offer(
+        self, body: Any, caller: Caller, defer: Callable[[Callable[[], None]], None] | None = None
+    ) -> dict[str, Any]:
+        """Provider-initiated negotiation (``POST /negotiations/offers``): a new consumer negotiation
+        in OFFERED; returns the 201 body. The caller (authenticated) becomes the counter-party."""
+        msg = parse_message(body, "ContractOfferMessage")
+        assert isinstance(msg, OfferMessage)
+        ctx = {"providerPid": msg.provider_pid}
+        if msg.consumer_pid is not None or not msg.callback_address:
+            raise RemoteProtocolError(
+                "an initial offer needs callbackAddress and no consumerPid", context=ctx
+            )
+        if not msg.callback_address.startswith(("http://", "https://")):
+            raise ValidationError(
+                "unusable callbackAddress", errors=["callbackAddress: http(s) URL"], context=ctx
+            )
+        offer_id, dataset_id = _iri(msg.offer.get("@id")), _iri(msg.offer.get("target"))
+        fx = _Effects()
+        digest = body_digest(body)
+        with write_tx(self.engine) as conn:
+            known = (
+                conn.execute(
+                    sa.select(negotiations).where(
+                        negotiations.c.role == "consumer",
+                        negotiations.c.provider_pid == msg.provider_pid,
+                        negotiations.c.counterparty_id == caller.did,
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if known is not None:
+                # The same offer again (same @id and body) gets the same negotiation back.
+                if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
+                    return self._ack(known)
+                raise RemoteProtocolError(
+                    f"providerPid {msg.provider_pid!r} already names negotiation {known['consumer_pid']!r}",
+                    context={**ctx, "consumerPid": known["consumer_pid"]},
+                )
+            pid = f"urn:uuid:{uuid.uuid4()}"
+            now = time.time()
+            conn.execute(
+                sa.insert(negotiations).values(
+                    id=pid,
+                    state=int(State.INITIAL),
+                    state_since=now,
+                    deadline=now + self.config.state_timeout_s,
+                    pending=False,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                    role="consumer",
+                    consumer_pid=pid,
+                    provider_pid=msg.provider_pid,
+                    counterparty_address=msg.callback_address.rstrip("/"),
+                    counterparty_id=caller.did,
+                    offer_id=offer_id,
+                    dataset_id=dataset_id,
+                    offer=_dumps(msg.offer),
+                    offer_by="provider",
+                    callbacks=_dumps([]),
+                    extra=_dumps({"initiated": "provider"}),
+                )
+            )
+            row: Row = lock_process(conn, negotiations, pid)
+            record_received(conn, KIND, pid, msg.id, digest)
+            tr = handle(Role.CONSUMER, State.INITIAL, Event.RECV_INITIAL_OFFER)
+            row = self._set(conn, row, tr.state, fx)
+            ack = self._ack(row)  # OFFERED, before our reaction
+            self._react_consumer(conn, row, "initial-offer", msg, fx)
+        self._publish(fx, defer=defer)
+        return ack
+
     _EXPECTED: ClassVar[dict[tuple[Role, str], tuple[str, ...]]] = {
         (Role.PROVIDER, "request"): ("ContractRequestMessage",),
         (Role.PROVIDER, "events"): ("ContractNegotiationEventMessage",),
@@ -681,6 +770,8 @@ class NegotiationManager:
             values: dict[str, Any] = {}
             if role is Role.CONSUMER and not row["provider_pid"]:
                 values["provider_pid"] = msg.provider_pid
+            if role is Role.PROVIDER and not row["consumer_pid"] and body_theirs:
+                values["consumer_pid"] = body_theirs
             reason = None
             if isinstance(msg, TerminationMessage):
                 reason = "terminated by the counter-party: " + ("; ".join(msg.reason) or "no reason given")
@@ -856,6 +947,13 @@ class NegotiationManager:
                 )
             return self._agree(conn, row, fx, delay_s=delay)
         if trigger == "accepted":
+            if (_loads(row["extra"]) or {}).get("initiated"):
+                # We offered it unasked: the caller must satisfy the offer's policy (verified claims).
+                offer = _loads(row["offer"]) or {}
+                verdict = self.decider.decide(offer, offer, caller)
+                if not verdict.permitted:
+                    why = "contract policy denied: " + "; ".join(verdict.reasons or ["no reason given"])
+                    return self._send(conn, row, Event.SEND_TERMINATION, fx, delay_s=delay, reason=why)
             return self._agree(conn, row, fx, delay_s=delay)
         if trigger == "verification":
             assert isinstance(msg, AgreementVerificationMessage)
@@ -898,6 +996,15 @@ class NegotiationManager:
             )
         extra = _loads(row["extra"]) or {}
         requested = extra.get("requested") or {}
+        if trigger == "initial-offer":
+            assert isinstance(msg, OfferMessage)
+            note = "offer from the provider waiting for the operator"
+            if self.config.accept_initial_offers == "auto":
+                verdict = self.decider.matches(_UNCONDITIONAL_USE, msg.offer)
+                if verdict.permitted:
+                    return self._accept(conn, row, fx, delay_s=delay)
+                note += " (accepted automatically only for unconditional use): " + "; ".join(verdict.reasons)
+            return self._set(conn, row, State(row["state"]), fx, pending=True, reason=note)
         if trigger == "offer":
             assert isinstance(msg, OfferMessage)
             verdict = self.decider.matches(requested, msg.offer)
@@ -964,6 +1071,22 @@ class NegotiationManager:
             and isinstance(delivery.response_json.get("providerPid"), str)
         ):
             values["provider_pid"] = delivery.response_json["providerPid"]
+        if process["role"] == "provider" and not process["consumer_pid"]:
+            answer = delivery.response_json if isinstance(delivery.response_json, dict) else {}
+            cp = answer.get("consumerPid")
+            if not (isinstance(cp, str) and cp):
+                # Without the consumer's pid we cannot address it: give up here, with the reason.
+                cancel_pending(conn, KIND, process["id"], "no consumerPid")
+                self._set(
+                    conn,
+                    process,
+                    State.TERMINATED,
+                    fx,
+                    reason=f"the consumer acknowledged {message.message_type} without a consumerPid",
+                )
+                self._after_commit(conn, fx)
+                return
+            values["consumer_pid"] = cp
         role = Role(process["role"])
         tr = handle(role, State(process["state"]), Event.ACKED)
         row = process
@@ -1116,6 +1239,65 @@ class NegotiationManager:
                     extra=_dumps(extra),
                 )
                 row = lock_process(conn, negotiations, pid)
+            view = self._view(row)
+        self._publish(fx)
+        return view
+
+    def offer_negotiation(
+        self,
+        counterparty_address: str,
+        *,
+        offer_id: str,
+        counterparty_id: str,
+        callbacks: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """Provider: start a negotiation by offering ``offer_id`` of our catalog to a consumer.
+
+        The offer must be visible to the consumer and its contract policy must permit the consumer
+        (claims we recorded for it); otherwise nothing is sent and the reasons are raised."""
+        if self.offers is None:
+            raise NotFoundError(f"offer {offer_id!r} is not known (no catalog)")
+        claims = dict(self.claims_for(counterparty_id)) if self.claims_for is not None else {}
+        caller = Caller(did=counterparty_id, claims=claims)
+        resolved = self.offers.resolve_offer(offer_id, caller)
+        offered = dict(resolved.offer_policy_json)
+        verdict = self.decider.decide(offered, offered, caller)
+        if not verdict.permitted:
+            raise ValidationError(
+                f"the contract policy of offer {offer_id!r} does not permit {counterparty_id}",
+                errors=verdict.reasons or ["denied"],
+            )
+        dataset_id = str(resolved.dataset.id)
+        offer = {**offered, "@id": offer_id, "@type": "Offer", "target": dataset_id}
+        offer["assigner"] = self.config.participant_id
+        fx = _Effects()
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        now = time.time()
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                sa.insert(negotiations).values(
+                    id=pid,
+                    state=int(State.INITIAL),
+                    state_since=now,
+                    deadline=now + self.config.state_timeout_s,
+                    pending=False,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                    role="provider",
+                    provider_pid=pid,
+                    counterparty_address=counterparty_address.rstrip("/"),
+                    counterparty_id=counterparty_id,
+                    offer_id=offer_id,
+                    dataset_id=dataset_id,
+                    offer=_dumps(offer),
+                    offer_by="provider",
+                    callbacks=_dumps(list(callbacks)),
+                    extra=_dumps({"offered": offered, "claims": claims, "initiated": "provider"}),
+                )
+            )
+            row: Row = lock_process(conn, negotiations, pid)
+            row = self._send(conn, row, Event.SEND_OFFER, fx)
             view = self._view(row)
         self._publish(fx)
         return view
@@ -1325,6 +1507,13 @@ def export_row(row: Row) -> dict[str, Any]:
             "state": wire_state(State(row["state"])),
         },
     )
+
+
+def _iri(value: Any) -> str | None:
+    """An id as sent: a string or ``{"@id": ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("@id")
+    return str(value) if value else None
 
 
 def _event_for(role: Role, msg: NegotiationMessage) -> Event:

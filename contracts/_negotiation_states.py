@@ -22,8 +22,9 @@ our message, so its ACK is merely late. On the wire and in GET answers an "-ING"
 the "-ED" state it leads to (:func:`wire_state`).
 
 States use EDC's numeric codes so ordering comparisons work and stored rows are readable.
-Provider-initiated negotiations (an initial ContractOfferMessage) are not in the tables yet: the
-consumer endpoint refuses them with 400.
+A provider-initiated negotiation starts with the provider sending an initial ContractOfferMessage
+(INITIAL -> OFFERING) and the consumer receiving it (INITIAL -> OFFERED); from OFFERED on it runs
+like any other negotiation.
 ``python -m contracts.diagram`` renders these tables as Mermaid diagrams (docs/negotiation.md).
 """
 
@@ -130,7 +131,8 @@ _NON_TERMINAL = [s for s in State if s not in TERMINAL_STATES]
 
 # fmt: off
 PROVIDER_TRANSITIONS: dict[State, dict[Event, Transition]] = {
-    S.INITIAL:     {E.RECV_REQUEST: T(S.REQUESTED)},
+    S.INITIAL:     {E.RECV_REQUEST: T(S.REQUESTED),
+                    E.SEND_OFFER: T(S.OFFERING, E.SEND_OFFER)},
     S.REQUESTED:   {E.SEND_OFFER: T(S.OFFERING, E.SEND_OFFER),
                     E.SEND_AGREEMENT: T(S.AGREEING, E.SEND_AGREEMENT)},
     S.OFFERING:    {E.ACKED: T(S.OFFERED),
@@ -145,7 +147,8 @@ PROVIDER_TRANSITIONS: dict[State, dict[Event, Transition]] = {
 }
 
 CONSUMER_TRANSITIONS: dict[State, dict[Event, Transition]] = {
-    S.INITIAL:     {E.SEND_REQUEST: T(S.REQUESTING, E.SEND_REQUEST)},
+    S.INITIAL:     {E.SEND_REQUEST: T(S.REQUESTING, E.SEND_REQUEST),
+                    E.RECV_INITIAL_OFFER: T(S.OFFERED)},
     S.REQUESTING:  {E.ACKED: T(S.REQUESTED),
                     E.RECV_OFFER: T(S.OFFERED), E.RECV_AGREEMENT: T(S.AGREED)},
     S.REQUESTED:   {E.RECV_OFFER: T(S.OFFERED), E.RECV_AGREEMENT: T(S.AGREED)},
