@@ -358,6 +358,17 @@ class _CompiledRule:
     remedies: tuple[_CompiledRule, ...]
 
 
+#: Payment terms of a compensate duty. ODRL puts them in the action's refinement; the DSP wire
+#: form has a plain-string action and cannot carry one, so on a compensate duty they are also
+#: read from its constraints, as terms (recorded, priced), not as conditions of the duty.
+_PAYMENT_TERMS = frozenset(ODRL + n for n in ("payAmount", "unitOfCount", "percentage", "timeInterval"))
+
+
+def _is_payment_term(c: Any) -> bool:
+    left = getattr(c, "left", None)
+    return left is not None and getattr(left, "iri", None) in _PAYMENT_TERMS
+
+
 def _compile_rule(rule: Rule, label: str, policy: Policy) -> _CompiledRule:
     polarity: Polarity = "negative" if rule.kind == "prohibition" else "positive"
     action_iri: str | None = None
@@ -386,7 +397,13 @@ def _compile_rule(rule: Rule, label: str, policy: Policy) -> _CompiledRule:
         target=rule.target or (policy.target if inherit else None),
         assignee=rule.assignee or (policy.assignee if inherit else None),
         constraints=tuple(
-            compile_constraint(c, f"{label}.constraint[{i}]", polarity)
+            compile_constraint(
+                c,
+                f"{label}.constraint[{i}]",
+                "terms"
+                if is_duty and action_iri == ODRL + "compensate" and _is_payment_term(c)
+                else polarity,
+            )
             for i, c in enumerate(rule.constraints)
         ),
         duties=tuple(_compile_rule(d, f"{label}.duty[{i}]", policy) for i, d in enumerate(rule.duties)),
