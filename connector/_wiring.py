@@ -27,6 +27,7 @@ __all__ = [
     "build_pushes",
     "build_transfers",
     "did_verifier",
+    "due_receipts",
     "prepaid_account_exists",
     "price_lookup",
     "receipt_exchange",
@@ -91,8 +92,8 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
             state_timeout_s=float(settings.state_timeout_seconds),
             manual_approval=settings.negotiation_manual_approval,
             # Consumer choices (settings DADAM_NEGOTIATION_COUNTER_OFFERS / _INITIAL_OFFERS when present).
-            accept_counter_offers=getattr(settings, "negotiation_counter_offers", "auto"),
-            accept_initial_offers=getattr(settings, "negotiation_initial_offers", "manual"),
+            accept_counter_offers=settings.negotiation_counter_offers,
+            accept_initial_offers=settings.negotiation_initial_offers,
         ),
     )
     return NegotiationManager(runtime.engine, config, **kwargs)
@@ -273,8 +274,11 @@ def bank_worker(
     every_entries: int = 0,
     *,
     poll_s: float = 1.0,
+    receipts: Callable[[], Any] | None = None,
 ) -> Callable[[], Any]:
-    """Every ``every_s``: expire timed-out reservations and sign a checkpoint of new audit entries.
+    """Every ``every_s``: expire timed-out reservations, issue the usage receipts that are due
+    (``receipts``: closed periods, agreements with N unbilled events) and sign a checkpoint of new
+    audit entries.
 
     With ``every_entries`` > 0 it also looks every ``poll_s`` (two index lookups) and signs a
     checkpoint as soon as that many entries are unsigned, without waiting for the period.
@@ -294,6 +298,8 @@ def bank_worker(
                 if loop.time() >= next_round:
                     next_round = loop.time() + every_s
                     await asyncio.to_thread(ledger.expire_pending)
+                    if receipts is not None:
+                        await asyncio.to_thread(receipts)
                     await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
                 elif every_entries > 0 and loop.time() >= poll_from:
                     await asyncio.to_thread(make_checkpoint, ledger.engine, sign, min_entries=every_entries)
@@ -302,6 +308,30 @@ def bank_worker(
                 log.exception("data bank housekeeping failed; retrying in %s s", every_s)
 
     return worker
+
+
+def due_receipts(runtime: Runtime) -> Callable[[], Any]:
+    """Issue the receipts that are due (provider side), as the bank worker calls it each round."""
+    from metering import Ledger, Settlement
+    from metering._periods import issue_due_receipts
+
+    identity = runtime.identity
+    assert isinstance(identity, IdentityService) and isinstance(runtime.bank, Ledger)
+    ident = identity.identity
+    settings = runtime.settings
+    settlement = Settlement(runtime.bank, did=settings.did, sign=lambda p: ident.sign_jws(p, detached=True))
+    price_for = price_lookup(runtime)
+
+    def issue() -> Any:
+        return issue_due_receipts(
+            settlement,
+            period_s=settings.bank_period_seconds,
+            price_for=price_for,
+            every_events=settings.bank_receipt_events,
+            grace_s=settings.bank_period_grace_seconds,
+        )
+
+    return issue
 
 
 def reserve_at_transfer_start(transfers: Any, settlement: Any, settings: Any) -> None:

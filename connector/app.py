@@ -36,6 +36,7 @@ from connector._wiring import (
     build_pushes,
     build_transfers,
     did_verifier,
+    due_receipts,
     prepaid_account_exists,
     price_lookup,
     receipt_exchange,
@@ -116,6 +117,7 @@ def create_app(
                 lambda payload: ident.sign_jws(payload, detached=True),
                 float(runtime.settings.bank_checkpoint_seconds),
                 int(runtime.settings.bank_checkpoint_entries),
+                receipts=due_receipts(runtime),
             )
         )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)
@@ -255,6 +257,9 @@ def create_app(
                     price_for=price_lookup(rt),
                     require_read=auth.require_read,
                     require_write=auth.require_write,
+                    period_s=settings.bank_period_seconds,
+                    receipt_events=settings.bank_receipt_events,
+                    period_grace_s=settings.bank_period_grace_seconds,
                 ),
                 prefix=settings.management_path,
             )

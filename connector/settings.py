@@ -163,10 +163,25 @@ class Settings(BaseSettings):
         ge=60,
         description="Length of a data bank accounting period; a closed period takes late usage only as adjustments.",
     )
+    bank_period_grace_seconds: int = Field(
+        3600,
+        ge=0,
+        description="A data bank period closes automatically this long after it ended; until then late usage still counts as its own.",
+    )
     bank_receipt_events: int = Field(
         0,
         ge=0,
         description="Provider: issue a usage receipt as soon as an agreement has this many unbilled events (0: per period).",
+    )
+    negotiation_counter_offers: Literal["auto", "manual"] = Field(
+        "auto",
+        description="Consumer: accept a provider counter-offer automatically when it grants at least what was "
+        "asked and adds nothing, or leave it for the operator.",
+    )
+    negotiation_initial_offers: Literal["manual", "auto"] = Field(
+        "manual",
+        description="Consumer: provider-initiated offers wait for the operator, or are accepted at once if they "
+        "grant unconditional use with no duty.",
     )
     negotiation_manual_approval: bool = Field(
         False,

@@ -1,0 +1,64 @@
+"""The provider's bank worker issues usage receipts by itself: here as soon as an agreement has
+one unbilled event (DADAM_BANK_RECEIPT_EVENTS=1), priced from the agreement's compensate duty
+(a duty with payAmount / unitOfCount constraints: DSP's plain-string action cannot carry a refinement)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from connector._demo import (
+    fetch_catalog,
+    negotiate,
+    pull,
+    record_partner,
+    seed_provider,
+    start_node,
+    stop_node,
+    wait_ready,
+)
+
+
+def test_receipts_issued_automatically_after_n_events(tmp_path: Path) -> None:
+    provider = start_node("provider", tmp_path / "p", env={"DADAM_BANK_RECEIPT_EVENTS": "1",
+                                                           "DADAM_BANK_CHECKPOINT_SECONDS": "1"})  # fmt: skip
+    consumer = start_node("consumer", tmp_path / "c")
+    try:
+        wait_ready(provider)
+        wait_ready(consumer)
+        seed_provider(provider)
+        record_partner(provider, consumer)
+        with provider.client() as p:
+            r = p.post("/policies", json={"id": "paid-per-call", "policy": {"@type": "Set", "permission": [{
+                "action": "use", "duty": [{"action": "compensate", "constraint": [
+                    {"leftOperand": "payAmount", "operator": "eq", "rightOperand": "0.25", "unit": "EUR"},
+                    {"leftOperand": "unitOfCount", "operator": "eq", "rightOperand": "call"}]}]}]}})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+            r = p.post("/contract-definitions", json={"id": "track-paid", "access_policy_id": "open-access",
+                       "contract_policy_id": "paid-per-call", "selector": {"dataset_ids": ["production-tracking-line2"]}})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+        catalog = fetch_catalog(consumer, provider)
+        track = next(d for d in catalog["dataset"] if d["@id"] == "production-tracking-line2")
+        offer = next(o for o in track["hasPolicy"] if "compensate" in str(o))
+        agreement = negotiate(consumer, provider, offer["@id"])["agreement"]["@id"]
+        with provider.client() as p:  # a compensate duty is billed in arrears from a prepaid account
+            r = p.post("/bank/deposits", json={"party": consumer.did, "amount": 1000, "ref": "d1"})
+            assert r.status_code in (200, 201), r.text
+        data, _transfer = pull(consumer, provider, agreement)
+        receipts: list[dict[str, Any]] = []
+        with provider.client() as p:
+            for _ in range(100):
+                body = p.get("/bank/receipts").json()
+                receipts = body["items"] if isinstance(body, dict) else body
+                if receipts:
+                    break
+                time.sleep(0.1)
+        assert len(receipts) == 1, receipts
+        receipt = receipts[0]
+        assert receipt["agreement"] == agreement and receipt["events"] == 1
+        assert receipt["amount"] == 25 and receipt["currency"] == "EUR"  # one call at 0.25 EUR, in cents
+        assert receipt["signedBy"] == "provider" and data
+    finally:
+        stop_node(consumer)
+        stop_node(provider)
