@@ -322,16 +322,62 @@ def due_receipts(runtime: Runtime) -> Callable[[], Any]:
     settlement = Settlement(runtime.bank, did=settings.did, sign=lambda p: ident.sign_jws(p, detached=True))
     price_for = price_lookup(runtime)
 
+    exchange = receipt_exchange(identity)
+    verify = did_verifier(settings.did_web_allow_http)
+
     def issue() -> Any:
-        return issue_due_receipts(
+        result = issue_due_receipts(
             settlement,
             period_s=settings.bank_period_seconds,
             price_for=price_for,
             every_events=settings.bank_receipt_events,
             grace_s=settings.bank_period_grace_seconds,
         )
+        result["sent"] = send_issued_receipts(runtime, settlement, exchange, verify)
+        return result
 
     return issue
+
+
+def send_issued_receipts(
+    runtime: Runtime, settlement: Any, exchange: Any, verify: Any, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Send receipts we issued and the consumer has not answered yet to the consumer's connector
+    (its DSP address is the one it negotiated the agreement from) and settle with the answer. A
+    consumer that cannot be reached is tried again on the next round; nothing is lost."""
+    import sqlalchemy as sa
+
+    from contracts._tables import negotiations
+    from metering._tables import receipts
+
+    with runtime.engine.connect() as conn:
+        pending = conn.execute(
+            sa.select(receipts.c.id, receipts.c.agreement_id, receipts.c.counterparty)
+            .where(receipts.c.status == "issued")
+            .order_by(receipts.c.created_at)
+            .limit(limit)
+        ).all()
+        addresses = {
+            r.agreement_id: r.counterparty_address
+            for r in conn.execute(
+                sa.select(negotiations.c.agreement_id, negotiations.c.counterparty_address).where(
+                    negotiations.c.role == "provider",
+                    negotiations.c.agreement_id.in_({p.agreement_id for p in pending}),
+                )
+            )
+        } if pending else {}  # fmt: skip
+    out = []
+    for row in pending:
+        address = addresses.get(row.agreement_id)
+        if not address:
+            continue  # issued by hand for an agreement we did not negotiate as provider
+        try:
+            document = settlement.receipt_document(row.id)
+            answer = exchange(address, document["consumer"], document)
+            out.append({"id": row.id, **settlement.settle(row.id, answer, verify)})
+        except Exception as exc:  # the consumer is down or refused: try again next round
+            log.warning("receipt %s not exchanged yet: %s", row.id, exc)
+    return out
 
 
 def reserve_at_transfer_start(transfers: Any, settlement: Any, settings: Any) -> None:

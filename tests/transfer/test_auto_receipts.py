@@ -1,12 +1,14 @@
-"""The provider's bank worker issues usage receipts by itself: here as soon as an agreement has
-one unbilled event (DADAM_BANK_RECEIPT_EVENTS=1), priced from the agreement's compensate duty
-(a duty with payAmount / unitOfCount constraints: DSP's plain-string action cannot carry a refinement)."""
+"""The provider's bank worker issues usage receipts by itself (here as soon as an agreement has one
+unbilled event, DADAM_BANK_RECEIPT_EVENTS=1), priced from the agreement's compensate duty (payAmount /
+unitOfCount constraints: DSP's plain-string action cannot carry a refinement), sends them to the
+consumer's connector, which countersigns what matches its own metering, and settles them."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from connector._demo import (
     fetch_catalog,
@@ -45,20 +47,33 @@ def test_receipts_issued_automatically_after_n_events(tmp_path: Path) -> None:
         with provider.client() as p:  # a compensate duty is billed in arrears from a prepaid account
             r = p.post("/bank/deposits", json={"party": consumer.did, "amount": 1000, "ref": "d1"})
             assert r.status_code in (200, 201), r.text
-        data, _transfer = pull(consumer, provider, agreement)
+        data, transfer = pull(consumer, provider, agreement, request_id="req-1")
+        now = time.time()
+        own_event = {  # the consumer meters what it received, under the same request id
+            "id": f"{transfer['providerPid']}:req-1", "agreement_id": agreement, "transfer_id": transfer["providerPid"],
+            "dataset_id": "production-tracking-line2", "category": "process", "bytes": len(data), "records": 1,
+            "calls": 1, "started_at": now, "ended_at": now, "outcome": "ok", "consumer": consumer.did,
+            "provider": provider.did,
+        }  # fmt: skip
+        with consumer.client() as c:
+            assert c.post("/bank/usage", json=[own_event]).status_code in (200, 201)
         receipts: list[dict[str, Any]] = []
         with provider.client() as p:
-            for _ in range(100):
+            for _ in range(150):
                 body = p.get("/bank/receipts").json()
                 receipts = body["items"] if isinstance(body, dict) else body
-                if receipts:
+                if receipts and receipts[0]["signedBy"] == "both":
                     break
                 time.sleep(0.1)
         assert len(receipts) == 1, receipts
         receipt = receipts[0]
         assert receipt["agreement"] == agreement and receipt["events"] == 1
         assert receipt["amount"] == 25 and receipt["currency"] == "EUR"  # one call at 0.25 EUR, in cents
-        assert receipt["signedBy"] == "provider" and data
+        # sent to the consumer's connector by the worker, countersigned there, settled here
+        assert receipt["signedBy"] == "both", receipt
+        with provider.client() as p:
+            account = p.get(f"/bank/accounts/prepaid:{quote(consumer.did, safe='')}").json()
+        assert account["balance"] == 1000 - 25
     finally:
         stop_node(consumer)
         stop_node(provider)
