@@ -298,9 +298,10 @@ def bank_worker(
                 if loop.time() >= next_round:
                     next_round = loop.time() + every_s
                     await asyncio.to_thread(ledger.expire_pending)
+                    # sign first: the receipts sent next carry this checkpoint for the consumer to cosign
+                    await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
                     if receipts is not None:
                         await asyncio.to_thread(receipts)
-                    await asyncio.to_thread(make_checkpoint, ledger.engine, sign)
                 elif every_entries > 0 and loop.time() >= poll_from:
                     await asyncio.to_thread(make_checkpoint, ledger.engine, sign, min_entries=every_entries)
             except Exception:  # logged and retried next round: the worker never dies silently
@@ -374,7 +375,9 @@ def send_issued_receipts(
         try:
             document = settlement.receipt_document(row.id)
             answer = exchange(address, document["consumer"], document)
-            out.append({"id": row.id, **settlement.settle(row.id, answer, verify)})
+            settled = settlement.settle(row.id, answer, verify)
+            settlement.record_cosignature(document, answer, verify)
+            out.append({"id": row.id, **settled})
         except Exception as exc:  # the consumer is down or refused: try again next round
             log.warning("receipt %s not exchanged yet: %s", row.id, exc)
     return out

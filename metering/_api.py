@@ -98,6 +98,26 @@ def bank_router(
         problems = await run_in_threadpool(verify_bank, ledger.engine)
         return {"ok": not problems, "problems": problems}
 
+    @router.get("/checkpoints", dependencies=read, summary="Signed audit checkpoints and who cosigned them")
+    async def list_checkpoints(limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+        import sqlalchemy as sa
+
+        from metering._tables import checkpoints
+
+        def rows() -> list[dict[str, Any]]:
+            with ledger.engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(checkpoints).order_by(checkpoints.c.size.desc()).limit(limit)
+                ).mappings()
+                return [
+                    {"size": r["size"], "root": r["root"], "signature": r["signature"],
+                     "cosignatures": json.loads(r["cosignature"]) if r["cosignature"] else {},
+                     "createdAt": r["created_at"]}
+                    for r in found
+                ]  # fmt: skip
+
+        return {"items": await run_in_threadpool(rows)}
+
     return router
 
 
@@ -328,7 +348,8 @@ def settlement_router(
             exchange, str(body["counterPartyAddress"]), document["consumer"], document
         )
         settled = await run_in_threadpool(settlement.settle, receipt_id, answer, verify)
-        return {**settled, "consumerAnswer": answer}
+        cosigned = await run_in_threadpool(settlement.record_cosignature, document, answer, verify)
+        return {**settled, "consumerAnswer": answer, "checkpointCosigned": cosigned}
 
     @router.post(
         "/statements/{party:path}/exchange",

@@ -28,10 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import DadamError, LedgerError, NotFoundError, ValidationError
-from metering._audit import append_audit
+from metering._audit import Checkpoint, append_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags
 from metering._periods import bill_events, billing_lock, event_of, unbilled_events
-from metering._tables import receipts
+from metering._tables import checkpoints, receipts
 from metering._usage import PriceTerms, Receipt, UsageEvent, compare_receipt, make_receipt, query_usage_events
 
 __all__ = ["Settlement", "countersign"]
@@ -67,9 +67,33 @@ def countersign(
     if not _verifies(verify, document["provider_signature"], receipt.payload(), document["provider"]):
         raise ValidationError("the provider's signature on the receipt does not verify")
     differing = compare_receipt(receipt, document["event_ids"], own_events, complete=receipt.sequence is None)
-    if differing:
-        return {"dispute": differing}
-    return {"signature": sign(receipt.payload())}
+    answer: dict[str, Any] = {"dispute": differing} if differing else {"signature": sign(receipt.payload())}
+    answer |= _witness(document.get("checkpoint"), str(document["provider"]), sign=sign, verify=verify)
+    return answer
+
+
+def _checkpoint_of(data: Any) -> Checkpoint | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Checkpoint(int(data["size"]), str(data["root"]), str(data["signature"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _witness(data: Any, provider: str, *, sign: Sign, verify: Verify) -> dict[str, Any]:
+    """Consumer: cosign the provider's audit checkpoint sent with a receipt, if its signature holds.
+
+    The cosignature says "we saw your log with this many entries and this Merkle root": the provider
+    can no longer rewrite any entry before it without the copy we keep disagreeing."""
+    if data is None:
+        return {}
+    cp = _checkpoint_of(data)
+    if cp is None:
+        return {"checkpoint_error": "malformed checkpoint: size, root and signature are required"}
+    if not _verifies(verify, cp.signature, cp.payload(), provider):
+        return {"checkpoint_error": "the provider's signature on the checkpoint does not verify"}
+    return {"checkpoint_cosignature": sign(cp.payload())}
 
 
 class Settlement:
@@ -192,9 +216,14 @@ class Settlement:
         """The signed receipt document as issued (what the consumer is sent)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(receipts).where(receipts.c.id == receipt_id)).mappings().first()
+            latest = conn.execute(
+                sa.select(checkpoints.c.size, checkpoints.c.root, checkpoints.c.signature)
+                .order_by(checkpoints.c.size.desc())
+                .limit(1)
+            ).first()
         if row is None:
             raise NotFoundError(f"no receipt {receipt_id!r}")
-        return {
+        document: dict[str, Any] = {
             "id": row["id"],
             "provider": self.did,
             "consumer": row["counterparty"],
@@ -202,6 +231,36 @@ class Settlement:
             "event_ids": json.loads(row["event_ids"]),
             "provider_signature": row["provider_signature"],
         }
+        if latest is not None:  # our newest signed tree head, for the consumer to cosign
+            document["checkpoint"] = {
+                "size": int(latest.size),
+                "root": latest.root,
+                "signature": latest.signature,
+            }
+        return document
+
+    def record_cosignature(self, document: dict[str, Any], answer: dict[str, Any], verify: Verify) -> bool:
+        """Provider: keep the consumer's cosignature of the checkpoint sent with ``document``."""
+        cp = _checkpoint_of(document.get("checkpoint"))
+        cosig = answer.get("checkpoint_cosignature")
+        consumer = str(document["consumer"])
+        if cp is None or not isinstance(cosig, str) or not _verifies(verify, cosig, cp.payload(), consumer):
+            return False
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(checkpoints.c.cosignature).where(checkpoints.c.size == cp.size)
+            ).scalar()
+            if current is None:
+                return False
+            cosigs = json.loads(current) if current else {}
+            cosigs[consumer] = cosig
+            conn.execute(
+                checkpoints.update()
+                .where(checkpoints.c.size == cp.size)
+                .values(cosignature=json.dumps(cosigs, sort_keys=True))
+            )
+            append_audit(conn, "checkpoint_cosigned", {"size": cp.size, "root": cp.root, "by": consumer})
+        return True
 
     def settle(self, receipt_id: str, answer: dict[str, Any], verify: Verify) -> dict[str, Any]:
         """Apply the consumer's answer: post the reservation with its countersignature, or record the dispute."""
@@ -260,6 +319,11 @@ class Settlement:
                 )
             )  # fmt: skip
             append_audit(conn, "receipt", {"id": document["id"], "answered": status})
+            if "checkpoint_cosignature" in answer:
+                cp = document["checkpoint"]
+                append_audit(conn, "witnessed_checkpoint", {
+                    "provider": document["provider"], "size": cp["size"], "root": cp["root"],
+                    "signature": cp["signature"], "cosignature": answer["checkpoint_cosignature"]})  # fmt: skip
 
     def countersign_statement(self, document: dict[str, Any], verify: Verify) -> dict[str, Any]:
         """Consumer: countersign a provider's statement if every settled line is a receipt we countersigned

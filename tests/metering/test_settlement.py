@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -186,3 +187,40 @@ def test_consumer_countersigns_only_statements_matching_its_receipts(
         in consumer_bank.countersign_statement(forged, verify)["dispute"][0]
     )
     own.dispose()
+
+
+def test_the_consumer_cosigns_the_providers_checkpoint_only_when_it_verifies(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from metering import make_checkpoint
+
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    sign_c = lambda b: consumer.sign_jws(b, detached=True)  # noqa: E731
+    bank = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True))
+    bank.deposit(consumer.did, 1_000, ref="dep-1")
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(2)])
+    cp = make_checkpoint(engine, lambda b: provider.sign_jws(b, detached=True))
+    assert cp is not None
+    doc = bank.issue_receipt("agr", consumer.did, PRICE)
+    sent = bank.receipt_document(doc["id"])
+    assert sent["checkpoint"] == {"size": cp.size, "root": cp.root, "signature": cp.signature}
+    mine = query_usage_events(engine, agreement_id="agr")
+    # a checkpoint whose signature is not the provider's is not cosigned (the receipt still is)
+    forged = {**sent, "checkpoint": {**sent["checkpoint"], "root": "00" * 32}}
+    answer = countersign(forged, mine, sign=sign_c, verify=verify)
+    assert "signature" in answer and "checkpoint_cosignature" not in answer
+    assert "does not verify" in answer["checkpoint_error"]
+    assert bank.record_cosignature(forged, answer, verify) is False
+    # the real one is cosigned, and the provider keeps the cosignature (checked again there)
+    answer = countersign(sent, mine, sign=sign_c, verify=verify)
+    assert bank.record_cosignature(sent, {"checkpoint_cosignature": answer["signature"]}, verify) is False
+    assert bank.record_cosignature(sent, answer, verify) is True
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT cosignature FROM bank_audit_checkpoints WHERE size = :s"), {"s": cp.size}
+        ).scalar()
+    assert json.loads(stored) == {consumer.did: answer["checkpoint_cosignature"]}
+    assert verify_bank(engine) == []

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+import pytest
+
 from connector._demo import (
     fetch_catalog,
     negotiate,
@@ -20,6 +23,7 @@ from connector._demo import (
     stop_node,
     wait_ready,
 )
+from connector.errors import TokenError
 
 
 def test_receipts_issued_automatically_after_n_events(tmp_path: Path) -> None:
@@ -74,6 +78,33 @@ def test_receipts_issued_automatically_after_n_events(tmp_path: Path) -> None:
         with provider.client() as p:
             account = p.get(f"/bank/accounts/prepaid:{quote(consumer.did, safe='')}").json()
         assert account["balance"] == 1000 - 25
+        # the receipt carried our latest signed checkpoint; the consumer cosigned it
+        with provider.client() as p:
+            cps = p.get("/bank/checkpoints").json()["items"]
+        cosigned = [cp for cp in cps if consumer.did in cp["cosignatures"]]
+        assert cosigned, cps
+        from connector.identity import PublicKey, verify_jws
+        from contracts._signing import DidWebKeyResolver
+        from metering._audit import Checkpoint
+
+        cp = cosigned[0]
+        payload = Checkpoint(cp["size"], cp["root"], cp["signature"]).payload()
+        with httpx.Client() as http:
+            resolver = DidWebKeyResolver(http, allow_http=True)
+
+            def key(did: str, kid: str) -> PublicKey:
+                full = kid if kid.startswith("did:") else f"{did}#{kid.split('#')[-1]}"
+                return PublicKey(id=full, controller=did, jwk=resolver.public_jwk(full) or {})
+
+            def verify(sig: str, data: bytes) -> bool:
+                return (
+                    verify_jws(sig, key_resolver=key, expected_did=consumer.did, detached_payload=data)
+                    == data
+                )
+
+            assert verify(cp["cosignatures"][consumer.did], payload)
+            with pytest.raises(TokenError):  # over other bytes it does not verify
+                verify(cp["cosignatures"][consumer.did], payload + b" ")
     finally:
         stop_node(consumer)
         stop_node(provider)
