@@ -105,6 +105,13 @@ __all__ = [
 
 log = logging.getLogger("dadam.contracts")
 
+
+def _offer(q: asyncio.Queue[dict[str, Any]], ev: dict[str, Any]) -> None:
+    """Put an event for an SSE client; a client too slow to read 1,000 events misses the newest."""
+    with contextlib.suppress(asyncio.QueueFull):
+        q.put_nowait(ev)
+
+
 #: A negotiation row (as read, or as updated in memory after a write in the same transaction).
 Row = Mapping[Any, Any]
 
@@ -318,6 +325,10 @@ class NegotiationManager:
             concurrency=concurrency,
         )
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = []
+        #: SSE across replicas: a poller reads changes from the database while anyone listens
+        self._poller: threading.Thread | None = None
+        self._seen: dict[str, float] = {}
+        self.sse_poll_s = 0.5
         self._lock = threading.Lock()
         self._tx_local = threading.local()
 
@@ -330,15 +341,70 @@ class NegotiationManager:
 
     # -- observers (SSE) ---------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        """A queue receiving every state change made by this process (call from the event loop)."""
+        """A queue receiving every state change, made by this process (at once) or by another
+        replica on the same database (within ``sse_poll_s``; call from the event loop)."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         with self._lock:
             self._listeners.append((asyncio.get_running_loop(), q))
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(target=self._poll_changes, name="dadam-sse-poll", daemon=True)
+                self._poller.start()
         return q
 
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
             self._listeners = [(lp, x) for lp, x in self._listeners if x is not q]
+
+    def _poll_changes(self) -> None:
+        """While anyone listens: read rows changed since the last look (other replicas' work too)
+        and publish those not already published by this process. Stops with the last listener."""
+        cursor = time.time() - 1.0
+        while True:
+            time.sleep(self.sse_poll_s)
+            with self._lock:
+                if not self._listeners:
+                    self._poller = None
+                    return
+            try:
+                with self.engine.connect() as conn:
+                    rows = (
+                        conn.execute(
+                            sa.select(negotiations)
+                            .where(negotiations.c.updated_at > cursor)
+                            .order_by(negotiations.c.updated_at)
+                            .limit(1000)
+                        )
+                        .mappings()
+                        .all()
+                    )
+            except Exception:  # the database is away: try again next tick
+                log.warning("SSE change poll failed", exc_info=True)
+                continue
+            events = []
+            for row in rows:
+                cursor = max(cursor, float(row["updated_at"]))
+                if self._seen.get(row["id"], -1.0) >= float(row["updated_at"]):
+                    continue  # published by this process when it made the change
+                self._note_seen(row["id"], float(row["updated_at"]))
+                events.append(self._view(row))
+            if events:
+                self._deliver(events)
+            # rows committed late with an older timestamp are picked up by a small overlap
+            cursor -= 0.5 if rows else 0.0
+
+    def _note_seen(self, nid: str, updated_at: float) -> None:
+        self._seen[nid] = updated_at
+        if len(self._seen) > 50_000:  # bounded: forget the oldest half
+            for key in list(self._seen)[: len(self._seen) // 2]:
+                del self._seen[key]
+
+    def _deliver(self, events: list[dict[str, Any]]) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for loop, q in listeners:
+            for ev in events:
+                with contextlib.suppress(RuntimeError):  # loop closed
+                    loop.call_soon_threadsafe(_offer, q, ev)
 
     def _publish(self, fx: _Effects, *, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         """After a commit: send claimed messages, wake the worker, notify listeners.
@@ -361,12 +427,9 @@ class NegotiationManager:
                 defer(go)
         if not fx.changed:
             return
-        with self._lock:
-            listeners = list(self._listeners)
-        for loop, q in listeners:
-            for ev in fx.changed:
-                with contextlib.suppress(RuntimeError):  # loop closed
-                    loop.call_soon_threadsafe(q.put_nowait, ev)
+        for ev in fx.changed:
+            self._note_seen(str(ev["id"]), float(ev["updatedAt"]))
+        self._deliver(list(fx.changed))
 
     # -- state changes -----------------------------------------------------------------------
     def _set(

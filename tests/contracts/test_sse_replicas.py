@@ -1,0 +1,51 @@
+"""The management SSE stream of one replica reports negotiations changed by another replica on the
+same database (N stateless replicas behind one service)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from contracts import NegotiationConfig, NegotiationManager
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _replica(engine: sa.Engine) -> NegotiationManager:
+    # the peer is unreachable (port 9): the negotiation still changes state, which is all we watch
+    config = NegotiationConfig(
+        participant_id="did:web:consumer.example", dsp_base_url="http://127.0.0.1:9/dsp"
+    )
+    return NegotiationManager(engine, config)
+
+
+@pytest.mark.anyio
+async def test_sse_reports_changes_made_by_another_replica(engine: sa.Engine) -> None:
+    a, b = _replica(engine), _replica(engine)
+    b.sse_poll_s = 0.05
+    queue = b.subscribe()
+    try:
+        offer = {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]}
+        view: dict[str, Any] = await asyncio.to_thread(
+            a.start_negotiation, "http://127.0.0.1:9/dsp", offer=offer, counterparty_id="did:web:p.example",
+            fetch_offer=False,
+        )  # fmt: skip
+        ev = await asyncio.wait_for(queue.get(), timeout=10)
+        assert ev["id"] == view["id"] and ev["internalState"] == view["internalState"]
+        # published once: a second poll of the same change adds nothing
+        await asyncio.sleep(0.3)
+        assert queue.empty()
+        # a change made by b itself is published at once, and not a second time by its poller
+        terminated = await asyncio.to_thread(b.terminate, view["id"], "operator stop")
+        ev = await asyncio.wait_for(queue.get(), timeout=5)
+        assert ev["id"] == view["id"] and ev["updatedAt"] == terminated["updatedAt"]
+        await asyncio.sleep(0.3)
+        assert queue.empty()
+    finally:
+        b.unsubscribe(queue)
