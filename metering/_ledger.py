@@ -264,6 +264,28 @@ _COMPARED = (
 _INHERITED = frozenset({"debit_account_id", "credit_account_id", "amount", "ledger", "code"})
 
 
+_TRANSFER_COLUMNS = [c.name for c in transfers.columns]
+
+
+def _insert_transfers(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """New transfer rows: on PostgreSQL one ``COPY`` (no statement per row), elsewhere executemany."""
+    if conn.dialect.name != "postgresql" or len(rows) < 50:
+        conn.execute(transfers.insert(), rows)
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    columns = _TRANSFER_COLUMNS
+    statement = f"COPY ledger_transfers ({', '.join(columns)}) FROM STDIN"
+    import psycopg
+
+    try:
+        with raw.cursor() as cur, cur.copy(statement) as copy:  # same connection: same transaction
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
+    except psycopg.errors.IntegrityError as exc:  # a racing batch inserted the same new id: retried
+        raise sa.exc.IntegrityError(statement, None, exc) from exc
+
+
 _PG_BALANCES = sa.text(
     "UPDATE ledger_accounts SET debits_pending = v.a, debits_posted = v.b, credits_pending = v.c, "
     "credits_posted = v.d FROM unnest(CAST(:i AS text[]), CAST(:a AS bigint[]), CAST(:b AS bigint[]), "
@@ -475,7 +497,7 @@ class Ledger:
                 st.failed[batch[failed_at].id] = str(failure)
             i = chain[-1] + 1
         if new_rows:
-            conn.execute(transfers.insert(), new_rows)
+            _insert_transfers(conn, new_rows)
         for tid, status in status_updates.items():
             conn.execute(transfers.update().where(transfers.c.id == tid).values(pending_status=status))
         changed = [b.row for b in st.accounts.values() if b.dirty]

@@ -259,3 +259,32 @@ def test_a_retried_post_or_void_that_inherits_its_fields_answers_exists(ledger: 
     assert ledger.create_transfer(bigger) == Result.EXISTS_WITH_DIFFERENT_AMOUNT
     assert ledger.account("provider:revenue").balance == 10
     _ok(ledger)
+
+
+def test_two_batches_racing_on_the_same_new_ids_resolve_to_one_winner(ledger: Ledger) -> None:
+    ledger.create_accounts([Account(f"race:{i}", "EUR") for i in range(4)])
+    for round_ in range(3):
+        ids = [f"race-{round_}-{k}" for k in range(100)]
+        batches = [
+            [Transfer(i, "race:0", "race:1", 1, "EUR") for i in ids],
+            [Transfer(i, "race:2", "race:3", 1, "EUR") for i in ids],  # other accounts: no common lock
+        ]
+        barrier = threading.Barrier(2)
+        out: list[list[Result]] = [[], []]
+
+        def run(n: int) -> None:
+            barrier.wait()
+            out[n] = ledger.create_transfers(batches[n])
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        # every id was created by exactly one of the two; the other saw it with other accounts
+        for k in range(100):
+            pair = {out[0][k], out[1][k]}
+            assert Result.CREATED in pair and len(pair) == 2, (k, pair)
+    moved = sum(ledger.account(f"race:{i}").credits_posted for i in (1, 3))
+    assert moved == 300
+    _ok(ledger)
