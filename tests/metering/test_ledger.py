@@ -272,11 +272,13 @@ def test_two_batches_racing_on_the_same_new_ids_resolve_to_one_winner(ledger: Le
         barrier = threading.Barrier(2)
         out: list[list[Result]] = [[], []]
 
-        def run(n: int) -> None:
+        def run(
+            n: int, barrier: threading.Barrier, batches: list[list[Transfer]], out: list[list[Result]]
+        ) -> None:
             barrier.wait()
             out[n] = ledger.create_transfers(batches[n])
 
-        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        threads = [threading.Thread(target=run, args=(n, barrier, batches, out)) for n in range(2)]
         for t in threads:
             t.start()
         for t in threads:
