@@ -261,6 +261,13 @@ _COMPARED = (
 )
 
 
+_LINKED = int(TransferFlags.LINKED)
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING)
+_VOID = int(TransferFlags.VOID_PENDING)
+_DEBITS_LIMITED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_LIMITED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+
 _INHERITED = frozenset({"debit_account_id", "credit_account_id", "amount", "ledger", "code"})
 
 
@@ -456,7 +463,7 @@ class Ledger:
         while i < len(batch):
             # a chain: consecutive LINKED transfers plus the first one without LINKED
             j = i
-            while j < len(batch) and batch[j].flags & TransferFlags.LINKED:
+            while j < len(batch) and int(batch[j].flags) & _LINKED:
                 j += 1
             chain = list(range(i, min(j + 1, len(batch))))
             open_chain = j >= len(batch)
@@ -525,7 +532,8 @@ class Ledger:
         new_rows: list[dict[str, Any]],
         status_updates: dict[str, str],
     ) -> Result:
-        flags = TransferFlags(t.flags) & ~TransferFlags.LINKED
+        # plain ints: IntFlag arithmetic costs more than the rest of this check per transfer
+        flags_i = int(t.flags) & ~_LINKED
         if not t.id:
             return Result.ID_MUST_NOT_BE_EMPTY
         if t.id in st.failed:
@@ -535,7 +543,7 @@ class Ledger:
             want = t.to_dict()
             # a post or void may leave accounts, ledger, code and amount empty ("those of the pending
             # transfer"); the stored row holds the inherited values, so a retry compares only what it set
-            resolves = bool(int(t.flags) & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+            resolves = bool(flags_i & (_POST | _VOID))
             for key, res in _COMPARED:
                 if resolves and key in _INHERITED and not want[key]:
                     continue
@@ -547,16 +555,11 @@ class Ledger:
             return Result.EXISTS
         if t.amount < 0:
             return Result.AMOUNT_MUST_NOT_BE_NEGATIVE
-        two_phase = flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
-        if (
-            bin(
-                int(flags & (TransferFlags.PENDING | TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
-            ).count("1")
-            > 1
-        ):
+        two_phase = flags_i & (_POST | _VOID)
+        if bin(flags_i & (_PENDING | _POST | _VOID)).count("1") > 1:
             return Result.FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if two_phase:
-            return self._resolve(st, t, flags, now, new_rows, status_updates)
+            return self._resolve(st, t, TransferFlags(flags_i), now, new_rows, status_updates)
         if t.pending_id:
             return Result.PENDING_ID_MUST_NOT_BE_SET
         if t.amount == 0:
@@ -572,13 +575,13 @@ class Ledger:
             return Result.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
         if t.ledger != dr.row["ledger"]:
             return Result.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
-        pending = bool(flags & TransferFlags.PENDING)
+        pending = bool(flags_i & _PENDING)
         d, c = dr.row, cr.row
-        if d["flags"] & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and (
+        if d["flags"] & _DEBITS_LIMITED and (
             d["debits_pending"] + d["debits_posted"] + t.amount > d["credits_posted"]
         ):
             return Result.EXCEEDS_CREDITS
-        if c["flags"] & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and (
+        if c["flags"] & _CREDITS_LIMITED and (
             c["credits_pending"] + c["credits_posted"] + t.amount > c["debits_posted"]
         ):
             return Result.EXCEEDS_DEBITS
