@@ -262,7 +262,18 @@ def price_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
             ),
         )
         terms = [t for t in decision.price_terms if t.mode != "revenue_share"]
-        return price_terms_from_engine(terms[0]) if terms else None
+        if not terms:
+            return None
+        if terms[0].mode == "price_plan":  # our own plan, by link and hash: bill only if unchanged
+            from connector.errors import DadamError
+            from metering._priceplan import verify_reference
+
+            try:
+                return verify_reference(runtime.engine, str(terms[0].plan))
+            except DadamError as exc:
+                log.warning("agreement %s is not billed: %s", agreement_id, exc.message)
+                return None
+        return price_terms_from_engine(terms[0])
 
     return price_for
 

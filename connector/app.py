@@ -260,6 +260,7 @@ def create_app(
                     period_s=settings.bank_period_seconds,
                     receipt_events=settings.bank_receipt_events,
                     period_grace_s=settings.bank_period_grace_seconds,
+                    dsp_base_url=settings.dsp_base_url,
                 ),
                 prefix=settings.management_path,
             )

@@ -220,6 +220,7 @@ def settlement_router(
     period_s: int = 86400,
     receipt_events: int = 0,
     period_grace_s: float | None = 3600,
+    dsp_base_url: str | None = None,
 ) -> APIRouter:
     """Settlement routes: deposits, reservations, receipts (issue, list, issue due, countersign, settle),
     accounting periods (list, close), statements. ``period_s``, ``receipt_events`` and ``period_grace_s``
@@ -334,6 +335,24 @@ def settlement_router(
     async def settle(receipt_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return await run_in_threadpool(settlement.settle, receipt_id, body, verify)
 
+    @router.post("/price-plans", dependencies=write, status_code=201,
+                 summary="Publish an immutable price plan; reference it from a compensate duty")  # fmt: skip
+    async def publish_plan(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        from metering._priceplan import PLAN_OPERAND, store_price_plan
+
+        _need(body, "id", "plan")
+        stored = await run_in_threadpool(store_price_plan, settlement.engine, str(body["id"]), body["plan"])
+        base = (dsp_base_url or "").rstrip("/")
+        reference = f"{base}/bank/price-plans/{stored['id']}#sha256={stored['hash'].removeprefix('sha256:')}"
+        return {**stored, "reference": reference,
+                "constraint": {"leftOperand": PLAN_OPERAND, "operator": "eq", "rightOperand": reference}}  # fmt: skip
+
+    @router.get("/price-plans/{plan_id}", dependencies=read, summary="A published price plan")
+    async def read_plan(plan_id: str) -> dict[str, Any]:
+        from metering._priceplan import get_price_plan
+
+        return await run_in_threadpool(get_price_plan, settlement.engine, plan_id)
+
     @router.post(
         "/receipts/{receipt_id}/exchange",
         dependencies=write,
@@ -447,6 +466,13 @@ def bank_peer_router(
             return answer
 
         return await run_in_threadpool(work)
+
+    @router.get("/bank/price-plans/{plan_id}")
+    async def peer_plan(plan_id: str, caller: Caller = Depends(caller_dependency)) -> dict[str, Any]:
+        """A price plan an agreement references: partners fetch it and check its hash."""
+        from metering._priceplan import get_price_plan
+
+        return await run_in_threadpool(get_price_plan, settlement.engine, plan_id)
 
     @router.post("/bank/statements")
     async def receive_statement(

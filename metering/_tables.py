@@ -13,6 +13,7 @@ __all__ = [
     "event_billing",
     "failed_ids",
     "periods",
+    "price_plans",
     "receipts",
     "transfers",
     "usage_events",
@@ -140,5 +141,16 @@ event_billing = sa.Table(
     #: set for an event that arrived after its period closed: that period (it is billed in a later one)
     sa.Column("adjustment_of", sa.BigInteger, nullable=True),
     sa.Column("receipt_id", sa.String(200), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+#: immutable price plans referenced from agreements by link and hash (metering._priceplan)
+price_plans = sa.Table(
+    "bank_price_plans",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("hash", sa.String(80), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )

@@ -127,6 +127,9 @@ class PriceTerms:
     unit_of_count: UnitOfCount
     #: minor units per major unit (EUR: 100)
     minor_per_major: int = 100
+    #: graduated tiers from a price plan: (up to this many units, unit price); the last unbounded.
+    #: When set, ``pay_amount`` is ignored.
+    tiers: tuple[tuple[Decimal | None, Decimal], ...] = ()
 
 
 _ODRL = "http://www.w3.org/ns/odrl/2/"
@@ -200,8 +203,24 @@ def charge_minor_units(terms: PriceTerms, events: Iterable[UsageEvent]) -> int:
         quantity = Decimal(sum(e.records for e in evs))
     else:  # flat per period or lump sum: the amount once, whatever the use
         quantity = Decimal(1)
+    if terms.tiers:
+        total = _graduated(terms.tiers, quantity) * terms.minor_per_major
+        return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     total = terms.pay_amount * quantity * terms.minor_per_major
     return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _graduated(tiers: tuple[tuple[Decimal | None, Decimal], ...], quantity: Decimal) -> Decimal:
+    """Each tier's units at its own price: 1,500 units over (1,000 @ a, rest @ b) = 1,000a + 500b."""
+    total, below = Decimal(0), Decimal(0)
+    for up_to, price in tiers:
+        top = quantity if up_to is None else min(quantity, up_to)
+        if top > below:
+            total += (top - below) * price
+        if up_to is None or quantity <= up_to:
+            break
+        below = up_to
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,7 @@ class PriceTerms:
     """Machine-readable payment terms of a ``compensate`` duty, for the data bank."""
 
     duty: str | None
-    mode: Literal["flat_fee", "metered", "lump_sum", "revenue_share"]
+    mode: Literal["flat_fee", "metered", "lump_sum", "revenue_share", "price_plan"]
     payees: tuple[str, ...] = ()
     payer: str | None = None
     amount: Decimal | None = None
@@ -119,6 +119,8 @@ class PriceTerms:
     unit_of_count: str | None = None
     percentage: Decimal | None = None
     interval: str | None = None
+    #: a price plan document by link and hash (``<link>#sha256=<hex>``), resolved by the data bank
+    plan: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +133,7 @@ class PriceTerms:
             "unitOfCount": self.unit_of_count,
             "percentage": None if self.percentage is None else str(self.percentage),
             "interval": self.interval,
+            "plan": self.plan,
         }
 
 
@@ -361,7 +364,10 @@ class _CompiledRule:
 #: Payment terms of a compensate duty. ODRL puts them in the action's refinement; the DSP wire
 #: form has a plain-string action and cannot carry one, so on a compensate duty they are also
 #: read from its constraints, as terms (recorded, priced), not as conditions of the duty.
-_PAYMENT_TERMS = frozenset(ODRL + n for n in ("payAmount", "unitOfCount", "percentage", "timeInterval"))
+PRICE_PLAN = "https://w3id.org/dadam/v1/pricePlan"
+_PAYMENT_TERMS = frozenset(ODRL + n for n in ("payAmount", "unitOfCount", "percentage", "timeInterval")) | {
+    PRICE_PLAN
+}
 
 
 def _is_payment_term(c: Any) -> bool:
@@ -491,10 +497,13 @@ def _price_terms(cr: _CompiledRule) -> PriceTerms | None:
     action = cr.rule.action
     if action is None or action.name.iri != ODRL + "compensate":
         return None
-    amount = currency = unit_of_count = interval = None
+    amount = currency = unit_of_count = interval = plan = None
     percentage = None
     for c in _atoms(action.refinement + cr.rule.constraints):
         name = c.left.iri.removeprefix(ODRL)
+        if c.left.iri == PRICE_PLAN:
+            plan = str(c.right)
+            continue
         try:
             if name == "payAmount":
                 amount = coerce(c.right, "decimal")
@@ -507,8 +516,10 @@ def _price_terms(cr: _CompiledRule) -> PriceTerms | None:
                 interval = str(c.right)
         except OperandTypeError:
             continue
-    mode: Literal["flat_fee", "metered", "lump_sum", "revenue_share"]
-    if percentage is not None:
+    mode: Literal["flat_fee", "metered", "lump_sum", "revenue_share", "price_plan"]
+    if plan is not None:
+        mode = "price_plan"
+    elif percentage is not None:
         mode = "revenue_share"
     elif unit_of_count is not None:
         mode = "metered"
@@ -519,7 +530,9 @@ def _price_terms(cr: _CompiledRule) -> PriceTerms | None:
     payees = cr.rule.extra.get("odrl:compensatedParty", cr.rule.extra.get("compensatedParty", ()))
     payees = (payees,) if isinstance(payees, str) else tuple(str(p) for p in payees)
     payer = cr.assignee.uid if cr.assignee is not None else None
-    return PriceTerms(cr.rule.uid, mode, payees, payer, amount, currency, unit_of_count, percentage, interval)
+    return PriceTerms(
+        cr.rule.uid, mode, payees, payer, amount, currency, unit_of_count, percentage, interval, plan
+    )
 
 
 def _atoms(nodes: tuple[ConstraintNode, ...]) -> Iterator[Constraint]:

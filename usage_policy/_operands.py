@@ -139,6 +139,12 @@ def _pay_amount(ctx: EvaluationContext) -> Any:
     return ctx.payment.paid
 
 
+@left_operand("https://w3id.org/dadam/v1/pricePlan", kind="string", input="(payment term)", mode="price")
+def _price_plan(ctx: EvaluationContext) -> Any:
+    """A compensate duty's price plan (link#sha256=hash): a payment term, recorded, never a condition."""
+    return MISSING
+
+
 def _from_values(name: str) -> Resolver:
     def resolve(ctx: EvaluationContext) -> Any:
         if name in ctx.values:

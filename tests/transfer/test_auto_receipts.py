@@ -108,3 +108,61 @@ def test_receipts_issued_automatically_after_n_events(tmp_path: Path) -> None:
     finally:
         stop_node(consumer)
         stop_node(provider)
+
+
+def test_a_price_plan_referenced_by_link_and_hash_bills_graduated_tiers(tmp_path: Path) -> None:
+    provider = start_node("provider", tmp_path / "p", env={"DADAM_BANK_RECEIPT_EVENTS": "3",
+                                                           "DADAM_BANK_CHECKPOINT_SECONDS": "1"})  # fmt: skip
+    consumer = start_node("consumer", tmp_path / "c")
+    try:
+        wait_ready(provider)
+        wait_ready(consumer)
+        seed_provider(provider)
+        record_partner(provider, consumer)
+        plan = {"currency": "EUR", "unitOfCount": "call",
+                "tiers": [{"upTo": 2, "unitPrice": "0.30"}, {"upTo": None, "unitPrice": "0.20"}]}  # fmt: skip
+        with provider.client() as p:
+            published = p.post("/bank/price-plans", json={"id": "track-2027", "plan": plan})
+            assert published.status_code == 201, published.text
+            constraint = published.json()["constraint"]
+            assert constraint["rightOperand"].startswith(
+                provider.dsp_url + "/bank/price-plans/track-2027#sha256="
+            )
+            r = p.post("/policies", json={"id": "plan-priced", "policy": {"@type": "Set", "permission": [{
+                "action": "use", "duty": [{"action": "compensate", "constraint": [constraint]}]}]}})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+            r = p.post("/contract-definitions", json={"id": "track-plan", "access_policy_id": "open-access",
+                       "contract_policy_id": "plan-priced", "selector": {"dataset_ids": ["production-tracking-line2"]}})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+            p.post(
+                "/bank/deposits", json={"party": consumer.did, "amount": 1000, "ref": "d1"}
+            ).raise_for_status()
+        # the consumer can fetch the plan over the DSP-authenticated bank endpoint (401 without a token)
+        assert httpx.get(provider.dsp_url + "/bank/price-plans/track-2027").status_code == 401
+        track = next(
+            d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "production-tracking-line2"
+        )
+        offer = next(o for o in track["hasPolicy"] if "pricePlan" in str(o))
+        agreement = negotiate(consumer, provider, offer["@id"])["agreement"]["@id"]
+        own = []
+        for n in range(3):
+            data, transfer = pull(consumer, provider, agreement, request_id=f"req-{n}")
+            now = time.time()
+            own.append({"id": f"{transfer['providerPid']}:req-{n}", "agreement_id": agreement,
+                        "transfer_id": transfer["providerPid"], "dataset_id": "production-tracking-line2",
+                        "category": "process", "bytes": len(data), "records": 1, "calls": 1, "started_at": now,
+                        "ended_at": now, "outcome": "ok", "consumer": consumer.did, "provider": provider.did})  # fmt: skip
+        with consumer.client() as c:
+            assert c.post("/bank/usage", json=own).status_code in (200, 201)
+        receipts: list[dict[str, Any]] = []
+        with provider.client() as p:
+            for _ in range(150):
+                receipts = p.get("/bank/receipts").json()["items"]
+                if receipts and receipts[0]["signedBy"] == "both":
+                    break
+                time.sleep(0.1)
+        assert len(receipts) == 1 and receipts[0]["events"] == 3, receipts
+        assert receipts[0]["amount"] == 30 + 30 + 20 and receipts[0]["signedBy"] == "both"
+    finally:
+        stop_node(consumer)
+        stop_node(provider)
