@@ -235,7 +235,9 @@ def enforce(
         raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
     if retired is not None:  # named first: it is why the transfer was terminated
         raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
-    if TState(row["state"]) != TState.STARTED:
+    # STARTING / RESUMING: our TransferStartMessage (with this EDR) is out and the consumer may use
+    # it before its acknowledgement reaches us; anything else is not started
+    if TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
         raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
     consumer = row["counterparty_id"] or ""
     decision = _evaluate(
