@@ -33,6 +33,7 @@ __all__ = [
     "receipt_exchange",
     "reserve_at_transfer_start",
     "s3_config",
+    "shares_lookup",
     "thread_worker",
 ]
 
@@ -278,6 +279,17 @@ def price_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
     return price_for
 
 
+def shares_lookup(runtime: Runtime) -> Callable[[str, str], Any]:
+    """shares_for(agreement id, consumer DID): the revenue shares of the agreement's price plan."""
+    price_for = price_lookup(runtime)
+
+    def shares_for(agreement_id: str, consumer: str) -> Any:
+        terms = price_for(agreement_id, consumer)
+        return getattr(terms, "shares", ()) if terms is not None else ()
+
+    return shares_for
+
+
 def bank_worker(
     ledger: Any,
     sign: Callable[[bytes], str],
@@ -331,7 +343,12 @@ def due_receipts(runtime: Runtime) -> Callable[[], Any]:
     assert isinstance(identity, IdentityService) and isinstance(runtime.bank, Ledger)
     ident = identity.identity
     settings = runtime.settings
-    settlement = Settlement(runtime.bank, did=settings.did, sign=lambda p: ident.sign_jws(p, detached=True))
+    settlement = Settlement(
+        runtime.bank,
+        did=settings.did,
+        sign=lambda p: ident.sign_jws(p, detached=True),
+        shares_for=shares_lookup(runtime),
+    )
     price_for = price_lookup(runtime)
 
     exchange = receipt_exchange(identity)

@@ -42,6 +42,7 @@ from connector._wiring import (
     receipt_exchange,
     reserve_at_transfer_start,
     s3_config,
+    shares_lookup,
     thread_worker,
 )
 from connector.api import (
@@ -240,7 +241,7 @@ def create_app(
             def sign(payload: bytes) -> str:
                 return ident.sign_jws(payload, detached=True)
 
-            settlement = Settlement(rt.bank, did=settings.did, sign=sign)
+            settlement = Settlement(rt.bank, did=settings.did, sign=sign, shares_for=shares_lookup(rt))
             if isinstance(rt.transfers, TransferManager) and settings.bank_reservation_minor_units > 0:
                 reserve_at_transfer_start(rt.transfers, settlement, settings)
             verify = did_verifier(settings.did_web_allow_http)

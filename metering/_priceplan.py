@@ -11,7 +11,10 @@ A plan::
     {"currency": "EUR", "unitOfCount": "call",
      "tiers": [{"upTo": 1000, "unitPrice": "0.010"}, {"upTo": null, "unitPrice": "0.005"}]}
 
-Tiers are graduated: the first 1,000 units of a receipt cost 0.010 each, the rest 0.005.
+Tiers are graduated: the first 1,000 units of a receipt cost 0.010 each, the rest 0.005. A plan
+for a dataset contributed by several firms adds ``"revenueShare": {"did:web:a": 70, "did:web:b": 30}``:
+each settled receipt is then split between them with :func:`~metering.split_revenue` (integer parts
+that always sum to the amount) into their ``revenue:<did>`` accounts, in the same linked batch.
 """
 
 from __future__ import annotations
@@ -92,11 +95,29 @@ def plan_terms(plan: Any) -> PriceTerms:
             tiers.append((up_to, price))
     if tiers and tiers[-1][0] is not None:
         errors.append("tiers: the last tier must be unbounded (upTo: null)")
-    extra = sorted(set(plan) - {"currency", "unitOfCount", "tiers", "description"})
+    shares_in = plan.get("revenueShare")
+    shares: list[tuple[str, int]] = []
+    if shares_in is not None:
+        if not isinstance(shares_in, dict) or not shares_in:
+            errors.append("revenueShare: an object of contributor DID -> positive integer weight")
+        else:
+            for did, weight in sorted(shares_in.items()):
+                if (
+                    not str(did).startswith("did:")
+                    or not isinstance(weight, int)
+                    or isinstance(weight, bool)
+                    or weight <= 0
+                ):
+                    errors.append(f"revenueShare.{did}: a DID with a positive integer weight")
+                else:
+                    shares.append((str(did), weight))
+    extra = sorted(set(plan) - {"currency", "unitOfCount", "tiers", "description", "revenueShare"})
     errors += [f"{k}: unknown field" for k in extra]
     if errors:
         raise ValidationError("invalid price plan", errors=errors)
-    return PriceTerms(tiers[0][1], str(currency), UnitOfCount(str(unit)), tiers=tuple(tiers))
+    return PriceTerms(
+        tiers[0][1], str(currency), UnitOfCount(str(unit)), tiers=tuple(tiers), shares=tuple(shares)
+    )
 
 
 def store_price_plan(engine: Engine, plan_id: str, plan: Any) -> dict[str, Any]:

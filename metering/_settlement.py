@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,15 @@ from metering._audit import Checkpoint, append_audit
 from metering._ledger import Account, AccountFlags, Ledger, Result, Transfer, TransferFlags
 from metering._periods import bill_events, billing_lock, event_of, unbilled_events
 from metering._tables import checkpoints, receipts
-from metering._usage import PriceTerms, Receipt, UsageEvent, compare_receipt, make_receipt, query_usage_events
+from metering._usage import (
+    PriceTerms,
+    Receipt,
+    UsageEvent,
+    compare_receipt,
+    make_receipt,
+    query_usage_events,
+    split_revenue,
+)
 
 __all__ = ["Settlement", "countersign"]
 
@@ -102,7 +110,17 @@ class Settlement:
     REVENUE = "revenue"
     DEPOSITS = "deposits"
 
-    def __init__(self, ledger: Ledger, *, did: str, sign: Sign, currency: str = "EUR") -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        did: str,
+        sign: Sign,
+        currency: str = "EUR",
+        shares_for: Callable[[str, str], Sequence[tuple[str, int]]] | None = None,
+    ) -> None:
+        #: shares_for(agreement id, consumer DID): revenue shares of its price plan (empty: none)
+        self.shares_for = shares_for
         self.ledger = ledger
         self.engine: Engine = ledger.engine
         self.did = did
@@ -292,7 +310,28 @@ class Settlement:
                 self.currency,
             )
         if receipt.amount:
-            self._check(self.ledger.create_transfer(post), "settlement")
+            shares = (
+                list(self.shares_for(receipt.agreement_id, row["counterparty"])) if self.shares_for else []
+            )
+            batch = [post]
+            if shares:  # contributors' parts leave our revenue account in the same linked batch
+                parts = split_revenue(receipt.amount, dict(shares))
+                self.ledger.create_accounts(
+                    [Account(f"revenue:{did}", self.currency) for did in sorted(parts)]
+                )
+                post = replace(post, flags=post.flags | TransferFlags.LINKED)
+                moves = [
+                    Transfer(f"share:{receipt_id}:{did}", self.REVENUE, f"revenue:{did}", part, self.currency,
+                             flags=TransferFlags.LINKED)
+                    for did, part in sorted(parts.items()) if part > 0
+                ]  # fmt: skip
+                if moves:
+                    moves[-1] = replace(moves[-1], flags=TransferFlags(0))
+                    batch = [post, *moves]
+                else:
+                    batch = [replace(post, flags=post.flags & ~TransferFlags.LINKED)]
+            for result in self.ledger.create_transfers(batch):
+                self._check(result, "settlement")
         with self.engine.begin() as conn:
             conn.execute(receipts.update().where(receipts.c.id == receipt_id).values(
                 status="settled", consumer_signature=signature))  # fmt: skip

@@ -130,6 +130,8 @@ class PriceTerms:
     #: graduated tiers from a price plan: (up to this many units, unit price); the last unbounded.
     #: When set, ``pay_amount`` is ignored.
     tiers: tuple[tuple[Decimal | None, Decimal], ...] = ()
+    #: revenue share of a price plan: (contributor DID, weight); settlement splits each receipt
+    shares: tuple[tuple[str, int], ...] = ()
 
 
 _ODRL = "http://www.w3.org/ns/odrl/2/"

@@ -224,3 +224,36 @@ def test_the_consumer_cosigns_the_providers_checkpoint_only_when_it_verifies(
         ).scalar()
     assert json.loads(stored) == {consumer.did: answer["checkpoint_cosignature"]}
     assert verify_bank(engine) == []
+
+
+def test_a_settled_receipt_is_split_between_contributors_exactly(engine: sa.Engine, tmp_path: Path) -> None:
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    shares = [("did:web:a", 2), ("did:web:b", 1)]  # a dataset contributed by two firms, 2:1
+    bank = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True),
+                      shares_for=lambda agreement, party: shares if agreement == "agr" else ())  # fmt: skip
+    bank.deposit(consumer.did, 1_000, ref="dep-1")
+    with engine.begin() as conn:
+        record_usage_events(conn, [_event(i, consumer.did) for i in range(3)])  # 3 calls at 0.50: 150
+    doc = bank.issue_receipt("agr", consumer.did, PRICE)
+    answer = countersign(doc, query_usage_events(engine, agreement_id="agr"),
+                         sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)  # fmt: skip
+    assert bank.settle(doc["id"], answer, verify)["status"] == "settled"
+    lg = bank.ledger
+    parts = {did: lg.account(f"revenue:{did}").balance for did, _ in shares}
+    assert parts == {"did:web:a": 100, "did:web:b": 50}
+    assert sum(parts.values()) == 150 and lg.account(Settlement.REVENUE).balance == 0
+    assert lg.account(Settlement.prepaid(consumer.did)).balance == 850
+    assert verify_bank(engine) == []
+
+
+def test_a_price_plan_with_revenue_shares_is_validated() -> None:
+    from metering._priceplan import plan_terms
+
+    plan = {"currency": "EUR", "unitOfCount": "call", "tiers": [{"upTo": None, "unitPrice": "0.1"}],
+            "revenueShare": {"did:web:a": 70, "did:web:b": 30}}  # fmt: skip
+    assert plan_terms(plan).shares == (("did:web:a", 70), ("did:web:b", 30))
+    with pytest.raises(ValidationError) as info:
+        plan_terms({**plan, "revenueShare": {"acme": 70, "did:web:b": 0}})
+    assert len(info.value.errors) == 2
