@@ -352,7 +352,21 @@ def due_receipts(runtime: Runtime) -> Callable[[], Any]:
     price_for = price_lookup(runtime)
 
     exchange = receipt_exchange(identity)
+    exchange_statement = receipt_exchange(identity, "/bank/statements")
     verify = did_verifier(settings.did_web_allow_http)
+
+    def consumer_address(agreement_id: str) -> str | None:
+        import sqlalchemy as sa
+
+        from contracts._tables import negotiations
+
+        with runtime.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(negotiations.c.counterparty_address).where(
+                    negotiations.c.role == "provider", negotiations.c.agreement_id == agreement_id
+                )
+            ).scalar()
+        return str(found) if found else None
 
     def issue() -> Any:
         result = issue_due_receipts(
@@ -363,6 +377,10 @@ def due_receipts(runtime: Runtime) -> Callable[[], Any]:
             grace_s=settings.bank_period_grace_seconds,
         )
         result["sent"] = send_issued_receipts(runtime, settlement, exchange, verify)
+        result["statements"] = settlement.send_period_statements(
+            period_s=settings.bank_period_seconds, address_of=consumer_address, exchange=exchange_statement,
+            verify=verify,
+        )  # fmt: skip
         return result
 
     return issue

@@ -389,9 +389,28 @@ def settlement_router(
             raise ValidationError("the consumer's signature on the statement does not verify")
         return {**document, "consumer_signature": answer["signature"], "signedBy": "both"}
 
-    @router.get("/statements/{party:path}", dependencies=read, summary="Signed settlement statement")
-    async def statement(party: str) -> dict[str, Any]:
-        return await run_in_threadpool(settlement.statement, party)
+    @router.get("/statements", dependencies=read, summary="Periodic statements as exchanged (signed by both)")
+    async def stored(party: str | None = None) -> dict[str, Any]:
+        return {"items": await run_in_threadpool(settlement.stored_statements, party)}
+
+    @router.get(
+        "/statements/{party:path}", dependencies=read, summary="Signed settlement statement (JSON or CSV)"
+    )
+    async def statement(
+        party: str, period: int | None = None, format: str = Query("json", pattern="^(json|csv)$")
+    ) -> Any:
+        document = await run_in_threadpool(
+            lambda: settlement.statement(
+                party, period_start=period, period_s=period_s if period is not None else None
+            )
+        )
+        if format == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=["receipt", "agreement", "status", "amount", "signedBy"])
+            writer.writeheader()
+            writer.writerows(document["statement"]["lines"])
+            return Response(out.getvalue(), media_type="text/csv")
+        return document
 
     @router.post("/usage", dependencies=write, summary="Record usage events metered on this side")
     async def record(events: list[dict[str, Any]] = Body(...)) -> dict[str, Any]:

@@ -18,6 +18,7 @@ the consumer's own metering; it signs only when both agree, else it names the di
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -102,6 +103,9 @@ def _witness(data: Any, provider: str, *, sign: Sign, verify: Verify) -> dict[st
     if not _verifies(verify, cp.signature, cp.payload(), provider):
         return {"checkpoint_error": "the provider's signature on the checkpoint does not verify"}
     return {"checkpoint_cosignature": sign(cp.payload())}
+
+
+log = logging.getLogger("dadam.bank")
 
 
 class Settlement:
@@ -364,6 +368,93 @@ class Settlement:
                     "provider": document["provider"], "size": cp["size"], "root": cp["root"],
                     "signature": cp["signature"], "cosignature": answer["checkpoint_cosignature"]})  # fmt: skip
 
+    def send_period_statements(
+        self,
+        *,
+        period_s: int,
+        address_of: Callable[[str], str | None],
+        exchange: Callable[[str, str, dict[str, Any]], dict[str, Any]],
+        verify: Verify,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Provider: for every closed period whose receipts to a counterparty are all answered, send
+        that counterparty its statement of the period (once; an unreachable one again next time)
+        and keep it with the countersignature or the dispute. ``address_of(agreement id)``: the
+        counterparty's DSP address."""
+        from connector.identity import canonical_json
+        from metering._periods import closed_until
+        from metering._tables import statements
+
+        with self.engine.connect() as conn:
+            watermark = closed_until(conn)
+            if watermark is None:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    receipts.c.counterparty,
+                    receipts.c.period_start,
+                    receipts.c.status,
+                    receipts.c.agreement_id,
+                ).where(receipts.c.period_start.is_not(None), receipts.c.period_start + period_s <= watermark)
+            ).all()
+            done = {
+                (r.party, int(r.period_start))
+                for r in conn.execute(sa.select(statements.c.party, statements.c.period_start))
+            }
+        due: dict[tuple[str, int], list[Any]] = {}
+        for r in rows:
+            due.setdefault((r.counterparty, int(r.period_start)), []).append(r)
+        out = []
+        for (party, start), lines in sorted(due.items(), key=lambda kv: kv[0][1])[: limit * 4]:
+            if (party, start) in done or any(r.status == "issued" for r in lines):
+                continue
+            address = next((a for a in (address_of(r.agreement_id) for r in lines) if a), None)
+            if address is None:
+                continue
+            document = self.statement(party, period_start=start, period_s=period_s)
+            try:
+                answer = exchange(address, party, document)
+            except DadamError as exc:
+                log.warning("statement of %s for period %s not exchanged yet: %s", party, start, exc.message)
+                continue
+            signature = answer.get("signature")
+            if signature is not None and not _verifies(
+                verify, str(signature), canonical_json(document["statement"]), party
+            ):
+                log.warning("statement of %s: the countersignature does not verify", party)
+                continue
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(statements.c.party).where(
+                        statements.c.party == party, statements.c.period_start == start)).first():  # fmt: skip
+                    continue
+                conn.execute(statements.insert().values(
+                    party=party, period_start=start, body=json.dumps(document["statement"]),
+                    provider_signature=document["provider_signature"], consumer_signature=signature,
+                    dispute=None if signature else json.dumps(answer.get("dispute", [])), created_at=time.time()))  # fmt: skip
+                append_audit(conn, "statement", {"party": party, "period_start": start,
+                                                 "signedBy": "both" if signature else "provider"})  # fmt: skip
+            out.append(
+                {"party": party, "period_start": start, "signedBy": "both" if signature else "provider"}
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    def stored_statements(self, party: str | None = None) -> list[dict[str, Any]]:
+        from metering._tables import statements
+
+        stmt = sa.select(statements).order_by(statements.c.period_start)
+        if party is not None:
+            stmt = stmt.where(statements.c.party == party)
+        with self.engine.connect() as conn:
+            return [
+                {"party": r["party"], "periodStart": r["period_start"], "statement": json.loads(r["body"]),
+                 "provider_signature": r["provider_signature"], "consumer_signature": r["consumer_signature"],
+                 "dispute": json.loads(r["dispute"]) if r["dispute"] else None,
+                 "signedBy": "both" if r["consumer_signature"] else "provider"}
+                for r in conn.execute(stmt).mappings()
+            ]  # fmt: skip
+
     def countersign_statement(self, document: dict[str, Any], verify: Verify) -> dict[str, Any]:
         """Consumer: countersign a provider's statement if every settled line is a receipt we countersigned
         with the same amount; else name the lines we disagree with."""
@@ -390,11 +481,16 @@ class Settlement:
             return {"dispute": problems}
         return {"signature": self.sign(canonical_json(body))}
 
-    def statement(self, party: str) -> dict[str, Any]:
-        """Every receipt of ``party`` with status and amounts, the balances, signed by us."""
+    def statement(
+        self, party: str, *, period_start: int | None = None, period_s: int | None = None
+    ) -> dict[str, Any]:
+        """Every receipt of ``party`` (of one accounting period when ``period_start`` is given) with
+        status and amounts, the balances, signed by us."""
+        stmt = sa.select(receipts).where(receipts.c.counterparty == party)
+        if period_start is not None:
+            stmt = stmt.where(receipts.c.period_start == period_start)
         with self.engine.connect() as conn:
-            rows = list(conn.execute(sa.select(receipts).where(receipts.c.counterparty == party)
-                                     .order_by(receipts.c.created_at)).mappings())  # fmt: skip
+            rows = list(conn.execute(stmt.order_by(receipts.c.created_at)).mappings())
         lines = [
             {"receipt": r["id"], "agreement": r["agreement_id"], "status": r["status"],
              "amount": json.loads(r["body"])["amount"], "signedBy": "both" if r["consumer_signature"] else "provider"}
@@ -412,6 +508,8 @@ class Settlement:
             "reserved": account["debits_pending"],
             "issuedAt": int(time.time()),
         }
+        if period_start is not None:
+            body["period"] = {"start": period_start, "end": period_start + int(period_s or 0)}
         from connector.identity import canonical_json
 
         return {"statement": body, "provider_signature": self.sign(canonical_json(body))}

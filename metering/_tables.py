@@ -15,6 +15,7 @@ __all__ = [
     "periods",
     "price_plans",
     "receipts",
+    "statements",
     "transfers",
     "usage_events",
 ]
@@ -152,5 +153,19 @@ price_plans = sa.Table(
     sa.Column("id", sa.String(200), primary_key=True),
     sa.Column("hash", sa.String(80), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+#: periodic settlement statements per counterparty, as exchanged (signed by us, and by them)
+statements = sa.Table(
+    "bank_statements",
+    metadata,
+    sa.Column("party", sa.String(300), primary_key=True),
+    sa.Column("period_start", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("provider_signature", sa.Text, nullable=False),
+    sa.Column("consumer_signature", sa.Text, nullable=True),
+    sa.Column("dispute", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )

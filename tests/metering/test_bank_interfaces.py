@@ -81,3 +81,42 @@ def test_running_connector_signs_checkpoints_periodically(tmp_path: Path) -> Non
         engine.dispose()
         assert size >= 2  # accounts + transfer entries are covered by a signed tree head
         assert c.get(BANK + "/verify", headers=h).json() == {"ok": True, "problems": []}
+
+
+def test_statements_json_csv_and_price_plans_over_the_api(tmp_path: Path) -> None:
+    db = f"sqlite:///{(tmp_path / 'bank.db').as_posix()}"
+    settings = Settings(data_dir=tmp_path, database_url=SecretStr(db), api_key=SecretStr("k"))
+    h = {"X-Api-Key": "k"}
+    party = "did:web:consumer.example"
+    with TestClient(create_app(settings)) as c:
+        assert c.post(
+            BANK + "/deposits", headers=h, json={"party": party, "amount": 900, "ref": "d1"}
+        ).status_code in (200, 201)
+        usage = [{"id": f"u{i}", "agreement_id": "agr", "transfer_id": "t", "dataset_id": "d", "category": "carbon",
+                  "bytes": 10, "records": 1, "calls": 1, "started_at": 1.0, "ended_at": 2.0, "outcome": "ok",
+                  "consumer": party, "provider": settings.did} for i in range(2)]  # fmt: skip
+        assert c.post(BANK + "/usage", headers=h, json=usage).status_code in (200, 201)
+        price = {"payAmount": "0.50", "currency": "EUR", "unitOfCount": "call"}
+        r = c.post(BANK + "/receipts", headers=h, json={"agreementId": "agr", "party": party, "price": price})
+        assert r.status_code in (200, 201), r.text
+        quoted = party.replace(":", "%3A")
+        doc = c.get(f"{BANK}/statements/{quoted}", headers=h).json()
+        assert doc["statement"]["consumer"] == party and doc["provider_signature"]
+        csv_text = c.get(f"{BANK}/statements/{quoted}", headers=h, params={"format": "csv"}).text
+        lines = csv_text.strip().splitlines()
+        assert (
+            lines[0] == "receipt,agreement,status,amount,signedBy" and ",agr,issued,100,provider" in lines[1]
+        )
+        assert c.get(BANK + "/statements", headers=h).json() == {"items": []}  # none exchanged yet
+        plan = {"currency": "EUR", "unitOfCount": "MB", "tiers": [{"upTo": None, "unitPrice": "0.02"}]}
+        r = c.post(BANK + "/price-plans", headers=h, json={"id": "p1", "plan": plan})
+        assert r.status_code == 201 and r.json()["reference"].endswith(
+            "/bank/price-plans/p1#sha256=" + r.json()["hash"][7:]
+        )
+        assert (
+            c.post(
+                BANK + "/price-plans", headers=h, json={"id": "p1", "plan": {**plan, "currency": "USD"}}
+            ).status_code
+            == 409
+        )
+        assert c.get(BANK + "/price-plans/p1", headers=h).json()["plan"] == plan

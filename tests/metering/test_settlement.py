@@ -257,3 +257,53 @@ def test_a_price_plan_with_revenue_shares_is_validated() -> None:
     with pytest.raises(ValidationError) as info:
         plan_terms({**plan, "revenueShare": {"acme": 70, "did:web:b": 0}})
     assert len(info.value.errors) == 2
+
+
+def test_periodic_statements_are_sent_once_per_closed_period_and_kept_signed_by_both(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from connector.store import create_engine, migrate
+    from metering._periods import issue_due_receipts
+
+    provider = Identity.load_or_create("did:web:p", tmp_path / "p")
+    consumer = Identity.load_or_create("did:web:c", tmp_path / "c")
+    verify = _verify({"did:web:p": provider, "did:web:c": consumer})
+    sign_c = lambda b: consumer.sign_jws(b, detached=True)  # noqa: E731
+    bank_p = Settlement(Ledger(engine), did=provider.did, sign=lambda b: provider.sign_jws(b, detached=True))
+    engine_c = create_engine(f"sqlite:///{(tmp_path / 'consumer.db').as_posix()}")
+    migrate(engine_c)
+    bank_c = Settlement(Ledger(engine_c), did=consumer.did, sign=sign_c)
+    bank_p.deposit(consumer.did, 1_000, ref="dep-1")
+    for eng in (engine, engine_c):  # both sides metered the same three calls, in period [0, 60)
+        with eng.begin() as conn:
+            record_usage_events(conn, [_event(i, consumer.did) for i in range(3)])
+    issued = issue_due_receipts(bank_p, period_s=60, price_for=lambda a, c: PRICE, now=1_000.0, grace_s=0)
+    assert [i["document"]["receipt"]["amount"] for i in issued["issued"]] == [150]
+    nothing = bank_p.send_period_statements(period_s=60, address_of=lambda a: "http://c", verify=verify,
+                                            exchange=lambda *a: pytest.fail("receipt not answered yet"))  # fmt: skip
+    assert nothing == []  # its receipt is not answered yet
+    doc = bank_p.receipt_document(issued["issued"][0]["document"]["id"])
+    answer = countersign(doc, bank_c.own_unbilled_events("agr", provider.did, except_receipt=doc["id"]),
+                         sign=sign_c, verify=verify)  # fmt: skip
+    bank_c.record_countersigned(doc, answer)
+    assert bank_p.settle(doc["id"], answer, verify)["status"] == "settled"
+    calls: list[dict[str, object]] = []
+
+    def exchange(address: str, party: str, document: dict[str, object]) -> dict[str, object]:
+        calls.append(document)
+        return bank_c.countersign_statement(document, verify)
+
+    sent = bank_p.send_period_statements(
+        period_s=60, address_of=lambda a: "http://c", exchange=exchange, verify=verify
+    )
+    assert sent == [{"party": consumer.did, "period_start": 0, "signedBy": "both"}]
+    assert bank_p.send_period_statements(period_s=60, address_of=lambda a: "http://c", exchange=exchange,
+                                         verify=verify) == []  # fmt: skip
+    assert len(calls) == 1
+    [kept] = bank_p.stored_statements(consumer.did)
+    assert kept["signedBy"] == "both" and kept["statement"]["period"] == {"start": 0, "end": 60}
+    assert kept["statement"]["settled"] == 150 and [ln["status"] for ln in kept["statement"]["lines"]] == [
+        "settled"
+    ]
+    assert verify_bank(engine) == []
+    engine_c.dispose()
