@@ -54,6 +54,41 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def edr(view: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Endpoint and bearer header of a started pull transfer's EDR."""
+    props = {x["name"]: x["value"] for x in view["dataAddress"]["endpointProperties"]}
+    return view["dataAddress"]["endpoint"], {"Authorization": f"Bearer {props['authorization']}"}
+
+
+def timed_pull(view: dict[str, Any], pid: int, size: int) -> tuple[float, float, float]:
+    """(MB/s, provider RSS before, peak RSS) of one streamed pull of ``size`` bytes."""
+    url, headers = edr(view)
+    rss_before = rss_mb(pid)
+    peak = rss_before
+    got = 0
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url, headers=headers, timeout=600) as resp:
+        resp.raise_for_status()
+        for n, chunk in enumerate(resp.iter_bytes(1 << 20)):
+            got += len(chunk)
+            if n % 16 == 0:
+                peak = max(peak, rss_mb(pid))
+    assert got == size, f"received {got} of {size} bytes"
+    return got / (time.perf_counter() - t0) / 1e6, rss_before, peak
+
+
+def request_rate(view: dict[str, Any], seconds: float, prefix: str) -> float:
+    """Sequential authorised, metered GETs per second for ``seconds``."""
+    url, headers = edr(view)
+    n = 0
+    with httpx.Client(timeout=10) as client:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            client.get(url, headers={**headers, "X-Request-Id": f"{prefix}{n}"}).raise_for_status()
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+
 class _Repeat:
     """``size`` bytes of a repeated random block, read like a file (for a streaming upload)."""
 
@@ -110,32 +145,8 @@ def s3_figures(
     except DemoError as exc:
         raise SystemExit(f"S3 pull failed: {exc}") from None
 
-    def edr(view: dict[str, Any]) -> tuple[str, dict[str, str]]:
-        props = {x["name"]: x["value"] for x in view["dataAddress"]["endpointProperties"]}
-        return view["dataAddress"]["endpoint"], {"Authorization": f"Bearer {props['authorization']}"}
-
-    url, headers = edr(big)
-    rss_before = rss_mb(provider.proc.pid)
-    peak = rss_before
-    got = 0
-    t0 = time.perf_counter()
-    with httpx.stream("GET", url, headers=headers, timeout=600) as r:
-        r.raise_for_status()
-        for n, chunk in enumerate(r.iter_bytes(1 << 20)):
-            got += len(chunk)
-            if n % 16 == 0:
-                peak = max(peak, rss_mb(provider.proc.pid))
-    through = got / (time.perf_counter() - t0) / 1e6
-    assert got == size, f"received {got} of {size} bytes"
-
-    url, headers = edr(small_view)
-    n = 0
-    with httpx.Client(timeout=10) as hc:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            hc.get(url, headers={**headers, "X-Request-Id": f"s{n}"}).raise_for_status()
-            n += 1
-        rate = n / (time.perf_counter() - t0)
+    through, rss_before, peak = timed_pull(big, provider.proc.pid, size)
+    rate = request_rate(small_view, seconds, "s")
     return {
         "s3_object_mb": round(size / 1e6, 1),
         "s3_direct_minio_get_mb_per_s": round(direct, 1),
@@ -233,33 +244,9 @@ def main() -> None:
             _, big_transfer = pull(consumer, provider, big_agreement)  # warms up the path with one pull
             _, small_transfer = pull(consumer, provider, small_agreement)
 
-            def edr(view: dict[str, Any]) -> tuple[str, dict[str, str]]:
-                props = {x["name"]: x["value"] for x in view["dataAddress"]["endpointProperties"]}
-                return view["dataAddress"]["endpoint"], {"Authorization": f"Bearer {props['authorization']}"}
-
             assert provider.proc is not None
-            url, headers = edr(big_transfer)
-            rss_before = rss_mb(provider.proc.pid)
-            peak = rss_before
-            got = 0
-            t0 = time.perf_counter()
-            with httpx.stream("GET", url, headers=headers, timeout=120) as resp:
-                resp.raise_for_status()
-                for n, chunk in enumerate(resp.iter_bytes(1 << 20)):
-                    got += len(chunk)
-                    if n % 16 == 0:
-                        peak = max(peak, rss_mb(provider.proc.pid))
-            through = got / (time.perf_counter() - t0) / 1e6
-            assert got == size, f"received {got} of {size} bytes"
-
-            url, headers = edr(small_transfer)
-            n = 0
-            with httpx.Client(timeout=10) as client:
-                t0 = time.perf_counter()
-                while time.perf_counter() - t0 < args.seconds:
-                    client.get(url, headers={**headers, "X-Request-Id": f"b{n}"}).raise_for_status()
-                    n += 1
-                small_rate = n / (time.perf_counter() - t0)
+            through, rss_before, peak = timed_pull(big_transfer, provider.proc.pid, size)
+            small_rate = request_rate(small_transfer, args.seconds, "b")
             figures = {
                 "file_size_mb": round(size / 1e6, 1),
                 "direct_read_mb_per_s": round(floor, 1),
