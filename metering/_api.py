@@ -121,7 +121,10 @@ def bank_router(
     return router
 
 
-app = typer.Typer(help="The data bank: accounts, balances, transfers, verification.", no_args_is_help=True)
+app = typer.Typer(
+    help="The data bank: accounts, balances, transfers, receipts, statements, periods, verification.",
+    no_args_is_help=True,
+)
 
 
 def _ledger() -> Ledger:
@@ -159,6 +162,58 @@ def transfers_cmd(
         typer.echo(out.getvalue(), nl=False)
     else:
         typer.echo(json.dumps(items, indent=2))
+
+
+def _settlement() -> Any:
+    from connector.settings import Settings
+    from metering._settlement import Settlement
+
+    # listing only: nothing is signed here, so no key is loaded
+    return Settlement(_ledger(), did=Settings().did, sign=lambda payload: "")
+
+
+def _emit(items: list[dict[str, Any]], csv_out: bool) -> None:
+    if not csv_out:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    out = io.StringIO()
+    if items:
+        w = csv.DictWriter(out, fieldnames=list(items[0]))
+        w.writeheader()
+        w.writerows(items)
+    typer.echo(out.getvalue(), nl=False)
+
+
+@app.command("receipts")
+def receipts_cmd(
+    party: str | None = typer.Option(None, help="Only this counterparty's receipts."),
+    agreement: str | None = typer.Option(None, help="Only this agreement's receipts."),
+    csv_out: bool = typer.Option(False, "--csv"),
+) -> None:
+    """List usage receipts with their status (issued, settled, disputed, countersigned) and amounts."""
+    items = _settlement().receipts(agreement_id=agreement, party=party)
+    _emit(
+        [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in i.items()} for i in items],
+        csv_out,
+    )
+
+
+@app.command("statements")
+def statements_cmd(
+    party: str | None = typer.Option(None, help="Only this counterparty's statements."),
+    csv_out: bool = typer.Option(False, "--csv", help="One row per statement line."),
+) -> None:
+    """List the periodic settlement statements as exchanged (signed by both, or with the dispute)."""
+    kept = _settlement().stored_statements(party)
+    if not csv_out:
+        typer.echo(json.dumps(kept, indent=2))
+        return
+    rows = [
+        {"party": st["party"], "periodStart": st["periodStart"], "signedBy": st["signedBy"], **line}
+        for st in kept
+        for line in st["statement"]["lines"]
+    ]
+    _emit(rows, True)
 
 
 @app.command("verify")

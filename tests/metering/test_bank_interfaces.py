@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,14 @@ def test_statements_json_csv_and_price_plans_over_the_api(tmp_path: Path) -> Non
             == 409
         )
         assert c.get(BANK + "/price-plans/p1", headers=h).json()["plan"] == plan
+    env = {**os.environ, "DADAM_DATABASE_URL": db, "DADAM_DATA_DIR": str(tmp_path)}
+    cli = [sys.executable, "-m", "connector.cli", "bank"]
+    listed = subprocess.run([*cli, "receipts", "--csv"], env=env, capture_output=True, text=True, check=True)
+    header, row = listed.stdout.splitlines()[:2]
+    assert "status" in header.split(",") and "issued" in row and party in row
+    as_json = subprocess.run(
+        [*cli, "receipts", "--party", party], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(as_json.stdout)[0]["amount"] == 100
+    kept = subprocess.run([*cli, "statements"], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(kept.stdout) == []
