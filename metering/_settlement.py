@@ -216,6 +216,7 @@ class Settlement:
                 "sequence": r["sequence"], "amount": body["amount"], "currency": body["currency"],
                 "events": body["event_count"], "adjustments": body.get("adjustments"),
                 "signedBy": "both" if r["consumer_signature"] else "provider", "createdAt": r["created_at"],
+                "dispute": json.loads(r["dispute"]) if r["dispute"] else None,
             })  # fmt: skip
         return items
 

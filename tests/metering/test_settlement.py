@@ -90,6 +90,9 @@ def test_consumer_disputes_a_receipt_that_differs_from_its_metering(
     answer = countersign(doc, consumer_saw, sign=lambda b: consumer.sign_jws(b, detached=True), verify=verify)
     assert answer == {"dispute": ["tp:2"]}
     assert bank.settle(doc["id"], answer, verify) == {"status": "disputed", "event_ids": ["tp:2"]}
+    # the dispute stays visible with its event ids (management API and `dadam bank receipts`)
+    [listed] = bank.receipts(party=consumer.did)
+    assert (listed["status"], listed["dispute"]) == ("disputed", ["tp:2"])
     assert bank.statement(consumer.did)["statement"]["settled"] == 0
     tampered = {**doc, "receipt": {**doc["receipt"], "amount": 1}}
     with pytest.raises(ValidationError, match="provider's signature"):
