@@ -106,6 +106,12 @@ __all__ = [
 log = logging.getLogger("dadam.contracts")
 
 
+def _camel(column: str) -> str:
+    """``consumer_pid`` -> ``consumerPid`` (the DSP property a pid column holds)."""
+    head, _, tail = column.partition("_")
+    return head + tail.capitalize()
+
+
 def _offer(q: asyncio.Queue[dict[str, Any]], ev: dict[str, Any]) -> None:
     """Put an event for an SSE client; a client too slow to read 1,000 events misses the newest."""
     with contextlib.suppress(asyncio.QueueFull):
@@ -615,6 +621,57 @@ class NegotiationManager:
             return self._ack(self._find(conn, role, pid, caller, lock=False))
 
     # -- received DSP messages ---------------------------------------------------------------
+    def _open_received(
+        self,
+        conn: Connection,
+        role: Role,
+        peer_pid: str,
+        msg: Any,
+        caller: Caller,
+        digest: str,
+        ctx: dict[str, Any],
+        **values: Any,
+    ) -> tuple[Row, dict[str, Any] | None]:
+        """A negotiation opened by the peer's first message (a consumer's request, or a provider's
+        offer): the new INITIAL row, locked and with the message recorded; or, when the same message
+        comes again, the existing negotiation's acknowledgement. Another message reusing the peer's
+        pid is refused (each negotiation has fresh pids)."""
+        own, peer = (
+            ("provider_pid", "consumer_pid") if role is Role.PROVIDER else ("consumer_pid", "provider_pid")
+        )
+        known = (
+            conn.execute(
+                sa.select(negotiations).where(
+                    negotiations.c.role == role.value,
+                    negotiations.c[peer] == peer_pid,
+                    negotiations.c.counterparty_id == caller.did,
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if known is not None:
+            if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
+                return known, self._ack(known)
+            peer_name, own_name = _camel(peer), _camel(own)
+            raise RemoteProtocolError(
+                f"{peer_name} {peer_pid!r} already names negotiation {known[own]!r}",
+                context={**ctx, own_name: known[own]},
+            )
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        now = time.time()
+        conn.execute(
+            sa.insert(negotiations).values(
+                id=pid, state=int(State.INITIAL), state_since=now, deadline=now + self.config.state_timeout_s,
+                pending=False, version=0, created_at=now, updated_at=now, role=role.value,
+                **{own: pid, peer: peer_pid}, counterparty_address=msg.callback_address.rstrip("/"),
+                counterparty_id=caller.did, **values,
+            )
+        )  # fmt: skip
+        row: Row = lock_process(conn, negotiations, pid)
+        record_received(conn, KIND, pid, msg.id, digest)
+        return row, None
+
     def provider_request(
         self, body: Any, caller: Caller, defer: Callable[[Callable[[], None]], None] | None = None
     ) -> dict[str, Any]:
@@ -652,52 +709,13 @@ class NegotiationManager:
         fx = _Effects()
         digest = body_digest(body)
         with write_tx(self.engine) as conn:
-            known = (
-                conn.execute(
-                    sa.select(negotiations).where(
-                        negotiations.c.role == "provider",
-                        negotiations.c.consumer_pid == msg.consumer_pid,
-                        negotiations.c.counterparty_id == caller.did,
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if known is not None:
-                # A resent initial request (same @id and body) gets the same negotiation back;
-                # anything else reusing the consumerPid is refused (each negotiation has fresh pids).
-                if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
-                    return self._ack(known)
-                raise RemoteProtocolError(
-                    f"consumerPid {msg.consumer_pid!r} already names negotiation {known['provider_pid']!r}",
-                    context={**ctx, "providerPid": known["provider_pid"]},
-                )
-            pid = f"urn:uuid:{uuid.uuid4()}"
-            now = time.time()
-            conn.execute(
-                sa.insert(negotiations).values(
-                    id=pid,
-                    state=int(State.INITIAL),
-                    state_since=now,
-                    deadline=now + self.config.state_timeout_s,
-                    pending=False,
-                    version=0,
-                    created_at=now,
-                    updated_at=now,
-                    role="provider",
-                    provider_pid=pid,
-                    consumer_pid=msg.consumer_pid,
-                    counterparty_address=msg.callback_address.rstrip("/"),
-                    counterparty_id=caller.did,
-                    offer_id=offer_id,
-                    dataset_id=dataset_id,
-                    offer=_dumps(msg.offer),
-                    offer_by="consumer",
-                    extra=_dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
-                )
-            )
-            row: Row = lock_process(conn, negotiations, pid)
-            record_received(conn, KIND, pid, msg.id, digest)
+            row, duplicate = self._open_received(
+                conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx,
+                offer_id=offer_id, dataset_id=dataset_id, offer=_dumps(msg.offer), offer_by="consumer",
+                extra=_dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
+            )  # fmt: skip
+            if duplicate is not None:
+                return duplicate
             tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
             row = self._set(conn, row, tr.state, fx)
             ack = self._ack(row)  # the state this message led to, before our reaction
@@ -725,52 +743,13 @@ class NegotiationManager:
         fx = _Effects()
         digest = body_digest(body)
         with write_tx(self.engine) as conn:
-            known = (
-                conn.execute(
-                    sa.select(negotiations).where(
-                        negotiations.c.role == "consumer",
-                        negotiations.c.provider_pid == msg.provider_pid,
-                        negotiations.c.counterparty_id == caller.did,
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if known is not None:
-                # The same offer again (same @id and body) gets the same negotiation back.
-                if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
-                    return self._ack(known)
-                raise RemoteProtocolError(
-                    f"providerPid {msg.provider_pid!r} already names negotiation {known['consumer_pid']!r}",
-                    context={**ctx, "consumerPid": known["consumer_pid"]},
-                )
-            pid = f"urn:uuid:{uuid.uuid4()}"
-            now = time.time()
-            conn.execute(
-                sa.insert(negotiations).values(
-                    id=pid,
-                    state=int(State.INITIAL),
-                    state_since=now,
-                    deadline=now + self.config.state_timeout_s,
-                    pending=False,
-                    version=0,
-                    created_at=now,
-                    updated_at=now,
-                    role="consumer",
-                    consumer_pid=pid,
-                    provider_pid=msg.provider_pid,
-                    counterparty_address=msg.callback_address.rstrip("/"),
-                    counterparty_id=caller.did,
-                    offer_id=offer_id,
-                    dataset_id=dataset_id,
-                    offer=_dumps(msg.offer),
-                    offer_by="provider",
-                    callbacks=_dumps([]),
-                    extra=_dumps({"initiated": "provider"}),
-                )
-            )
-            row: Row = lock_process(conn, negotiations, pid)
-            record_received(conn, KIND, pid, msg.id, digest)
+            row, duplicate = self._open_received(
+                conn, Role.CONSUMER, msg.provider_pid, msg, caller, digest, ctx,
+                offer_id=offer_id, dataset_id=dataset_id, offer=_dumps(msg.offer), offer_by="provider",
+                callbacks=_dumps([]), extra=_dumps({"initiated": "provider"}),
+            )  # fmt: skip
+            if duplicate is not None:
+                return duplicate
             tr = handle(Role.CONSUMER, State.INITIAL, Event.RECV_INITIAL_OFFER)
             row = self._set(conn, row, tr.state, fx)
             ack = self._ack(row)  # OFFERED, before our reaction
