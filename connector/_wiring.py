@@ -28,6 +28,7 @@ __all__ = [
     "build_transfers",
     "did_verifier",
     "due_receipts",
+    "install_signaling",
     "prepaid_account_exists",
     "price_lookup",
     "receipt_exchange",
@@ -70,7 +71,19 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
     if not isinstance(identity, IdentityService):
         raise TypeError("negotiations need the runtime's IdentityService")
 
+    signal_auth = None
+    if settings.dataplane_signaling_url and settings.dataplane_signaling_secret is not None:
+        from connector.dataplane._signal_auth import CONTROL_PLANE, SignalAuth
+
+        signal_auth = SignalAuth(
+            settings.dataplane_signaling_secret.get_secret_value().encode(), CONTROL_PLANE
+        )
+
     def auth_for(peer: str | None) -> httpx.Auth | None:
+        if (
+            signal_auth is not None and peer == "urn:dadam:dataplane-signaling"
+        ):  # contracts._dataflow.AUDIENCE
+            return signal_auth
         return identity.auth_for(peer) if peer else None
 
     kwargs: dict[str, Any] = {
@@ -171,14 +184,15 @@ def prepaid_account_exists(rt: Runtime) -> Callable[[str], bool]:
     return exists
 
 
-def build_pushes(runtime: Runtime, manager: Any) -> Any:
-    """The provider's push worker (registers itself on the transfer manager's STARTED hook)."""
+def build_pushes(runtime: Runtime, manager: Any, cls: Any = None, **extra: Any) -> Any:
+    """The provider's push worker (registers itself on the transfer manager's STARTED hook);
+    ``cls`` / ``extra``: another PushService class and its own arguments (signaling mode)."""
     from connector.dataplane import PushService
 
     identity = runtime.identity
     assert isinstance(identity, IdentityService)
     settings = runtime.settings
-    return PushService(
+    return (cls or PushService)(
         runtime.engine,
         runtime.catalog_store,
         manager,
@@ -191,7 +205,18 @@ def build_pushes(runtime: Runtime, manager: Any) -> Any:
         part_size=settings.push_part_bytes,
         lease_s=float(settings.lease_seconds),
         poll_s=settings.worker_poll_ms / 1000,
+        **extra,
     )
+
+
+def install_signaling(runtime: Runtime, manager: Any) -> Any:
+    """Signaling mode on the control plane (decision 0452): provider transfers drive the data plane
+    at ``DADAM_DATAPLANE_SIGNALING_URL`` over HTTP; the returned DataPlaneSignals takes its callbacks."""
+    from contracts._dataflow import DataPlaneSignals
+
+    settings = runtime.settings
+    assert settings.dataplane_signaling_url
+    return DataPlaneSignals(manager, settings.dataplane_signaling_url, settings.signaling_callback_url)
 
 
 def did_verifier(allow_http: bool) -> Callable[[str, bytes, str], bool]:

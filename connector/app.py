@@ -37,6 +37,7 @@ from connector._wiring import (
     build_transfers,
     did_verifier,
     due_receipts,
+    install_signaling,
     prepaid_account_exists,
     price_lookup,
     receipt_exchange,
@@ -122,9 +123,12 @@ def create_app(
             )
         )
         runtime.transfers, runtime.edr = build_transfers(runtime, manager)
-        pushes = build_pushes(runtime, runtime.transfers)  # queues pushes when transfers start
-        if runtime.settings.dataplane_embedded:  # else `dadam dataplane` processes run them
-            runtime.workers.append(thread_worker(pushes.start, pushes.stop))
+        if runtime.settings.dataplane_signaling_url:  # the data plane is driven over HTTP (0452)
+            install_signaling(runtime, runtime.transfers)
+        else:
+            pushes = build_pushes(runtime, runtime.transfers)  # queues pushes when transfers start
+            if runtime.settings.dataplane_embedded:  # else `dadam dataplane` processes run them
+                runtime.workers.append(thread_worker(pushes.start, pushes.stop))
     settings = runtime.settings
     rt = runtime
 
@@ -211,6 +215,12 @@ def create_app(
             ),
             prefix=settings.management_path,
         )
+        signals = getattr(rt.transfers, "dataplane", None)
+        if signals is not None and settings.dataplane_signaling_secret is not None:
+            from contracts._dataflow import dataflow_callback_router
+
+            secret = settings.dataplane_signaling_secret.get_secret_value().encode()
+            app.include_router(dataflow_callback_router(signals, secret), prefix="/api/signaling")
         if settings.dataplane_embedded:
             app.include_router(inbox_router(rt.engine, settings.inbox_dir or settings.data_dir / "inbox"))
         if isinstance(rt.edr, EdrService) and identity_service is not None and settings.dataplane_embedded:

@@ -112,6 +112,22 @@ class Settings(BaseSettings):
         None,
         description="Public base URL of the data plane; EDRs and push inboxes point here. Default: public_url.",
     )
+    dataplane_signaling_url: str | None = Field(
+        None,
+        description="Control plane: base URL of the data plane's signaling API (e.g. http://dp:8282/api/signaling); "
+        "provider transfers then drive the data plane over HTTP signaling (decision 0452; needs "
+        "dataplane_embedded=false and dataplane_signaling_secret). Unset: the data plane reads the shared database.",
+    )
+    dataplane_signaling_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret (at least 32 characters) for the HS256 tokens of signaling calls in both "
+        "directions. On `dadam dataplane`: set, it serves the signaling API under /api/signaling.",
+    )
+    dataplane_callback_url: str | None = Field(
+        None,
+        description="Base URL where the data plane calls the control plane back (signaling mode). "
+        "Default: public_url + /api/signaling.",
+    )
     edr_ttl_seconds: int = Field(
         300, ge=10, le=3600, description="Lifetime of the data plane access tokens handed out in EDRs."
     )
@@ -219,6 +235,18 @@ class Settings(BaseSettings):
     def _derive(self) -> Settings:
         if self.participant_id is None:
             self.participant_id = did_web_for_url(self.public_url)
+        if (
+            self.dataplane_signaling_secret is not None
+            and len(self.dataplane_signaling_secret.get_secret_value()) < 32
+        ):
+            raise ValueError("dataplane_signaling_secret: at least 32 characters")
+        if self.dataplane_signaling_url:
+            if self.dataplane_signaling_secret is None:
+                raise ValueError("dataplane_signaling_url needs dataplane_signaling_secret")
+            if self.dataplane_embedded:
+                raise ValueError(
+                    "dataplane_signaling_url needs dataplane_embedded=false (the data plane runs apart)"
+                )
         return self
 
     # --- derived ------------------------------------------------------------------------------
@@ -232,6 +260,11 @@ class Settings(BaseSettings):
     def dataplane_url(self) -> str:
         """Base URL of the data plane's public endpoints (``/api/public/...``)."""
         return (self.dataplane_public_url or self.public_url).rstrip("/")
+
+    @property
+    def signaling_callback_url(self) -> str:
+        """Where the data plane calls the control plane back (signaling mode)."""
+        return (self.dataplane_callback_url or self.public_url + "/api/signaling").rstrip("/")
 
     @property
     def dsp_base_url(self) -> str:

@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from connector.errors import NotFoundError, RemoteProtocolError, ValidationError
+from connector.errors import LocalProtocolError, NotFoundError, RemoteProtocolError, ValidationError
 from connector.identity import Caller
 from contracts._negotiation_states import State
 from contracts._process import (
@@ -123,6 +123,15 @@ retirements = sa.Table(
 )
 
 
+class DataPlane(Protocol):
+    """Signaling mode (decision record 0452, ``contracts._dataflow.DataPlaneSignals``): the data
+    plane is told of a provider transfer's changes over HTTP instead of reading them."""
+
+    def start(self, conn: Connection, row: Any, *, resume: bool) -> None: ...
+
+    def follow(self, conn: Connection, row: Any, new: TState, reason: str | None) -> None: ...
+
+
 class EdrIssuer(Protocol):
     """Makes the ``dataAddress`` of a pull transfer (the data plane)."""
 
@@ -193,6 +202,8 @@ class TransferManager:
         self.on_started = on_started
         #: formats_for(dataset id) -> the transfer types the dataset is offered with (None: unknown)
         self.formats_for = formats_for
+        #: signaling mode: the data plane driven over HTTP (None: it reads the database, decision 0451)
+        self.dataplane: DataPlane | None = None
         worker.handlers[KIND] = self  # share the negotiation worker: one outbox, one claim loop
 
     def _timeout(self, state: TState) -> float | None:
@@ -440,6 +451,8 @@ class TransferManager:
                     + (f": {'; '.join(map(str, reasons))}" if reasons else "")
                     + (f" (code {body['code']})" if body.get("code") else "")
                 )
+            if self.dataplane is not None and row["role"] == "provider":
+                self.dataplane.follow(conn, row, nxt, reason)
             save_state(conn, transfers, pid, nxt, timeout_s=self._timeout(nxt),
                        error_detail=reason, **values)  # fmt: skip
             row = lock_process(conn, transfers, pid)
@@ -459,6 +472,14 @@ class TransferManager:
         self, conn: Connection, row: Any, cmd: Command, reason: str | None = None, delay: float = 0.0
     ) -> None:
         message, sending, _done = command(row["role"], TState(row["state"]), cmd)
+        if self.dataplane is not None and row["role"] == "provider":
+            if message == "TransferStartMessage" and row["format"] in PULL_FORMATS:
+                # signaling mode: the data plane starts (or resumes) the flow first; its answer, the
+                # EDR, goes into the TransferStartMessage (dataflow_started)
+                save_state(conn, transfers, row["id"], sending, timeout_s=self.state_timeout_s)
+                self.dataplane.start(conn, row, resume=cmd == Command.RESUME)
+                return
+            self.dataplane.follow(conn, row, sending, reason)
         extra: dict[str, Any] = {}
         if message == "TransferStartMessage" and row["role"] == "provider" and row["format"] in PULL_FORMATS:
             if self.edr is None:
@@ -479,6 +500,23 @@ class TransferManager:
             return
         self._queued[row["id"]] = steps[1:]
         self._command(conn, row, steps[0], delay=delay)
+
+    def dataflow_started(self, conn: Connection, row: Any, address: dict[str, Any]) -> None:
+        """Signaling mode: the data plane started (or resumed) the pull flow of ``row`` (STARTING or
+        RESUMING) and answered ``address``: send the TransferStartMessage with it."""
+        body = _msg("TransferStartMessage", row["provider_pid"], row["consumer_pid"], dataAddress=address)
+        url = f"{row['counterparty_address']}/transfers/{row['consumer_pid']}/start"
+        enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"])
+
+    def end_in(self, conn: Connection, row: Any, reason: str) -> None:
+        """Terminate a live transfer with ``reason`` inside the caller's transaction, telling the
+        peer when the state table allows it (else TERMINATED at once). Call :meth:`sent` after."""
+        try:
+            self._command(conn, row, Command.TERMINATE, reason)
+        except LocalProtocolError:  # e.g. RESUMING: end here; the peer's next message is refused
+            if self.dataplane is not None and row["role"] == "provider":
+                self.dataplane.follow(conn, row, TState.TERMINATED, reason)
+            save_state(conn, transfers, row["id"], TState.TERMINATED, timeout_s=None, error_detail=reason)
 
     def command_in(self, conn: Connection, transfer_id: str, cmd: Command, reason: str | None = None) -> None:
         """Steer one of our transfers inside the caller's transaction (the data plane completes or
@@ -639,13 +677,17 @@ class TransferManager:
     def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
         if TState(process["state"]) in TERMINAL:
             return
-        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None,
-                   error_detail=f"{message.message_type} could not be delivered: {reason}")  # fmt: skip
+        detail = f"{message.message_type} could not be delivered: {reason}"
+        if self.dataplane is not None and process["role"] == "provider":
+            self.dataplane.follow(conn, process, TState.TERMINATED, detail)
+        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None, error_detail=detail)
 
     def on_timeout(self, conn: Connection, process: RowMapping) -> None:
         state = TState(process["state"])
-        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None,
-                   error_detail=f"timed out in state {state.name} after {self.state_timeout_s:.0f} s")  # fmt: skip
+        detail = f"timed out in state {state.name} after {self.state_timeout_s:.0f} s"
+        if self.dataplane is not None and process["role"] == "provider":
+            self.dataplane.follow(conn, process, TState.TERMINATED, detail)
+        save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None, error_detail=detail)
 
     def _changed(self, row: Any) -> None:
         if self.on_change is not None:

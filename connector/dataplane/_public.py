@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from catalog import CatalogStore
 from connector.dataplane._edr import EdrService
+from connector.dataplane._flows import flow_state
 from connector.dataplane._sources import (
     S3Config,
     SourceUnavailable,
@@ -231,13 +232,17 @@ def enforce(
             sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
             .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
         ).one()  # fmt: skip
+        flow = flow_state(conn, tid)  # signaling mode (decision 0452): the data flow's state decides
     if agreement is None or not agreement.agreement:
         raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
     if retired is not None:  # named first: it is why the transfer was terminated
         raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
     # STARTING / RESUMING: our TransferStartMessage (with this EDR) is out and the consumer may use
     # it before its acknowledgement reaches us; anything else is not started
-    if TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
+    if flow is not None:
+        if flow != "STARTED":
+            raise PermissionDeniedError(f"data flow {tid} is {flow}, not STARTED")
+    elif TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
         raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
     consumer = row["counterparty_id"] or ""
     decision = _evaluate(

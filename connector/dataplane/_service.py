@@ -6,6 +6,11 @@ push worker, over the same database as the control plane; it needs the same DID 
 database is the signalling channel (docs/decisions/0451-data-plane-process.md): the control plane
 commits a transfer's state and queues pushes in it, the data plane reads that state on every
 request and completes or terminates transfers in it; the control plane's outbox then tells the peer.
+
+With ``DADAM_DATAPLANE_SIGNALING_SECRET`` set it also serves the signaling API under
+``/api/signaling`` (decision record 0452): a control plane with ``DADAM_DATAPLANE_SIGNALING_URL``
+starts, suspends, resumes and terminates data flows over HTTP, and hears of a push's outcome through
+callbacks; such a flow's state, not the transfer row's, decides what is served.
 """
 
 from __future__ import annotations
@@ -50,18 +55,33 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
     negotiations = build_negotiations(runtime)
     manager, edr = build_transfers(runtime, negotiations)
     runtime.transfers, runtime.edr = manager, edr
-    pushes = build_pushes(runtime, manager)
-    worker = thread_worker(pushes.start, pushes.stop)
+    workers = []
+    flows = None
+    if settings.dataplane_signaling_secret is not None:  # signaling mode (decision 0452)
+        from connector.dataplane._signaling import DataFlows, SignaledPushService
+
+        secret = settings.dataplane_signaling_secret.get_secret_value().encode()
+        flows = DataFlows(
+            runtime.engine, edr, secret, manager=manager, retry_base_s=settings.send_retry_base_ms / 1000,
+            lease_s=float(settings.lease_seconds), poll_s=settings.worker_poll_ms / 1000,
+        )  # fmt: skip
+        pushes = build_pushes(runtime, flows, cls=SignaledPushService, flows_=flows)
+        workers.append(thread_worker(flows.start, flows.stop))
+    else:
+        pushes = build_pushes(runtime, manager)
+    workers.append(thread_worker(pushes.start, pushes.stop))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(worker(), name="push-worker")
+        tasks = [asyncio.create_task(w(), name="dataplane-worker") for w in workers]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await identity.aclose()
             runtime.close()
 
@@ -70,6 +90,8 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
     install_error_handlers(app, dsp_path=settings.dsp_path)
 
     def terminate(tid: str, reason: str) -> None:
+        if flows is not None and flows.errored(tid, reason):  # a signaled flow: the control plane is told
+            return
         manager.run_command(tid, Command.TERMINATE, reason)
 
     app.include_router(
@@ -81,6 +103,10 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
     )  # fmt: skip
     app.include_router(token_router(edr, identity.verifier.verify))
     app.include_router(inbox_router(runtime.engine, settings.inbox_dir or settings.data_dir / "inbox"))
+    if flows is not None:
+        from connector.dataplane._signaling import signaling_router
+
+        app.include_router(signaling_router(flows, secret), prefix="/api/signaling")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,121 @@
+"""Authentication of data plane signaling calls, in both directions (decision record 0452).
+
+Every signaling request carries ``Authorization: Bearer <JWT>``, HS256 over the shared secret
+``DADAM_DATAPLANE_SIGNALING_SECRET``, with these claims:
+
+* ``iss``: who calls (``dadam-control-plane`` or ``dadam-data-plane``): a token the control plane
+  made is never accepted by the control plane's own callback endpoints, and the other way round;
+* ``aud``: the path of the endpoint called (``/api/signaling/v1/dataflows/<id>/terminate``): a token
+  captured on one endpoint cannot be replayed on another (a ``start`` turned into a ``terminate``);
+* ``bsh``: the base64url SHA-256 of the request body: a token cannot be replayed with another body;
+* ``iat``, ``exp`` (60 s) and ``jti``.
+
+A shared secret rather than the DID keys: the data plane of another vendor can be configured with
+one value, and both sides of the channel are operated by the same participant.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+import httpx
+import orjson
+
+from connector.errors import TokenError
+
+__all__ = [
+    "CONTROL_PLANE",
+    "DATA_PLANE",
+    "SignalAuth",
+    "sign_signal",
+    "verify_signal",
+]
+
+CONTROL_PLANE = "dadam-control-plane"
+DATA_PLANE = "dadam-data-plane"
+TTL_S = 60
+LEEWAY_S = 30
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _body_hash(body: bytes) -> str:
+    return _b64(hashlib.sha256(body).digest())
+
+
+def sign_signal(secret: bytes, *, issuer: str, audience: str, body: bytes, now: float | None = None) -> str:
+    """A signaling JWT for a call to ``audience`` (the endpoint's path) with ``body``."""
+    t = int(time.time() if now is None else now)
+    header = _b64(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
+    claims = {"iss": issuer, "aud": audience, "iat": t, "exp": t + TTL_S, "jti": str(uuid.uuid4()),
+              "bsh": _body_hash(body)}  # fmt: skip
+    signing_input = f"{header}.{_b64(orjson.dumps(claims))}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def verify_signal(
+    secret: bytes, authorization: str | None, *, issuer: str, audience: str, body: bytes
+) -> dict[str, Any]:
+    """The claims of a valid signaling token; TokenError (401) naming what is wrong otherwise."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise TokenError("signaling call without a bearer token")
+    token = authorization[7:].strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("signaling token is not a JWT")
+    try:
+        header = orjson.loads(_unb64(parts[0]))
+        claims = orjson.loads(_unb64(parts[1]))
+        signature = _unb64(parts[2])
+    except (ValueError, orjson.JSONDecodeError):
+        raise TokenError("signaling token is not a JWT") from None
+    if not isinstance(header, dict) or header.get("alg") != "HS256":
+        raise TokenError("signaling token must be HS256")
+    expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, signature):
+        raise TokenError("signaling token signature is invalid (another secret?)")
+    if not isinstance(claims, dict):
+        raise TokenError("signaling token claims are not an object")
+    now = time.time()
+    if not isinstance(claims.get("exp"), int) or claims["exp"] + LEEWAY_S < now:
+        raise TokenError("signaling token expired")
+    if not isinstance(claims.get("iat"), int) or claims["iat"] - LEEWAY_S > now:
+        raise TokenError("signaling token issued in the future")
+    if claims.get("iss") != issuer:
+        raise TokenError(f"signaling token issued by {claims.get('iss')!r}, expected {issuer!r}")
+    if claims.get("aud") != audience:
+        raise TokenError(f"signaling token is for {claims.get('aud')!r}, not for {audience!r}")
+    if claims.get("bsh") != _body_hash(body):
+        raise TokenError("signaling token was made for another request body")
+    return claims
+
+
+class SignalAuth(httpx.Auth):
+    """httpx auth that signs each request for its own path and body."""
+
+    requires_request_body = True
+
+    def __init__(self, secret: bytes, issuer: str) -> None:
+        self._secret = secret
+        self.issuer = issuer
+
+    def __repr__(self) -> str:
+        return f"SignalAuth(issuer={self.issuer!r}, secret=**********)"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = sign_signal(self._secret, issuer=self.issuer, audience=request.url.path, body=request.content)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request

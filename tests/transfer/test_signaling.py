@@ -1,0 +1,377 @@
+"""Data plane signaling over HTTP (decision record 0452).
+
+The data plane's signaling endpoints in-process (authentication, idempotent and deduplicated
+signals, unknown flows, transitions), then a provider control plane driving a separate
+``dadam dataplane`` process over HTTP signaling: a pull (the EDR comes from the data plane's start
+answer; suspend, resume and terminate reach the data plane as signals and decide what it serves)
+and a push (the data plane calls back ``completed``), on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from connector._demo import (
+    Node,
+    fetch_catalog,
+    free_port,
+    negotiate,
+    pull,
+    record_partner,
+    seed_provider,
+    start_node,
+    stop_node,
+    usage_of,
+    wait_ready,
+)
+from connector.dataplane._signal_auth import (
+    CONTROL_PLANE,
+    DATA_PLANE,
+    SignalAuth,
+    sign_signal,
+    verify_signal,
+)
+from connector.errors import TokenError
+from connector.settings import Settings
+
+SECRET = "s3cret-for-signaling-tests-0123456789"
+KEY = SECRET.encode()
+
+
+# ---------------------------------------------------------------------- tokens
+def test_signal_tokens_bind_issuer_audience_body_and_time() -> None:
+    token = sign_signal(KEY, issuer=CONTROL_PLANE, audience="/api/signaling/v1/dataflows/start", body=b"{}")
+    ok = verify_signal(KEY, f"Bearer {token}", issuer=CONTROL_PLANE,
+                       audience="/api/signaling/v1/dataflows/start", body=b"{}")  # fmt: skip
+    assert ok["iss"] == CONTROL_PLANE
+    cases: dict[str, dict[str, Any]] = {
+        "another secret": {"secret": b"x" * 40},
+        "for '/api/signaling/v1/dataflows/start', not": {
+            "audience": "/api/signaling/v1/dataflows/f/terminate"
+        },
+        "another request body": {"body": b'{"reason": "x"}'},
+        "expected 'dadam-data-plane'": {"issuer": DATA_PLANE},
+    }
+    for reason, change in cases.items():
+        args: dict[str, Any] = {"secret": KEY, "issuer": CONTROL_PLANE,
+                                "audience": "/api/signaling/v1/dataflows/start", "body": b"{}", **change}  # fmt: skip
+        with pytest.raises(TokenError, match=reason):
+            verify_signal(args.pop("secret"), f"Bearer {token}", **args)
+    old = sign_signal(KEY, issuer=CONTROL_PLANE, audience="/a", body=b"", now=time.time() - 600)
+    with pytest.raises(TokenError, match="expired"):
+        verify_signal(KEY, f"Bearer {old}", issuer=CONTROL_PLANE, audience="/a", body=b"")
+    with pytest.raises(TokenError, match="without a bearer token"):
+        verify_signal(KEY, None, issuer=CONTROL_PLANE, audience="/a", body=b"")
+    assert SECRET not in repr(SignalAuth(KEY, CONTROL_PLANE))
+    settings = Settings(dataplane_signaling_secret=SecretStr(SECRET))
+    assert SECRET not in repr(settings) and SECRET not in str(settings.dataplane_signaling_secret)
+
+
+def test_signaling_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="needs dataplane_signaling_secret"):
+        Settings(dataplane_signaling_url="http://127.0.0.1:1/api/signaling", dataplane_embedded=False)
+    with pytest.raises(ValueError, match="dataplane_embedded=false"):
+        Settings(
+            dataplane_signaling_url="http://127.0.0.1:1/api/signaling",
+            dataplane_signaling_secret=SecretStr(SECRET),
+        )
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings(dataplane_signaling_secret=SecretStr("short"))
+
+
+# ---------------------------------------------------------------------- the endpoints, in-process
+@pytest.fixture
+def dataplane(db_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    """``dadam dataplane``'s app in signaling mode, served by uvicorn on loopback in a thread."""
+    from connector.dataplane._service import create_dataplane_app
+
+    port = free_port()
+    settings = Settings(
+        database_url=SecretStr(db_url), data_dir=tmp_path, public_url="http://127.0.0.1:9",
+        dataplane_public_url="http://127.0.0.1:10", dataplane_signaling_secret=SecretStr(SECRET),
+    )  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_dataplane_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "data plane did not start"
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+CP = SignalAuth(KEY, CONTROL_PLANE)
+BASE = "/api/signaling/v1/dataflows"
+
+
+def _start(client: httpx.Client, flow: str, mid: str, **extra: Any) -> httpx.Response:
+    body = {"@id": mid, "flowId": flow, "processId": flow, "agreementId": "agr-1", "datasetId": "ds-1",
+            "transferType": "HttpData-PULL", "participantId": "did:web:consumer",
+            "callbackAddress": "http://127.0.0.1:9/api/signaling", **extra}  # fmt: skip
+    return client.post(f"{BASE}/start", json=body, auth=CP)
+
+
+def _signal(client: httpx.Client, flow: str, name: str, mid: str, **extra: Any) -> httpx.Response:
+    return client.post(f"{BASE}/{flow}/{name}", json={"@id": mid, **extra}, auth=CP)
+
+
+def test_signaling_endpoints(dataplane: httpx.Client) -> None:
+    c = dataplane
+    # authentication: none, another secret, a token made for another endpoint, the wrong direction
+    assert c.post(f"{BASE}/start", json={}).status_code == 401
+    assert c.post(f"{BASE}/start", json={}, auth=SignalAuth(b"y" * 40, CONTROL_PLANE)).status_code == 401
+    token = sign_signal(KEY, issuer=CONTROL_PLANE, audience=f"{BASE}/start", body=b'{"@id":"m"}')
+    replayed = c.post(
+        f"{BASE}/f1/terminate", content=b'{"@id":"m"}', headers={"Authorization": f"Bearer {token}"}
+    )
+    assert replayed.status_code == 401
+    assert "not for '/api/signaling/v1/dataflows/f1/terminate'" in replayed.json()["message"]
+    reflected = c.post(f"{BASE}/start", json={"@id": "m"}, auth=SignalAuth(KEY, DATA_PLANE))
+    assert reflected.status_code == 401 and "expected 'dadam-control-plane'" in reflected.json()["message"]
+
+    # start: a pull flow answers the EDR of this data plane, bound to the flow and the consumer
+    first = _start(c, "f1", "m-start")
+    assert first.status_code == 200, first.text
+    flow = first.json()
+    assert flow["state"] == "STARTED"
+    assert flow["dataAddress"]["endpoint"] == "http://127.0.0.1:10/api/public/transfers/f1"
+    # resent start (same message id) and a second start: the same flow, still STARTED, a usable EDR
+    for mid in ("m-start", "m-start-2"):
+        again = _start(c, "f1", mid)
+        assert again.status_code == 200 and again.json()["state"] == "STARTED"
+        assert again.json()["dataAddress"]["endpoint"] == flow["dataAddress"]["endpoint"]
+    assert _start(c, "f1", "m-other", processId="another").status_code == 409
+    bad = c.post(f"{BASE}/start", json={"@id": "x", "flowId": "f9"}, auth=CP)
+    assert bad.status_code == 400 and "processId: required" in bad.json()["details"]
+
+    # suspend / resume, idempotent; an old resent resume does not undo a later suspend
+    assert _signal(c, "f1", "suspend", "s1").json()["state"] == "SUSPENDED"
+    assert _signal(c, "f1", "suspend", "s2").json()["state"] == "SUSPENDED"
+    resumed = _signal(c, "f1", "resume", "r1")
+    assert resumed.json()["state"] == "STARTED" and resumed.json()["dataAddress"]["endpoint"]
+    assert _signal(c, "f1", "suspend", "s3").json()["state"] == "SUSPENDED"
+    assert _signal(c, "f1", "resume", "r1").json()["state"] == "SUSPENDED"  # a resend: deduplicated
+    status = c.get(f"{BASE}/f1/status", auth=CP)
+    assert status.status_code == 200 and status.json()["state"] == "SUSPENDED"
+    assert "dataAddress" not in status.json()
+
+    # terminate ends it for good, with the reason
+    ended = _signal(c, "f1", "terminate", "t1", reason="agreement retired")
+    assert ended.json()["state"] == "TERMINATED" and ended.json()["reason"] == "agreement retired"
+    assert _signal(c, "f1", "terminate", "t2").status_code == 200
+    refused = _signal(c, "f1", "resume", "r2")
+    assert refused.status_code == 409 and "TERMINATED" in refused.json()["message"]
+    assert _start(c, "f1", "m-start-3").status_code == 409
+
+    # unknown flows
+    for name in ("suspend", "resume", "terminate", "completed"):
+        assert _signal(c, "nope", name, f"u-{name}").status_code == 404
+    assert c.get(f"{BASE}/nope/status", auth=CP).status_code == 404
+    assert _signal(c, "f1", "suspend", "").status_code == 400  # no message id
+
+    # prepare, then the provider's started notification
+    prepared = c.post(f"{BASE}/prepare", json={"@id": "p1", "flowId": "f2", "processId": "f2", "agreementId": "a",
+                                               "transferType": "HttpData-PUSH",
+                                               "callbackAddress": "http://127.0.0.1:9"}, auth=CP)  # fmt: skip
+    assert prepared.status_code == 200 and prepared.json()["state"] == "PREPARED"
+    assert _signal(c, "f2", "started", "p2").json()["state"] == "STARTED"
+    assert _signal(c, "f2", "completed", "p3").json()["state"] == "COMPLETED"
+
+
+# ---------------------------------------------------------------------- end to end, over HTTP
+def _wait_health(node: Node, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.proc is not None and node.proc.poll() is None, node.log_tail()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(node.base_url + "/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError("data plane did not start")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def signaled(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
+    cp_port, dp_port = free_port(), free_port()
+    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_PUBLIC_URL": f"http://127.0.0.1:{dp_port}",
+           "DADAM_DATAPLANE_SIGNALING_SECRET": SECRET}  # fmt: skip
+    if request.param == "postgres":
+        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
+    cp_env = {**env, "DADAM_DATAPLANE_SIGNALING_URL": f"http://127.0.0.1:{dp_port}/api/signaling"}
+    control = start_node("provider", tmp_path / "p", port=cp_port, env=cp_env)
+    wait_ready(control)  # migrates the database and creates the DID keys first
+    dp_env = {**env, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
+    data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
+                      log_name="dataplane.log")  # fmt: skip
+    consumer = start_node("consumer", tmp_path / "c")
+    try:
+        _wait_health(data)
+        wait_ready(consumer)
+        yield control, data, consumer
+    finally:
+        stop_node(consumer)
+        stop_node(data)
+        stop_node(control)
+
+
+def _flow(data: Node, flow_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{data.base_url}{BASE}/{flow_id}/status", auth=CP, timeout=10)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen (last: {last})")
+
+
+def _view(node: Node, tid: str) -> dict[str, Any]:
+    with node.client() as c:
+        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
+        return body
+
+
+def _provider_transfer(control: Node, consumer_pid: str) -> dict[str, Any]:
+    with control.client() as c:
+        found = [t for t in c.get("/transfers").json()["items"] if t["consumerPid"] == consumer_pid]
+    assert len(found) == 1
+    view: dict[str, Any] = found[0]
+    return view
+
+
+def test_control_plane_drives_a_separate_data_plane_over_signaling(
+    signaled: tuple[Node, Node, Node],
+) -> None:
+    control, data, consumer = signaled
+    seed_provider(control)
+    record_partner(control, consumer)
+    bom = next(
+        d for d in fetch_catalog(consumer, control)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
+    )
+    agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+
+    # pull: the EDR in the consumer's TransferStartMessage is the data plane's answer to `start`
+    payload, transfer = pull(consumer, control, agreement)
+    assert len(payload) > 0
+    endpoint = transfer["dataAddress"]["endpoint"]
+    assert endpoint.startswith(data.base_url + "/api/public/transfers/")
+    ptid = _provider_transfer(control, transfer["id"])["id"]
+    assert ptid == transfer["providerPid"] and endpoint.endswith(ptid)
+    assert _flow(data, ptid)["state"] == "STARTED"
+    token = next(
+        p["value"] for p in transfer["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
+    )
+
+    def get() -> httpx.Response:
+        return httpx.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    with consumer.client() as c:  # the consumer suspends: the provider signals the data plane
+        assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/suspend").status_code == 200
+    _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal")
+    refused = get()
+    assert refused.status_code == 403 and "SUSPENDED" in refused.text
+    with consumer.client() as c:
+        assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/resume").status_code == 200
+    _wait(lambda: _flow(data, ptid)["state"] == "STARTED", "the resume signal")
+    again = get()
+    assert again.status_code == 200 and again.content == payload
+    with consumer.client() as c:
+        assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/terminate",
+                      json={"reason": "done with it"}).status_code == 200  # fmt: skip
+    ended = _wait(lambda: (f := _flow(data, ptid))["state"] == "TERMINATED" and f, "the terminate signal")
+    assert "done with it" in (ended["reason"] or "")
+    assert get().status_code == 403  # a terminated flow's tokens are refused
+    pulls = [e for e in usage_of(control, agreement) if not e["id"].endswith(":push")]
+    assert len(pulls) == 2 and {e["bytes"] for e in pulls} == {len(payload)}  # the two answered pulls
+
+    # push: STARTED -> `start` with the destination -> the data plane pushes -> `completed` callback
+    with consumer.client() as c:
+        r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
+                                       "agreementId": agreement, "format": "HttpData-PUSH"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        tid = r.json()["id"]
+    view = _wait(
+        lambda: (v := _view(consumer, tid))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
+    )
+    assert view["state"] == "COMPLETED", view
+    push_tid = _provider_transfer(control, tid)["id"]
+    assert _provider_transfer(control, tid)["state"] == "COMPLETED"
+    assert _flow(data, push_tid)["state"] == "COMPLETED"
+    pushed = [e for e in usage_of(control, agreement) if e["id"].endswith(":push")]
+    assert len(pushed) == 1 and pushed[0]["bytes"] == len(payload)
+    inbox = list((consumer.data_dir / "inbox").rglob("*"))
+    assert any(p.is_file() and p.read_bytes() == payload for p in inbox)
+
+
+def test_undeliverable_start_signal_terminates_the_transfer_with_the_reason(tmp_path: Path) -> None:
+    """No data plane answers: the start signal is retried, then the transfer is TERMINATED with the
+    reason, and the consumer is told. The control plane's callback endpoints refuse bad tokens."""
+    dead = free_port()
+    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_SIGNALING_SECRET": SECRET,
+           "DADAM_DATAPLANE_SIGNALING_URL": f"http://127.0.0.1:{dead}/api/signaling",
+           "DADAM_SEND_RETRY_LIMIT": "2", "DADAM_SEND_RETRY_BASE_MS": "50"}  # fmt: skip
+    control = start_node("provider", tmp_path / "p", env=env)
+    consumer = start_node("consumer", tmp_path / "c")
+    try:
+        wait_ready(control)
+        wait_ready(consumer)
+        seed_provider(control)
+        record_partner(control, consumer)
+        bom = next(
+            d
+            for d in fetch_catalog(consumer, control)["dataset"]
+            if d["@id"] == "bom-brake-assembly-as-built"
+        )
+        agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+        with consumer.client() as c:
+            r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
+                                           "agreementId": agreement, "format": "HttpData-PULL"})  # fmt: skip
+            tid = r.json()["id"]
+        view = _wait(lambda: (v := _view(consumer, tid))["state"] == "TERMINATED" and v, "the termination")
+        provider_view = _provider_transfer(control, tid)
+        assert provider_view["state"] == "TERMINATED"
+        assert "data plane signal start failed" in provider_view["errorDetail"], provider_view
+        assert "gave up after 2 attempts" in provider_view["errorDetail"]
+        assert "data plane signal start failed" in (view["errorDetail"] or "")  # the consumer was told why
+
+        url = f"{control.base_url}/api/signaling/transfers/{quote(provider_view['id'], safe=':')}/dataflow/completed"
+        body = {"messageId": "m1", "flowId": provider_view["id"]}
+        missing = httpx.post(url, json=body, timeout=10)
+        assert missing.status_code == 401 and "without a bearer token" in missing.json()["message"]
+        own = httpx.post(url, json=body, auth=CP, timeout=10)  # a control plane token: the wrong side
+        assert own.status_code == 401 and "expected 'dadam-data-plane'" in own.json()["message"]
+        ok = httpx.post(url, json=body, auth=SignalAuth(KEY, DATA_PLANE), timeout=10)
+        assert ok.status_code == 200 and ok.json()["state"] == "TERMINATED"  # ended: acknowledged, no change
+        unknown = httpx.post(url.replace(quote(provider_view["id"], safe=":"), "urn:uuid:nope"), json=body,
+                             auth=SignalAuth(KEY, DATA_PLANE), timeout=10)  # fmt: skip
+        assert unknown.status_code == 404
+    finally:
+        stop_node(consumer)
+        stop_node(control)
