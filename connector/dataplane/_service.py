@@ -106,6 +106,8 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
     if flows is not None:
         from connector.dataplane._signaling import signaling_router
 
+        app.state.flows = flows
+
         app.include_router(signaling_router(flows, secret), prefix="/api/signaling")
 
     @app.get("/healthz")

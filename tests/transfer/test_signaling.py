@@ -18,8 +18,12 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
+import sqlalchemy as sa
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from connector._demo import (
@@ -35,6 +39,7 @@ from connector._demo import (
     usage_of,
     wait_ready,
 )
+from connector.dataplane._flows import flows as flows_table
 from connector.dataplane._signal_auth import (
     CONTROL_PLANE,
     DATA_PLANE,
@@ -91,33 +96,46 @@ def test_signaling_settings_are_checked() -> None:
 
 
 # ---------------------------------------------------------------------- the endpoints, in-process
-@pytest.fixture
-def dataplane(db_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
-    """``dadam dataplane``'s app in signaling mode, served by uvicorn on loopback in a thread."""
-    from connector.dataplane._service import create_dataplane_app
-
+def _serve(app: Any) -> tuple[str, Any]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread: (base URL, stop())."""
     port = free_port()
-    settings = Settings(
-        database_url=SecretStr(db_url), data_dir=tmp_path, public_url="http://127.0.0.1:9",
-        dataplane_public_url="http://127.0.0.1:10", dataplane_signaling_secret=SecretStr(SECRET),
-    )  # fmt: skip
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_dataplane_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none"
-        )
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.started, "data plane did not start"
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
+    assert server.started, "server did not start"
+
+    def stop() -> None:
         server.should_exit = True
         thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture
+def dataplane_app(db_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Any]]:
+    """``dadam dataplane``'s app in signaling mode, served by uvicorn on loopback in a thread."""
+    from connector.dataplane._service import create_dataplane_app
+
+    settings = Settings(
+        database_url=SecretStr(db_url), data_dir=tmp_path, public_url="http://127.0.0.1:9",
+        dataplane_public_url="http://127.0.0.1:10", dataplane_signaling_secret=SecretStr(SECRET),
+        worker_poll_ms=50, send_retry_base_ms=50,
+    )  # fmt: skip
+    app = create_dataplane_app(settings)
+    url, stop = _serve(app)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            yield client, app
+    finally:
+        stop()
+
+
+@pytest.fixture
+def dataplane(dataplane_app: tuple[httpx.Client, Any]) -> httpx.Client:
+    return dataplane_app[0]
 
 
 CP = SignalAuth(KEY, CONTROL_PLANE)
@@ -196,6 +214,53 @@ def test_signaling_endpoints(dataplane: httpx.Client) -> None:
     assert prepared.status_code == 200 and prepared.json()["state"] == "PREPARED"
     assert _signal(c, "f2", "started", "p2").json()["state"] == "STARTED"
     assert _signal(c, "f2", "completed", "p3").json()["state"] == "COMPLETED"
+
+
+def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
+    dataplane_app: tuple[httpx.Client, Any],
+) -> None:
+    """A flow ended on the data plane calls the control plane back; a 503 answer (or none) gets the
+    same callback again, with the same message id, until a 2xx; then it is not sent again."""
+
+    client, app = dataplane_app
+    received: list[tuple[str, dict[str, Any]]] = []
+    stub = FastAPI()
+
+    @stub.post("/api/signaling/transfers/{tid}/dataflow/{event}")
+    async def callback(tid: str, event: str, request: Request) -> Any:
+        raw = await request.body()
+        verify_signal(KEY, request.headers.get("authorization"), issuer=DATA_PLANE,
+                      audience=request.url.path, body=raw)  # fmt: skip
+        received.append((f"{tid}/{event}", orjson.loads(raw)))
+        return JSONResponse({}, status_code=503 if len(received) < 3 else 200)
+
+    url, stop = _serve(stub)
+    try:
+        assert _start(client, "f-cb", "m1", callbackAddress=f"{url}/api/signaling").status_code == 200
+        assert app.state.flows.errored("f-cb", "the usage policy's count is used up")
+        assert _flow_status(client, "f-cb") == "TERMINATED"
+        _wait(lambda: len(received) >= 3, "three callback attempts")
+        engine = app.state.runtime.engine
+        _wait(lambda: _pending_callback(engine) is None, "the acknowledgement to be recorded")
+        time.sleep(0.3)  # the acknowledged callback is not sent again (several poll rounds)
+    finally:
+        stop()
+    assert len(received) == 3
+    assert {where for where, _ in received} == {"f-cb/errored"}
+    assert len({body["messageId"] for _, body in received}) == 1
+    assert received[0][1]["reason"] == "the usage policy's count is used up"
+
+
+def _flow_status(client: httpx.Client, flow: str) -> str:
+    state: str = client.get(f"{BASE}/{flow}/status", auth=CP).json()["state"]
+    return state
+
+
+def _pending_callback(engine: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(flows_table.c.callback_event).where(flows_table.c.flow_id == "f-cb")
+        ).scalar()
 
 
 # ---------------------------------------------------------------------- end to end, over HTTP
