@@ -367,6 +367,36 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
     _wait(lambda: _flow(data, ptid)["state"] == "STARTED", "the resume signal")
     again = get()
     assert again.status_code == 200 and again.content == payload
+
+    # the data plane is down when the consumer suspends: the signal waits in the outbox (retried with
+    # backoff) and is applied once the data plane is back; nothing is served meanwhile from the flow
+    assert data.proc is not None
+    data.proc.kill()
+    data.proc.wait(timeout=10)
+    with consumer.client() as c:
+        assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/suspend").status_code == 200
+    _wait(
+        lambda: _provider_transfer(control, transfer["id"])["state"] == "SUSPENDED",
+        "the provider's suspension",
+    )
+    data = start_node("dataplane", data.data_dir, port=data.port, env=data.env, command="dataplane",
+                      log_name="dataplane2.log")  # fmt: skip
+    try:
+        _wait_health(data)
+        _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal, resent")
+        assert get().status_code == 403
+        with consumer.client() as c:
+            assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/resume").status_code == 200
+        _wait(lambda: _flow(data, ptid)["state"] == "STARTED", "the resume signal")
+        _continue_after_restart(control, data, consumer, agreement, transfer, ptid, payload, get)
+    finally:
+        stop_node(data)
+
+
+def _continue_after_restart(
+    control: Node, data: Node, consumer: Node, agreement: str, transfer: dict[str, Any], ptid: str,
+    payload: bytes, get: Any,
+) -> None:  # fmt: skip
     with consumer.client() as c:
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/terminate",
                       json={"reason": "done with it"}).status_code == 200  # fmt: skip
