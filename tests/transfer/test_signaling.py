@@ -424,6 +424,27 @@ def _continue_after_restart(
     inbox = list((consumer.data_dir / "inbox").rglob("*"))
     assert any(p.is_file() and p.read_bytes() == payload for p in inbox)
 
+    # a push the destination refuses: the data plane calls back `errored` with the reason; the
+    # transfer is TERMINATED with it on both sides and nothing more is metered
+    refusing = {"endpoint": f"{consumer.base_url}/api/public/inbox/urn:uuid:nobody", "authorization": "x"}
+    with consumer.client() as c:
+        r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
+                                       "agreementId": agreement, "format": "HttpData-PUSH",
+                                       "dataDestination": refusing})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        bad = r.json()["id"]
+    view = _wait(
+        lambda: (v := _view(consumer, bad))["state"] in ("COMPLETED", "TERMINATED") and v, "the failure"
+    )
+    assert view["state"] == "TERMINATED", view
+    assert "the destination answered 404" in (view["errorDetail"] or ""), view
+    provider_view = _provider_transfer(control, bad)
+    assert provider_view["state"] == "TERMINATED"
+    assert "the data plane ended the transfer: push to" in provider_view["errorDetail"]
+    failed = _flow(data, provider_view["id"])
+    assert failed["state"] == "TERMINATED" and "404" in (failed["reason"] or "")
+    assert len([e for e in usage_of(control, agreement) if e["id"].endswith(":push")]) == 1
+
 
 def test_undeliverable_start_signal_terminates_the_transfer_with_the_reason(tmp_path: Path) -> None:
     """No data plane answers: the start signal is retried, then the transfer is TERMINATED with the
