@@ -106,7 +106,8 @@ class DataPlaneSignals:
 
     @staticmethod
     def has_flow(conn: Connection, tid: str) -> bool:
-        """Whether a flow was started for this transfer (a start signal is in the outbox)."""
+        """Whether a flow was started for this transfer (a start signal is in the outbox; outbox rows
+        are kept, so this holds for the transfer's life: a pruning job must keep them)."""
         found = conn.execute(
             sa.select(outbox.c.id)
             .where(outbox.c.kind == KIND, outbox.c.process_id == tid, outbox.c.message_type == _type("start"))
@@ -220,9 +221,8 @@ def dataflow_callback_router(signals: DataPlaneSignals, secret: bytes) -> APIRou
     """``POST /transfers/{id}/dataflow/{event}`` (mount under e.g. ``/api/signaling``)."""
     import asyncio
 
-    from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, verify_signal
+    from connector.dataplane._signal_auth import DATA_PLANE, verify_signal
 
-    assert CONTROL_PLANE != DATA_PLANE
     router = APIRouter(tags=["data plane signaling"])
 
     @router.post("/transfers/{tid}/dataflow/{event}")

@@ -12,7 +12,8 @@ The control plane drives data flows over HTTP (every call authenticated, see :mo
 Every signal carries a message id (``@id`` or ``messageId``); the flow keeps the ids it applied, so
 a resent signal (its answer was lost) changes nothing and answers the flow as it is. A signal that
 finds the flow already where it leads is answered the same way (idempotent). An unknown flow
-answers 404, a transition the flow cannot make 409 with the reason.
+answers 404, a transition the flow cannot make 409 with the reason (a COMPLETED flow answers late
+suspend / resume / terminate signals as it is: its data was delivered).
 
 Back to the control plane (``<callbackAddress>/transfers/{processId}/dataflow/completed|errored``)
 the data plane reports a push's outcome, or a pull flow ended by its usage policy. The callback is
@@ -205,8 +206,10 @@ class DataFlows:
                 raise NotFoundError(f"no data flow {flow_id!r}")
             if mid in orjson.loads(row["message_ids"]):
                 pass  # applied before (a resend): change nothing, even if a later signal moved the flow
-            elif row["state"] == target:
-                self._remember(conn, row, mid)  # already there: idempotent
+            elif row["state"] == target or (row["state"] == "COMPLETED" and name != "started"):
+                # already there (idempotent); or the flow's data was all delivered: a late suspend,
+                # resume or terminate has nothing left to act on (the completed callback still goes)
+                self._remember(conn, row, mid)
             elif row["state"] not in allowed:
                 raise ConflictError(f"data flow {flow_id!r} is {row['state']}: cannot {name} it")
             else:

@@ -214,6 +214,9 @@ def test_signaling_endpoints(dataplane: httpx.Client) -> None:
     assert prepared.status_code == 200 and prepared.json()["state"] == "PREPARED"
     assert _signal(c, "f2", "started", "p2").json()["state"] == "STARTED"
     assert _signal(c, "f2", "completed", "p3").json()["state"] == "COMPLETED"
+    for name in ("suspend", "resume", "terminate"):  # late signals to a delivered flow change nothing
+        late = _signal(c, "f2", name, f"late-{name}")
+        assert late.status_code == 200 and late.json()["state"] == "COMPLETED"
 
 
 def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
