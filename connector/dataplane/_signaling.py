@@ -400,6 +400,7 @@ class DataFlows:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.http.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
