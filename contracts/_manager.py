@@ -74,6 +74,7 @@ from contracts._process import (
     RetryPolicy,
     Worker,
     body_digest,
+    cached_statement,
     cancel_pending,
     enqueue,
     enqueue_claimed,
@@ -311,6 +312,7 @@ class NegotiationManager:
         #: Send a message from this process right after the commit that produced it (leased to
         #: our worker). False: leave every message to whichever worker claims it (API-only replicas).
         self.direct_dispatch = direct_dispatch
+        self._roles: dict[str, Role] = {}
         self.config = config
         self.offers = offers
         self.decider: PolicyDecider = decider or UsagePolicyDecider()
@@ -586,11 +588,17 @@ class NegotiationManager:
 
     # -- lookup ------------------------------------------------------------------------------
     def _find(self, conn: Connection, role: Role, pid: str, caller: Caller | None, lock: bool) -> Row:
-        col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
-        stmt = sa.select(negotiations).where(negotiations.c.role == role.value, col == pid)
-        if lock and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).mappings().first()
+        for_update = lock and conn.dialect.name == "postgresql"
+
+        def build() -> Any:
+            col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
+            stmt = sa.select(negotiations).where(
+                negotiations.c.role == role.value, col == sa.bindparam("_pid")
+            )
+            return stmt.with_for_update() if for_update else stmt
+
+        stmt = cached_statement(("cn_find", role.value, for_update), build)
+        row = conn.execute(stmt, {"_pid": pid}).mappings().first()
         ctx = {"providerPid" if role is Role.PROVIDER else "consumerPid": pid}
         if row is None:
             raise NotFoundError(f"no negotiation {pid!r}", context=ctx)
@@ -599,21 +607,40 @@ class NegotiationManager:
         return row
 
     def role_of(self, pid: str) -> Role:
-        """Which of our negotiations ``pid`` names (provider and consumer share DSP paths)."""
-        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
-            role = conn.execute(
+        """Which of our negotiations ``pid`` names (provider and consumer share DSP paths).
+
+        A pid's role never changes, so answers are remembered (bounded); a miss is not.
+        """
+        cached = self._roles.get(pid)
+        if cached is not None:
+            return cached
+        stmt = cached_statement(
+            ("cn_role_of",),
+            lambda: (
                 sa.select(negotiations.c.role)
                 .where(
                     sa.or_(
-                        sa.and_(negotiations.c.role == "provider", negotiations.c.provider_pid == pid),
-                        sa.and_(negotiations.c.role == "consumer", negotiations.c.consumer_pid == pid),
+                        sa.and_(
+                            negotiations.c.role == "provider",
+                            negotiations.c.provider_pid == sa.bindparam("_pid"),
+                        ),
+                        sa.and_(
+                            negotiations.c.role == "consumer",
+                            negotiations.c.consumer_pid == sa.bindparam("_pid"),
+                        ),
                     )
                 )
                 .limit(1)
-            ).scalar()
+            ),
+        )
+        with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
+            role = conn.execute(stmt, {"_pid": pid}).scalar()
         if role is None:
             raise NotFoundError(f"no negotiation {pid!r}", context={"providerPid": pid})
-        return Role(role)
+        if len(self._roles) > 100_000:
+            self._roles.clear()
+        self._roles[pid] = Role(role)
+        return self._roles[pid]
 
     def dsp_get(self, role: Role, pid: str, caller: Caller | None) -> dict[str, Any]:
         """``GET /negotiations/:pid`` (provider) or ``<callback>/negotiations/:pid`` (consumer)."""

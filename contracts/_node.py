@@ -149,9 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=16)
     args = p.parse_args(argv)
-    # Many short DB transactions behind one lock: hand the GIL over sooner than every 5 ms, so
-    # a thread holding the SQLite writer lock is not parked behind runnable threads.
-    sys.setswitchinterval(0.0005)
+    # SQLite: many short transactions behind one lock: hand the GIL over sooner than every 5 ms,
+    # so a thread holding the writer lock is not parked behind runnable threads. PostgreSQL has
+    # no such lock, and the default interval costs about 20% less CPU per negotiation there.
+    if args.db.startswith("sqlite"):
+        sys.setswitchinterval(0.0005)
     if not args.public_url and args.port:
         args.public_url = f"http://127.0.0.1:{args.port}"
     app, manager = build_app(args)

@@ -84,6 +84,7 @@ __all__ = [
     "Sender",
     "Worker",
     "body_digest",
+    "cached_statement",
     "cancel_pending",
     "enqueue",
     "enqueue_claimed",
@@ -177,7 +178,7 @@ def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMappi
         stmt = sa.select(table).where(table.c.id == sa.bindparam("_pid"))
         return stmt.with_for_update() if pg else stmt
 
-    stmt = _statement(("lock", table.name, id(table), pg), build)
+    stmt = cached_statement(("lock", table.name, id(table), pg), build)
     row = conn.execute(stmt, {"_pid": process_id}).mappings().first()
     if row is None:
         raise NotFoundError(f"no process {process_id!r}", context={"table": table.name})
@@ -193,7 +194,9 @@ def is_postgres_conn(conn: Connection) -> bool:
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
-def _statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+def cached_statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The statement cached under ``key``, built by ``build()`` on first use. The statement must
+    take every varying value as a bound parameter (``sa.bindparam``), never a literal."""
     stmt = _STATEMENTS.get(key)
     if stmt is None:
         stmt = _STATEMENTS[key] = build()
@@ -236,7 +239,7 @@ def save_state(
             .values({**{n: sa.bindparam(f"v_{n}") for n in names}, "version": table.c.version + 1})
         )
 
-    stmt = _statement(("save_state", table.name, id(table), names), build)
+    stmt = cached_statement(("save_state", table.name, id(table), names), build)
     res = conn.execute(stmt, {"_pid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
     if res.rowcount != 1:
         raise StoreError(
@@ -301,7 +304,7 @@ def _enqueue(
     mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
     payload = dict(body)
     payload.setdefault("@id", mid)
-    last = _statement(
+    last = cached_statement(
         ("outbox_last",),
         lambda: sa.select(
             sa.func.coalesce(sa.func.max(outbox.c.seq), 0),
@@ -312,7 +315,7 @@ def _enqueue(
     older = int(pending or 0) > 0
     lease = owner is not None and not older
     conn.execute(
-        _statement(("outbox_add",), lambda: sa.insert(outbox)),
+        cached_statement(("outbox_add",), lambda: sa.insert(outbox)),
         {
             "id": mid,
             "kind": kind,
@@ -391,7 +394,7 @@ def record_received(
     """
     if not message_id:
         return "new"
-    find = _statement(
+    find = cached_statement(
         ("inbox_find",),
         lambda: sa.select(inbox.c.digest, inbox.c.process_id).where(
             inbox.c.kind == sa.bindparam("_kind"), inbox.c.message_id == sa.bindparam("_mid")
@@ -401,7 +404,7 @@ def record_received(
     if row is not None:
         return "duplicate" if (row.digest == digest and row.process_id == process_id) else "conflict"
     conn.execute(
-        _statement(("inbox_add",), lambda: sa.insert(inbox)),
+        cached_statement(("inbox_add",), lambda: sa.insert(inbox)),
         {"kind": kind, "message_id": message_id, "process_id": process_id, "digest": digest,
          "received_at": time.time()},
     )  # fmt: skip
@@ -600,38 +603,48 @@ class Worker:
 
     def _claim(self) -> list[OutboxMessage]:
         now = time.time()
-        o2 = outbox.alias("older")
-        older_pending = (
-            sa.select(o2.c.id)
-            .where(
-                o2.c.kind == outbox.c.kind,
-                o2.c.process_id == outbox.c.process_id,
-                o2.c.seq < outbox.c.seq,
-                o2.c.status == "pending",
+        pg = self._postgres
+
+        def build() -> Any:
+            o2 = outbox.alias("older")
+            older_pending = (
+                sa.select(o2.c.id)
+                .where(
+                    o2.c.kind == outbox.c.kind,
+                    o2.c.process_id == outbox.c.process_id,
+                    o2.c.seq < outbox.c.seq,
+                    o2.c.status == "pending",
+                )
+                .exists()
             )
-            .exists()
-        )
-        stmt = (
-            sa.select(outbox)
-            .where(
-                outbox.c.status == "pending",
-                outbox.c.not_before <= now,
-                sa.or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
-                ~older_pending,
+            stmt = (
+                sa.select(outbox)
+                .where(
+                    outbox.c.status == "pending",
+                    outbox.c.not_before <= sa.bindparam("_now"),
+                    sa.or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < sa.bindparam("_now")),
+                    ~older_pending,
+                )
+                .order_by(outbox.c.not_before)
+                .limit(sa.bindparam("_limit", type_=sa.Integer))
             )
-            .order_by(outbox.c.not_before)
-            .limit(self.batch_size)
+            return stmt.with_for_update(skip_locked=True, of=outbox) if pg else stmt
+
+        find = cached_statement(("claim", pg), build)
+        lease = cached_statement(
+            ("claim_lease",),
+            lambda: (
+                sa.update(outbox)
+                .where(outbox.c.id.in_(sa.bindparam("_ids", expanding=True)))
+                .values(lease_owner=sa.bindparam("_owner"), lease_until=sa.bindparam("_until"))
+            ),
         )
-        if self._postgres:
-            stmt = stmt.with_for_update(skip_locked=True, of=outbox)
         with write_tx(self.engine) as conn:
-            rows = list(conn.execute(stmt).mappings())
+            rows = list(conn.execute(find, {"_now": now, "_limit": self.batch_size}).mappings())
             if not rows:
                 return []
             conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.id.in_([r["id"] for r in rows]))
-                .values(lease_owner=self.owner, lease_until=now + self.lease_s)
+                lease, {"_ids": [r["id"] for r in rows], "_owner": self.owner, "_until": now + self.lease_s}
             )
         return [
             OutboxMessage(
@@ -696,15 +709,39 @@ class Worker:
                     process = lock_process(conn, handler.table, message.process_id)
                 except NotFoundError:
                     process = None
-            current = conn.execute(sa.select(outbox).where(outbox.c.id == message.id)).mappings().first()
+            current = (
+                conn.execute(
+                    cached_statement(
+                        ("outbox_current",),
+                        lambda: sa.select(
+                            outbox.c.status, outbox.c.lease_owner, outbox.c.attempts, outbox.c.seq
+                        ).where(outbox.c.id == sa.bindparam("_id")),
+                    ),
+                    {"_id": message.id},
+                )
+                .mappings()
+                .first()
+            )
             if current is None or current["status"] != "pending" or current["lease_owner"] != self.owner:
                 return  # someone else took over after our lease expired; their outcome counts
             attempts = current["attempts"] + 1
             if delivery.ok:
                 conn.execute(
-                    sa.update(outbox)
-                    .where(outbox.c.id == message.id)
-                    .values(status="sent", attempts=attempts, sent_at=now, lease_owner=None, lease_until=None)
+                    cached_statement(
+                        ("outbox_sent",),
+                        lambda: (
+                            sa.update(outbox)
+                            .where(outbox.c.id == sa.bindparam("_id"))
+                            .values(
+                                status="sent",
+                                attempts=sa.bindparam("_attempts"),
+                                sent_at=sa.bindparam("_now"),
+                                lease_owner=None,
+                                lease_until=None,
+                            )
+                        ),
+                    ),
+                    {"_id": message.id, "_attempts": attempts, "_now": now},
                 )
                 if handler is not None and process is not None:
                     handler.on_delivered(conn, process, message, delivery)
@@ -753,19 +790,26 @@ class Worker:
         count = 0
         for handler in self.handlers.values():
             t = handler.table
-            stmt = (
-                sa.select(t)
-                .where(
-                    t.c.deadline.is_not(None), t.c.deadline < now, t.c.state.not_in(handler.terminal_states)
+            terminal = tuple(sorted(int(x) for x in handler.terminal_states))
+            pg = self._postgres
+
+            def build(t: sa.Table = t, terminal: tuple[int, ...] = terminal, pg: bool = pg) -> Any:
+                stmt = (
+                    sa.select(t)
+                    .where(
+                        t.c.deadline.is_not(None),
+                        t.c.deadline < sa.bindparam("_now"),
+                        t.c.state.not_in(terminal),
+                    )
+                    .order_by(t.c.deadline)
+                    .limit(sa.bindparam("_limit", type_=sa.Integer))
                 )
-                .order_by(t.c.deadline)
-                .limit(self.batch_size)
-            )
-            if self._postgres:
-                stmt = stmt.with_for_update(skip_locked=True)
+                return stmt.with_for_update(skip_locked=True) if pg else stmt
+
+            stmt = cached_statement(("expire", t.name, id(t), terminal, pg), build)
             try:
                 with write_tx(self.engine) as conn:
-                    for row in conn.execute(stmt).mappings().all():
+                    for row in conn.execute(stmt, {"_now": now, "_limit": self.batch_size}).mappings().all():
                         handler.on_timeout(conn, row)
                         count += 1
             except BaseException:
