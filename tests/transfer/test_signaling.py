@@ -400,6 +400,24 @@ def _continue_after_restart(
     control: Node, data: Node, consumer: Node, agreement: str, transfer: dict[str, Any], ptid: str,
     payload: bytes, get: Any,
 ) -> None:  # fmt: skip
+    # the provider suspends and resumes: the resume goes to the data plane first, and its answer (a
+    # fresh EDR) reaches the consumer in the TransferStartMessage
+    with control.client() as c:
+        assert c.post(f"/transfers/{quote(ptid, safe='')}/suspend").status_code == 200
+    _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the provider's suspend signal")
+    _wait(lambda: _view(consumer, transfer["id"])["state"] == "SUSPENDED", "the consumer's suspension")
+    with control.client() as c:
+        assert c.post(f"/transfers/{quote(ptid, safe='')}/resume").status_code == 200
+    _wait(lambda: _view(consumer, transfer["id"])["state"] == "STARTED", "the provider's resume")
+    assert _flow(data, ptid)["state"] == "STARTED"
+    fresh = _view(consumer, transfer["id"])["dataAddress"]
+    new_token = next(p["value"] for p in fresh["endpointProperties"] if p["name"] == "authorization")
+    old_token = next(
+        p["value"] for p in transfer["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
+    )
+    assert new_token != old_token and fresh["endpoint"] == transfer["dataAddress"]["endpoint"]
+    served = httpx.get(fresh["endpoint"], headers={"Authorization": f"Bearer {new_token}"}, timeout=30)
+    assert served.status_code == 200 and served.content == payload
     with consumer.client() as c:
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/terminate",
                       json={"reason": "done with it"}).status_code == 200  # fmt: skip
@@ -407,7 +425,7 @@ def _continue_after_restart(
     assert "done with it" in (ended["reason"] or "")
     assert get().status_code == 403  # a terminated flow's tokens are refused
     pulls = [e for e in usage_of(control, agreement) if not e["id"].endswith(":push")]
-    assert len(pulls) == 2 and {e["bytes"] for e in pulls} == {len(payload)}  # the two answered pulls
+    assert len(pulls) == 3 and {e["bytes"] for e in pulls} == {len(payload)}  # the three answered pulls
 
     # push: STARTED -> `start` with the destination -> the data plane pushes -> `completed` callback
     with consumer.client() as c:
