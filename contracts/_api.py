@@ -40,6 +40,10 @@ async def _json(request: Request) -> Any:
         raise ValidationError("request body is not JSON", errors=[str(exc)]) from None
 
 
+def _sse(ev: dict[str, Any]) -> bytes:
+    return b"event: negotiation\ndata: " + orjson.dumps(ev) + b"\n\n"
+
+
 def _respond(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -179,15 +183,24 @@ def negotiation_management_router(
         queue = manager.subscribe()
 
         async def stream() -> AsyncIterator[bytes]:
+            # StreamingResponse watches for the client going away and cancels this generator;
+            # the explicit check only runs when the stream is idle. Events that queued up while
+            # the previous chunk was written go out together in one chunk.
             try:
                 yield b": connected\n\n"
-                while not await request.is_disconnected():
+                while True:
                     try:
-                        ev = await asyncio.wait_for(queue.get(), timeout=15)
+                        async with asyncio.timeout(15):
+                            ev = await queue.get()
                     except TimeoutError:
+                        if await request.is_disconnected():
+                            return
                         yield b": keep-alive\n\n"
                         continue
-                    yield b"event: negotiation\ndata: " + orjson.dumps(ev) + b"\n\n"
+                    chunk = [_sse(ev)]
+                    while len(chunk) < 256 and not queue.empty():
+                        chunk.append(_sse(queue.get_nowait()))
+                    yield b"".join(chunk)
             finally:
                 manager.unsubscribe(queue)
 
