@@ -9,7 +9,10 @@ DSP + management API + outbox worker, each with its own database) negotiate the 
 * finalized negotiations per second with ``--concurrency`` negotiations in flight (goal >= 200/s
   on 2 cores);
 * the floor: p50 of one trivial management-API round trip on the same server (ratio = latency
-  p50 / floor p50).
+  p50 / floor p50);
+* CPU milliseconds per finalized negotiation in the provider and the consumer process (Linux
+  /proc), and of one trivial management request, so the throughput ceiling of 2 cores shows
+  beside the measured rate.
 
 Run: ``.venv/bin/python bench/negotiation.py`` (about 1-2 min; ``--backends sqlite`` to skip
 PostgreSQL). PostgreSQL comes from ``DADAM_TEST_PG_URL`` (default 127.0.0.1:5432, user postgres).
@@ -41,6 +44,22 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DADAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per(pid: int, before: float | None, n: int) -> float | None:
+    after = cpu_s(pid)
+    if before is None or after is None:
+        return None
+    return round((after - before) / n * 1000, 2)
 
 
 def free_port() -> int:
@@ -149,10 +168,12 @@ def run_backend(
                 nid = start(client, provider, f"warm{i}")
                 assert fin.wait(nid)[1] == "FINALIZED", client.get(f"/mgmt/negotiations/{nid}").text
             floor = []
+            floor_cpu = cpu_s(consumer.proc.pid)
             for _ in range(50):
                 t0 = time.perf_counter()
                 client.get("/mgmt/negotiations?limit=1").raise_for_status()
                 floor.append(time.perf_counter() - t0)
+            floor_cpu_ms = cpu_ms_per(consumer.proc.pid, floor_cpu, 50)
             lat = []
             for i in range(n_latency):
                 t0 = time.perf_counter()
@@ -161,6 +182,7 @@ def run_backend(
                 assert state == "FINALIZED", client.get(f"/mgmt/negotiations/{nid}").text
                 lat.append(t1 - t0)
             ids: queue.Queue[str] = queue.Queue()
+            cpu0 = (cpu_s(provider.proc.pid), cpu_s(consumer.proc.pid))
             t0 = time.perf_counter()
             with ThreadPoolExecutor(concurrency) as pool:
                 clients = [httpx.Client(base_url=consumer.url, timeout=60) for _ in range(concurrency)]
@@ -172,6 +194,8 @@ def run_backend(
 
                 list(pool.map(one, range(n_throughput)))
             elapsed = time.perf_counter() - t0
+            provider_cpu = cpu_ms_per(provider.proc.pid, cpu0[0], n_throughput)
+            consumer_cpu = cpu_ms_per(consumer.proc.pid, cpu0[1], n_throughput)
             finalized = sum(1 for nid in list(ids.queue) if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
             fin.stop = True
             lat_ms = sorted(x * 1000 for x in lat)
@@ -188,6 +212,15 @@ def run_backend(
                 "throughput_n": n_throughput,
                 "throughput_finalized": finalized,
                 "concurrency": concurrency,
+                # CPU per finalized negotiation in each connector during the throughput phase,
+                # and of one trivial management request (a DB read): what 2 cores can sustain
+                # is bounded by 2000 / (provider + consumer CPU ms).
+                "provider_cpu_ms_per_negotiation": provider_cpu,
+                "consumer_cpu_ms_per_negotiation": consumer_cpu,
+                "floor_request_cpu_ms": floor_cpu_ms,
+                "cpu_bound_per_s_on_2_cores": (
+                    round(2000 / (provider_cpu + consumer_cpu), 1) if provider_cpu and consumer_cpu else None
+                ),
             }
             print(json.dumps(res), flush=True)
             return res
