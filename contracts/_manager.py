@@ -66,7 +66,15 @@ from contracts._messages import (
     negotiation_body,
     parse_message,
 )
-from contracts._negotiation_states import TERMINAL_STATES, Event, Role, State, handle, wire_state
+from contracts._negotiation_states import (
+    TERMINAL_STATES,
+    Event,
+    Role,
+    State,
+    acked,
+    handle,
+    wire_state,
+)
 from contracts._process import (
     Delivery,
     HttpSender,
@@ -454,6 +462,9 @@ class NegotiationManager:
         terminal = state in TERMINAL_STATES
         now = time.time()
         timeout_s = None if terminal else self.config.state_timeout_s
+        # The note of a decision that was waiting ("waiting for manual approval") goes once the
+        # decision is made; reasons of other states (e.g. TERMINATED) stay.
+        decided = bool(row["pending"]) and not pending and reason is None
         save_state(
             conn,
             negotiations,
@@ -462,6 +473,7 @@ class NegotiationManager:
             timeout_s=timeout_s,
             now=now,
             error_detail=reason,
+            clear_error=decided,
             pending=pending,
             **values,
         )
@@ -476,7 +488,7 @@ class NegotiationManager:
             updated_at=now,
             version=row["version"] + 1,
         )
-        if reason is not None:
+        if reason is not None or decided:
             new["error_detail"] = reason
         if state != row["state"] or reason:
             ev = self._view(new)
@@ -1157,7 +1169,7 @@ class NegotiationManager:
                 return
             values["consumer_pid"] = cp
         role = Role(process["role"])
-        tr = handle(role, State(process["state"]), Event.ACKED)
+        tr = acked(role, State(process["state"]), message.message_type)
         row = process
         if tr.state != process["state"] or values:
             row = self._set(conn, process, tr.state, fx, **values)

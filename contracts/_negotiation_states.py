@@ -38,11 +38,13 @@ from connector.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "CONSUMER_TRANSITIONS",
     "PROVIDER_TRANSITIONS",
+    "SENT_FROM",
     "TERMINAL_STATES",
     "Event",
     "Role",
     "State",
     "Transition",
+    "acked",
     "handle",
     "transitions_for",
     "wire_state",
@@ -173,6 +175,31 @@ for _table in (PROVIDER_TRANSITIONS, CONSUMER_TRANSITIONS):
     for _s in TERMINAL_STATES:
         _table.setdefault(_s, {})
 del _table, _s
+
+
+#: The "-ING" state each message we send is sent from (by its ``@type``): its ACK moves that
+#: state on, and only that state. The negotiation may have moved on before a late ACK is recorded
+#: (e.g. the agreement arrived before the ACK of our request was recorded, and we are VERIFYING
+#: already): that ACK must not complete a newer send.
+SENT_FROM: dict[tuple[Role, str], State] = {
+    (Role.PROVIDER, "ContractOfferMessage"): S.OFFERING,
+    (Role.PROVIDER, "ContractAgreementMessage"): S.AGREEING,
+    (Role.PROVIDER, "ContractNegotiationEventMessage"): S.FINALIZING,
+    (Role.PROVIDER, "ContractNegotiationTerminationMessage"): S.TERMINATING,
+    (Role.CONSUMER, "ContractRequestMessage"): S.REQUESTING,
+    (Role.CONSUMER, "ContractNegotiationEventMessage"): S.ACCEPTING,
+    (Role.CONSUMER, "ContractAgreementVerificationMessage"): S.VERIFYING,
+    (Role.CONSUMER, "ContractNegotiationTerminationMessage"): S.TERMINATING,
+}
+
+
+def acked(role: Role, state: State, message_type: str) -> Transition:
+    """The peer acknowledged a ``message_type`` we sent: ``handle(ACKED)`` if we are still in the
+    state that message was sent from, else the unchanged state (a late ACK)."""
+    sent_from = SENT_FROM.get((role, message_type))
+    if sent_from is not None and sent_from is not state:
+        return Transition(state)
+    return handle(role, state, Event.ACKED)
 
 
 def transitions_for(role: Role) -> dict[State, dict[Event, Transition]]:

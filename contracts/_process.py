@@ -212,12 +212,14 @@ def save_state(
     timeout_s: float | None,
     now: float | None = None,
     error_detail: str | None = None,
+    clear_error: bool = False,
     pending: bool = False,
     **values: Any,
 ) -> None:
     """Set ``state`` (and other columns) of a locked process row; restart its state timeout.
 
-    ``timeout_s=None`` clears the deadline (terminal states).
+    ``timeout_s=None`` clears the deadline (terminal states). ``error_detail`` replaces the
+    stored detail; ``clear_error=True`` (without one) empties it.
     """
     now = time.time() if now is None else now
     upd: dict[str, Any] = {
@@ -228,7 +230,7 @@ def save_state(
         "updated_at": now,
         **values,
     }
-    if error_detail is not None:
+    if error_detail is not None or clear_error:
         upd["error_detail"] = error_detail
     names = tuple(sorted(upd))
 

@@ -81,6 +81,7 @@ def test_operator_accepts_a_costlier_counter_offer(
         r = c.post(f"/negotiations/{cid}/accept")
         assert r.status_code == 200, r.text
         assert r.json()["pending"] is False
+        assert r.json()["errorDetail"] is None  # the "waiting" note went with the decision
         assert c.post(f"/negotiations/{cid}/accept").status_code == 409  # not waiting any more
     done = consumer.wait_state(cid, {"FINALIZED", "TERMINATED"})
     assert done["internalState"] == "FINALIZED", done["errorDetail"]

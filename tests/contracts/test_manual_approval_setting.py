@@ -98,6 +98,7 @@ def test_manual_approval_setting_approve_and_reject(pair: tuple[Node, Node]) -> 
         r = p.post(_path(waiting["id"], "approve"))
         assert r.status_code == 200, r.text
         assert r.json()["pending"] is False
+        assert r.json()["errorDetail"] is None  # the "waiting" note went with the decision
         done = _wait(c, first, {"FINALIZED", "TERMINATED"})
         assert done["state"] == "FINALIZED", done["errorDetail"]
         assert done["signedBy"] == ["provider", "consumer"]

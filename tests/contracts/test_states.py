@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from connector.errors import LocalProtocolError, RemoteProtocolError
-from contracts import CONSUMER_TRANSITIONS, PROVIDER_TRANSITIONS, Event, Role, State, handle, wire_state
+from contracts._negotiation_states import (
+    CONSUMER_TRANSITIONS,
+    PROVIDER_TRANSITIONS,
+    SENT_FROM,
+    Event,
+    Role,
+    State,
+    acked,
+    handle,
+    transitions_for,
+    wire_state,
+)
 
 P, C = Role.PROVIDER, Role.CONSUMER
 E, S = Event, State
@@ -96,3 +107,26 @@ def test_tables_only_use_events_of_the_right_side() -> None:
         for state, row in table.items():
             if state not in (S.FINALIZED, S.TERMINATED):
                 assert E.RECV_TERMINATION in row, f"termination must be accepted in {state.name}"
+
+
+def test_a_late_ack_does_not_complete_a_newer_send() -> None:
+    # The provider's agreement arrived before the ACK of our request was recorded; we answered
+    # with the verification already. The request's ACK must not mark the verification delivered.
+    assert acked(C, S.VERIFYING, "ContractRequestMessage").state is S.VERIFYING
+    assert acked(C, S.VERIFYING, "ContractAgreementVerificationMessage").state is S.VERIFIED
+    assert acked(P, S.FINALIZING, "ContractAgreementMessage").state is S.FINALIZING
+    assert acked(P, S.FINALIZING, "ContractNegotiationEventMessage").state is S.FINALIZED
+    assert acked(C, S.TERMINATING, "ContractRequestMessage").state is S.TERMINATING
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_every_send_enters_the_state_its_ack_completes(role: Role) -> None:
+    """SENT_FROM agrees with the table: each SEND_* target is the "-ING" state of one message
+    type, and an ACK there moves it on."""
+    send_targets = {
+        tr.state for row in transitions_for(role).values() for tr in row.values() if tr.send is not None
+    }
+    sent_from = {state for (r, _), state in SENT_FROM.items() if r is role}
+    assert send_targets == sent_from
+    for state in sent_from:
+        assert handle(role, state, E.ACKED).state is not state
