@@ -11,13 +11,17 @@ refresh again. State per transfer lives in ``dp_tokens`` (absent row: generation
 
 from __future__ import annotations
 
+import base64
+import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import TokenError
 from connector.identity import Identity, verify_jws
@@ -33,6 +37,8 @@ REFRESH_ENDPOINT = TX_AUTH + "refreshEndpoint"
 REFRESH_AUDIENCE = TX_AUTH + "refreshAudience"
 EXPIRES_IN = TX_AUTH + "expiresIn"
 REFRESH_TTL_S = 30 * 24 * 3600
+#: verified token strings remembered (a JWS checked against an unchanged key of ours stays valid)
+VERIFIED_MAX = 4096
 
 tokens = sa.Table(
     "dp_tokens",
@@ -62,6 +68,10 @@ class EdrService:
         self.ttl_seconds = ttl_seconds
         #: where token generations are kept; without it, refresh is off and gen 1 is always valid
         self.engine = engine
+        #: token -> (payload, kid, public JWK it verified with): the signature check is skipped on a
+        #: repeat only while that key is still ours and unchanged; claims are checked on every use
+        self._verified: OrderedDict[str, tuple[bytes, str, Mapping[str, Any]]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def endpoint(self, transfer_id: str) -> str:
         return f"{self.public_base_url}/api/public/transfers/{transfer_id}"
@@ -117,8 +127,36 @@ class EdrService:
             "endpointProperties": props,
         }
 
-    def _claims(self, token: str, audience: str) -> dict[str, Any]:
+    def _payload(self, token: str) -> bytes:
+        """The payload of a JWS signed by one of our keys (signature checked once per token string
+        and key: a removed or replaced key fails the next use at once)."""
+        with self._verified_lock:
+            hit = self._verified.get(token)
+        if hit is not None:
+            payload, kid, jwk = hit
+            try:
+                current = self.identity.resolve_own(self.identity.did, kid)
+            except TokenError:
+                current = None
+            if current is not None and current.jwk == jwk:
+                return payload
+            with self._verified_lock:
+                self._verified.pop(token, None)
         payload = verify_jws(token, key_resolver=self.identity.resolve_own, expected_did=self.identity.did)
+        try:
+            head = token.split(".", 1)[0]
+            kid = str(orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"])
+            jwk = self.identity.resolve_own(self.identity.did, kid).jwk
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError, TokenError):
+            return payload  # verified, but not remembered
+        with self._verified_lock:
+            self._verified[token] = (payload, kid, jwk)
+            while len(self._verified) > VERIFIED_MAX:
+                self._verified.popitem(last=False)
+        return payload
+
+    def _claims(self, token: str, audience: str) -> dict[str, Any]:
+        payload = self._payload(token)
         try:
             claims: dict[str, Any] = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -135,36 +173,56 @@ class EdrService:
             )
         return claims
 
-    def _generations(self, transfer_id: str) -> tuple[int, int]:
+    def _generations(self, transfer_id: str, conn: Connection | None = None) -> tuple[int, int]:
         if self.engine is None:
             return 1, 1
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(tokens.c.issued_gen, tokens.c.min_gen).where(tokens.c.transfer_id == transfer_id)
-            ).first()
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._generations(transfer_id, own)
+        row = conn.execute(
+            sa.select(tokens.c.issued_gen, tokens.c.min_gen).where(tokens.c.transfer_id == transfer_id)
+        ).first()
         return (1, 1) if row is None else (int(row.issued_gen), int(row.min_gen))
 
     def verify(self, authorization: str | None, transfer_id: str) -> dict[str, Any]:
         """The token's claims; TokenError naming the failed check (forged, expired, other transfer,
         superseded by a newer token already in use)."""
+        claims = self.token_claims(authorization, transfer_id)
+        if self.check_generation(claims, transfer_id):
+            self.mark_in_use(claims, transfer_id)
+        return claims
+
+    def check_generation(
+        self, claims: dict[str, Any], transfer_id: str, conn: Connection | None = None
+    ) -> bool:
+        """TokenError if the token was superseded by a newer one already in use; True when this
+        token is itself newer than the oldest accepted (call :meth:`mark_in_use`, outside ``conn``)."""
+        gen = int(claims.get("gen") or 1)
+        _issued, min_gen = self._generations(transfer_id, conn)
+        if gen < min_gen:
+            raise TokenError("access token was replaced by a refreshed one that is in use")
+        return gen > min_gen and self.engine is not None
+
+    def mark_in_use(self, claims: dict[str, Any], transfer_id: str) -> None:
+        """A newer token is in use: older generations stop working now."""
+        assert self.engine is not None
+        gen = int(claims.get("gen") or 1)
+        with self.engine.begin() as conn:
+            conn.execute(
+                tokens.update()
+                .where(tokens.c.transfer_id == transfer_id, tokens.c.min_gen < gen)
+                .values(min_gen=gen, updated_at=time.time())
+            )
+
+    def token_claims(self, authorization: str | None, transfer_id: str) -> dict[str, Any]:
+        """The claims of a valid access token for ``transfer_id`` (signature, audience, expiry,
+        transfer); the generation is checked apart (:meth:`check_generation`)."""
         if not authorization:
             raise TokenError("no access token: send the EDR's authorization value as a bearer token")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else authorization.strip()
         claims = self._claims(token, "dadam-dataplane")
         if claims.get("tid") != transfer_id:
             raise TokenError(f"access token is for transfer {claims.get('tid')!r}, not {transfer_id!r}")
-        gen = int(claims.get("gen") or 1)
-        _issued, min_gen = self._generations(transfer_id)
-        if gen < min_gen:
-            raise TokenError("access token was replaced by a refreshed one that is in use")
-        if gen > min_gen and self.engine is not None:
-            # the newer token is in use: older generations stop working now
-            with self.engine.begin() as conn:
-                conn.execute(
-                    tokens.update()
-                    .where(tokens.c.transfer_id == transfer_id, tokens.c.min_gen < gen)
-                    .values(min_gen=gen, updated_at=time.time())
-                )
         return claims
 
     def refresh(self, refresh_token: str, caller_did: str) -> dict[str, Any]:

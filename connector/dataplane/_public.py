@@ -12,12 +12,12 @@ or is cut off before its end is recorded with outcome ``partial`` or not at all 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,17 +25,21 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from catalog import CatalogStore
+from catalog import _tables as catalog_tables
 from connector.dataplane._edr import EdrService
 from connector.dataplane._flows import flow_state
 from connector.dataplane._sources import (
+    FileReader,
     S3Config,
     SourceUnavailable,
     http_url,
-    open_file,
+    open_file_reader,
+    s3_read,
     s3_size,
+    stream_get,
 )
 from connector.errors import DadamError, NotFoundError, PermissionDeniedError, TokenError
 from contracts._tables import negotiations
@@ -49,6 +53,8 @@ __all__ = ["PolicyDenied", "RecordCounter", "public_router", "usage_event"]
 log = logging.getLogger("dadam.dataplane")
 
 CHUNK = 64 * 1024
+#: an S3 range up to this size is read whole in the request's one thread hop and metered there
+SMALL_BODY = 256 * 1024
 CATEGORIES = {"carbon", "process", "supply-chain"}
 
 
@@ -191,14 +197,139 @@ def usage_event(
     )  # fmt: skip
 
 
-async def _threaded(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """A blocking chunk iterator read in a worker thread, chunk by chunk."""
-    end = object()
-    while True:
-        chunk = await asyncio.to_thread(next, chunks, end)
-        if chunk is end:
-            return
-        yield chunk  # type: ignore[misc]
+async def _file_chunks(reader: FileReader, first: bytes) -> AsyncIterator[bytes]:
+    """A file's chunks: ``first`` (already read), then the rest, each read in a worker thread while
+    the previous one is being sent (one read ahead); the file is closed at the end or when the
+    request ends early (after a read still running)."""
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        chunk = first
+        while chunk:
+            pending = loop.run_in_executor(None, reader.read)
+            yield chunk
+            chunk = await pending
+            pending = None
+    finally:
+        if pending is None:
+            reader.close()
+        elif not pending.done():
+            pending.add_done_callback(lambda _f: reader.close())
+        else:  # cancelled: the read may still be running in its thread; close() waits for it there
+            loop.run_in_executor(None, reader.close)
+
+
+def _walk_constraints(node: Any) -> Iterator[Any]:
+    """Every atomic constraint anywhere in a parsed policy (rules, duties, refinements)."""
+    import dataclasses
+
+    import usage_policy as up
+
+    if isinstance(node, up.Constraint):
+        yield node
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            yield from _walk_constraints(getattr(node, f.name))
+    elif isinstance(node, (tuple, list)):
+        for item in node:
+            yield from _walk_constraints(item)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(agreement_text: str) -> tuple[Any, bool, bool]:
+    """An agreement's parsed usage policy (cached by the agreement's exact text: never stale), whether
+    it needs the use so far (a constraint reading ``usage.*`` beyond the agreement date, or one we do
+    not know), and whether it has a compensate duty (the consumer's prepaid account matters)."""
+    import usage_policy as up
+    from usage_policy._operands import lookup
+
+    policy = up.parse_policy(_rules(orjson.loads(agreement_text)))
+    needs_usage = False
+    for c in _walk_constraints(policy):
+        known = lookup(c.left.iri)
+        if known is None or (known.input.startswith("usage.") and known.input != "usage.agreed_at"):
+            needs_usage = True
+            break
+    return policy, needs_usage, "compensate" in agreement_text
+
+
+@functools.lru_cache(maxsize=256)
+def _dataset_from_row(body: str, data_address: str) -> Any:
+    """A stored dataset parsed once per exact stored text (an edited dataset is a new key)."""
+    return CatalogStore._load_dataset(body, data_address)
+
+
+def _facts(conn: Connection, store: CatalogStore, tid: str, subject: str | None) -> dict[str, Any]:
+    """What enforcement reads, in one connection: transfer row, agreement, retirement, the data
+    flow's state, the use so far (only when the policy reads it) and the dataset."""
+    row = conn.execute(sa.select(transfers).where(transfers.c.id == tid)).mappings().first()
+    if row is None or row["role"] != "provider":
+        raise NotFoundError(f"no transfer {tid!r}")
+    if subject is not None and row["counterparty_id"] and subject != row["counterparty_id"]:
+        raise TokenError("access token was issued to another consumer")
+    agreement = conn.execute(
+        sa.select(negotiations.c.agreement, negotiations.c.updated_at).where(
+            negotiations.c.role == "provider", negotiations.c.agreement_id == row["agreement_id"]
+        )
+    ).first()
+    retired = conn.execute(
+        sa.select(retirements.c.reason).where(retirements.c.agreement_id == row["agreement_id"])
+    ).first()
+    compiled = _compiled(agreement.agreement) if agreement is not None and agreement.agreement else None
+    stats: Any = (0, None, 0)
+    if compiled is not None and compiled[1]:
+        stats = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
+            .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
+        ).one()  # fmt: skip
+    flow = flow_state(conn, tid)  # signaling mode (decision 0452): the data flow's state decides
+    dataset: Any = None
+    if getattr(store, "engine", None) is conn.engine:
+        stored = conn.execute(
+            sa.select(catalog_tables.datasets.c.body, catalog_tables.datasets.c.data_address).where(
+                catalog_tables.datasets.c.id == row["dataset_id"]
+            )
+        ).first()
+        if stored is not None:
+            dataset = _dataset_from_row(stored.body, stored.data_address)
+    return {"row": row, "agreement": agreement, "compiled": compiled, "retired": retired, "stats": stats,
+            "flow": flow, "dataset": dataset}  # fmt: skip
+
+
+def _decide(
+    facts: dict[str, Any],
+    store: CatalogStore,
+    tid: str,
+    claims_for: Callable[[str], dict[str, Any]],
+    account_open: Callable[[str], bool],
+) -> tuple[dict[str, Any], Any]:
+    row, agreement, retired, flow = facts["row"], facts["agreement"], facts["retired"], facts["flow"]
+    if facts["compiled"] is None:
+        raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
+    if retired is not None:  # named first: it is why the transfer was terminated
+        raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
+    # STARTING / RESUMING: our TransferStartMessage (with this EDR) is out and the consumer may use
+    # it before its acknowledgement reaches us; anything else is not started
+    if flow is not None:
+        if flow != "STARTED":
+            raise PermissionDeniedError(f"data flow {tid} is {flow}, not STARTED")
+    elif TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
+        raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
+    consumer = row["counterparty_id"] or ""
+    policy, _needs_usage, compensates = facts["compiled"]
+    decision = _evaluate(
+        policy, row, claims_for(consumer), facts["stats"], agreement.updated_at,
+        account_open(consumer) if compensates else False,
+    )  # fmt: skip
+    if not decision.permitted:
+        failures = decision.failures() or decision.reasons()
+        raise PolicyDenied(
+            "the agreement's usage policy does not permit this use: " + "; ".join(failures),
+            failures,
+            permanent=_permanent(decision),
+        )
+    dataset = facts["dataset"] if facts["dataset"] is not None else store.get_dataset(row["dataset_id"])
+    return dict(row), dataset
 
 
 def enforce(
@@ -213,51 +344,12 @@ def enforce(
     """Everything a data request or a push must pass: our provider transfer, for this consumer
     (``subject``; None for a push, where we are the sender), the agreement known and not retired,
     the transfer STARTED, the usage policy permitting with the use so far. The transfer row and
-    the dataset; PermissionDeniedError / PolicyDenied / NotFoundError naming the failed check."""
+    the dataset; PermissionDeniedError / PolicyDenied / NotFoundError naming the failed check.
+    Nothing is cached but what is keyed by exact stored content (parsed policy, parsed dataset):
+    state, retirement and use so far are read on every call."""
     with engine.connect() as conn:
-        row = conn.execute(sa.select(transfers).where(transfers.c.id == tid)).mappings().first()
-        if row is None or row["role"] != "provider":
-            raise NotFoundError(f"no transfer {tid!r}")
-        if subject is not None and row["counterparty_id"] and subject != row["counterparty_id"]:
-            raise TokenError("access token was issued to another consumer")
-        agreement = conn.execute(
-            sa.select(negotiations.c.agreement, negotiations.c.updated_at).where(
-                negotiations.c.role == "provider", negotiations.c.agreement_id == row["agreement_id"]
-            )
-        ).first()
-        retired = conn.execute(
-            sa.select(retirements.c.reason).where(retirements.c.agreement_id == row["agreement_id"])
-        ).first()
-        stats = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
-            .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
-        ).one()  # fmt: skip
-        flow = flow_state(conn, tid)  # signaling mode (decision 0452): the data flow's state decides
-    if agreement is None or not agreement.agreement:
-        raise PermissionDeniedError(f"agreement {row['agreement_id']} is not known")
-    if retired is not None:  # named first: it is why the transfer was terminated
-        raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
-    # STARTING / RESUMING: our TransferStartMessage (with this EDR) is out and the consumer may use
-    # it before its acknowledgement reaches us; anything else is not started
-    if flow is not None:
-        if flow != "STARTED":
-            raise PermissionDeniedError(f"data flow {tid} is {flow}, not STARTED")
-    elif TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
-        raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
-    consumer = row["counterparty_id"] or ""
-    decision = _evaluate(
-        orjson.loads(agreement.agreement), row, claims_for(consumer), stats, agreement.updated_at,
-        account_open(consumer),
-    )  # fmt: skip
-    if not decision.permitted:
-        failures = decision.failures() or decision.reasons()
-        raise PolicyDenied(
-            "the agreement's usage policy does not permit this use: " + "; ".join(failures),
-            failures,
-            permanent=_permanent(decision),
-        )
-    dataset = store.get_dataset(row["dataset_id"])
-    return dict(row), dataset
+        facts = _facts(conn, store, tid, subject)
+    return _decide(facts, store, tid, claims_for, account_open)
 
 
 def public_router(
@@ -288,17 +380,101 @@ def public_router(
     def _error(status: int, code: str, message: str, details: list[str] | None = None) -> JSONResponse:
         return JSONResponse({"error": code, "message": message, "details": details or []}, status_code=status)
 
-    def _authorize(tid: str, authorization: str | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        claims = edr.verify(authorization, tid)
-        row, dataset = enforce(
-            engine, store, tid, subject=claims.get("sub"), claims_for=claims_for, account_open=account_open
+    def _authorize(tid: str, authorization: str | None) -> tuple[dict[str, Any], Any]:
+        """Token (signature, expiry, transfer, generation), then every enforcement read in one
+        connection, then the decision."""
+        claims = edr.token_claims(authorization, tid)
+        shared = edr.engine is engine
+        in_use = False if shared else edr.check_generation(claims, tid)
+        try:
+            with engine.connect() as conn:
+                if shared:
+                    in_use = edr.check_generation(claims, tid, conn)
+                facts = _facts(conn, store, tid, claims.get("sub"))
+        finally:
+            if in_use:  # outside the read: a newer token is in use, older ones stop working
+                edr.mark_in_use(claims, tid)
+        return _decide(facts, store, tid, claims_for, account_open)
+
+    def _record(event: UsageEvent) -> None:
+        with engine.begin() as conn:
+            record_usage_events(conn, [event])
+
+    def _prepare(tid: str, authorization: str | None, range_header: str | None, event_id: str) -> Any:
+        """One thread hop for the checks and the source's opening: a whole small body is read and
+        metered here too. Returns a Response, or ("file", row, dataset, reader, first chunk, span,
+        size) / ("s3", row, dataset, presigned url, span, size) to stream, or ("other", row, dataset)."""
+        row, dataset = _authorize(tid, authorization)
+        address = dataset.data_address
+        if address is None:
+            return _error(502, "no_source", f"dataset {dataset.id} has no data address")
+        if address.type not in ("file", "s3"):
+            return ("other", row, dataset)
+        props = dict(address.properties)
+        started = time.time()
+        media_type = dataset.media_type or "application/octet-stream"
+        reader: FileReader | None = None
+        try:
+            if address.type == "file":
+                reader = open_file_reader(props["path"])
+                size = reader.size
+            else:
+                if s3 is None:
+                    return _error(
+                        502, "source_unavailable", "the dataset is in S3 but no S3 endpoint is configured"
+                    )
+                size, _ = s3_size(s3_client(), props["bucket"], props["key"])
+            span = _range(range_header, size)
+        except SourceUnavailable as exc:
+            return _error(502, "source_unavailable", str(exc))
+        except DadamError as exc:
+            if reader is not None:
+                reader.close()
+            return _error(exc.status_hint if exc.status_hint != 500 else 400, exc.code, exc.message)
+        start, end = span or (0, size - 1)
+        length = max(end - start + 1, 0)
+        headers = {"Cache-Control": "no-store", "Accept-Ranges": "bytes", "Content-Length": str(length)}
+        status = 200
+        if span is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        try:
+            body: bytes | None = None
+            if reader is not None:
+                reader.pos, reader.stop = start, end
+                first = reader.read() if length else b""
+                if reader.pos <= reader.stop:  # more to come: stream it
+                    streamed, reader = reader, None
+                    return ("file", row, dataset, streamed, first, status, headers, media_type, started)
+                body = first
+            elif length <= SMALL_BODY:
+                body = s3_read(s3_client(), props["bucket"], props["key"], start, end) if length else b""
+            else:
+                url = s3_client().presigned_get_object(props["bucket"], props["key"], timedelta(minutes=10))
+                return ("s3", row, dataset, url, start, end, status, headers, media_type, started)
+        except SourceUnavailable as exc:
+            return _error(502, "source_unavailable", str(exc))
+        except OSError as exc:
+            return _error(502, "source_unavailable", f"the data source cannot be read: {exc.strerror}")
+        finally:
+            if reader is not None:
+                reader.close()
+        # the whole (small) body is here: metered before any of it leaves
+        counter = RecordCounter(media_type)
+        counter.feed(body)
+        _record(
+            usage_event(event_id, row, dataset, len(body), counter.total(), started, "ok", edr.identity.did)
         )
-        return row, claims, dataset
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     async def pull(tid: str, request: Request, path: str = "") -> Response:
+        # A client-chosen request id makes a retried request count once, and lets the consumer
+        # meter the same ids on its side (usage receipts compare them).
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        event_id = f"{tid}:{request_id[:200]}"
         try:
-            row, _claims, dataset = await asyncio.to_thread(
-                _authorize, tid, request.headers.get("authorization")
+            prepared = await asyncio.to_thread(
+                _prepare, tid, request.headers.get("authorization"), request.headers.get("range"), event_id
             )
         except PolicyDenied as exc:
             if exc.permanent and terminate is not None:
@@ -307,32 +483,21 @@ def public_router(
             return _error(403, exc.code, exc.message, exc.details)
         except DadamError as exc:
             return _error(exc.status_hint, exc.code, exc.message)
-        address = dataset.data_address
-        if address is None:
-            return _error(502, "no_source", f"dataset {dataset.id} has no data address")
+        if isinstance(prepared, Response):
+            return prepared
+        row, dataset = prepared[1], prepared[2]
         media_type = dataset.media_type or "application/octet-stream"
         counter = RecordCounter(media_type)
         started = time.time()
-        # A client-chosen request id makes a retried request count once, and lets the consumer
-        # meter the same ids on its side (usage receipts compare them).
-        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
-        event_id = f"{tid}:{request_id[:200]}"
         sent = 0
 
         async def finish(outcome: str) -> None:
             event = usage_event(
                 event_id, row, dataset, sent, counter.total(), started, outcome, edr.identity.did
             )
+            await asyncio.to_thread(_record, event)
 
-            def write() -> None:
-                with engine.begin() as conn:
-                    record_usage_events(conn, [event])
-
-            await asyncio.to_thread(write)
-
-        async def metered(
-            chunks: AsyncIterator[bytes], close: Callable[[], Any] | None = None
-        ) -> AsyncIterator[bytes]:
+        async def metered(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             """Relay chunks, counting bytes and records; the usage event commits before the last
             chunk leaves, so an answered request is never unmetered even if the process dies right
             after sending it. A request cut off midway is recorded as ``partial``."""
@@ -351,75 +516,33 @@ def public_router(
                 if held is not None:
                     yield held
             finally:
-                if close is not None:
-                    await asyncio.to_thread(close)
                 if not recorded:
                     await finish("partial")
 
-        headers: dict[str, str] = {"Cache-Control": "no-store"}
-        status = 200
-        props = dict(address.properties)
-        if address.type in ("file", "s3"):
-            try:
-                if address.type == "file":
-                    size = await asyncio.to_thread(lambda: Path(props["path"]).stat().st_size)
-                else:
-                    if s3 is None:
-                        return _error(
-                            502, "source_unavailable", "the dataset is in S3 but no S3 endpoint is configured"
-                        )
-                    client = s3_client()
-                    size, _ = await asyncio.to_thread(s3_size, client, props["bucket"], props["key"])
-                span = _range(request.headers.get("range"), size)
-            except OSError as exc:
-                return _error(502, "source_unavailable", f"the data source cannot be read: {exc.strerror}")
-            except SourceUnavailable as exc:
-                return _error(502, "source_unavailable", str(exc))
-            except DadamError as exc:
-                return _error(exc.status_hint if exc.status_hint != 500 else 400, exc.code, exc.message)
-            start, end = span or (0, size - 1)
-            if span is not None:
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            headers["Content-Length"] = str(max(end - start + 1, 0))
-            headers["Accept-Ranges"] = "bytes"
-            if size > 0 and address.type == "s3":
-                # a presigned ranged GET streamed on the event loop: no thread hop per chunk
-                url = await asyncio.to_thread(
-                    client.presigned_get_object, props["bucket"], props["key"], timedelta(minutes=10)
-                )
-                try:
-                    upstream = await client_http.send(
-                        client_http.build_request("GET", url, headers={"Range": f"bytes={start}-{end}"}),
-                        stream=True,
-                    )
-                except httpx.HTTPError as exc:
-                    return _error(502, "source_unavailable", f"S3 is unreachable: {exc.__class__.__name__}")
-                if upstream.status_code not in (200, 206):
-                    await upstream.aclose()
-                    return _error(502, "source_unavailable", f"S3 answered {upstream.status_code}")
-
-                async def s3_chunks() -> AsyncIterator[bytes]:
-                    try:
-                        async for chunk in upstream.aiter_raw(1 << 20):
-                            yield chunk
-                    finally:
-                        await upstream.aclose()
-
-                return StreamingResponse(
-                    metered(s3_chunks()), status_code=status, headers=headers, media_type=media_type
-                )
-            if size == 0:
-                source: Iterator[bytes] = iter(())
-            else:
-                try:
-                    source, _ = await asyncio.to_thread(open_file, props["path"], start, end)
-                except SourceUnavailable as exc:
-                    return _error(502, "source_unavailable", str(exc))
+        if prepared[0] == "file":
+            _, _, _, reader, first, status, headers, media_type, started = prepared
             return StreamingResponse(
-                metered(_threaded(source), getattr(source, "close", None)),
-                status_code=status, headers=headers, media_type=media_type,
-            )  # fmt: skip
+                metered(_file_chunks(reader, first)),
+                status_code=status,
+                headers=headers,
+                media_type=media_type,
+            )
+        if prepared[0] == "s3":
+            _, _, _, url, start, end, status, headers, media_type, started = prepared
+            # the presigned ranged GET is streamed on the event loop as it arrives (no thread hop
+            # per chunk, no re-chunking)
+            try:
+                s3_stream = await stream_get(url, {"Range": f"bytes={start}-{end}"})
+            except (OSError, TimeoutError) as exc:
+                return _error(502, "source_unavailable", f"S3 is unreachable: {exc.__class__.__name__}")
+            if s3_stream.status not in (200, 206):
+                s3_stream.close()
+                return _error(502, "source_unavailable", f"S3 answered {s3_stream.status}")
+            return StreamingResponse(
+                metered(s3_stream.chunks()), status_code=status, headers=headers, media_type=media_type
+            )
+        address = dataset.data_address
+        props = dict(address.properties)
         if address.type == "http":
             url = http_url(props, path, request.url.query)
             try:
@@ -455,11 +578,10 @@ def public_router(
 
 
 def _evaluate(
-    agreement: dict[str, Any], row: Any, claims: dict[str, Any], stats: Any, agreed_at: float, paying: bool
+    policy: Any, row: Any, claims: dict[str, Any], stats: Any, agreed_at: float, paying: bool
 ) -> Any:
     import usage_policy as up
 
-    policy = up.parse_policy(_rules(agreement))
     count, first, _bytes = stats
     ctx = up.EvaluationContext(
         did=row["counterparty_id"],

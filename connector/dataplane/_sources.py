@@ -9,18 +9,36 @@ query) or an ``s3`` object (``bucket``, ``key``) in this connector's object stor
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+import ssl
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["CHUNK", "Opened", "S3Config", "SourceUnavailable", "open_source"]
+__all__ = [
+    "CHUNK",
+    "FileReader",
+    "Opened",
+    "S3Config",
+    "SourceUnavailable",
+    "Upstream",
+    "open_source",
+    "stream_get",
+]
 
 CHUNK = 64 * 1024
 S3_CHUNK = 1024 * 1024
+#: bytes read from a file source per read (one thread hop each)
+FILE_CHUNK = 1024 * 1024
+#: an upstream connection stops reading when this much is received and not yet sent on
+UPSTREAM_HIGH = 4 * 1024 * 1024
+UPSTREAM_LOW = 1024 * 1024
 
 
 class SourceUnavailable(Exception):
@@ -81,6 +99,22 @@ def s3_size(client: Any, bucket: str, key: str) -> tuple[int, str | None]:
     return int(stat.size), stat.content_type
 
 
+def s3_read(client: Any, bucket: str, key: str, start: int, end: int) -> bytes:
+    """The bytes ``start`` to ``end`` inclusive of a (small) object range, read whole."""
+    try:
+        response = client.get_object(bucket, key, offset=start, length=end - start + 1)
+    except Exception as exc:
+        raise SourceUnavailable(_s3_reason(exc)) from None
+    try:
+        data: bytes = response.read()
+    except Exception as exc:
+        raise SourceUnavailable(_s3_reason(exc)) from None
+    finally:
+        response.close()
+        response.release_conn()
+    return data
+
+
 def open_s3(client: Any, bucket: str, key: str, start: int, end: int | None) -> Iterator[bytes]:
     """Chunks of ``bucket/key`` from ``start`` to ``end`` inclusive (a ranged GET: never the whole object)."""
     length = 0 if end is None else end - start + 1
@@ -101,6 +135,198 @@ def open_s3(client: Any, bucket: str, key: str, start: int, end: int | None) -> 
             response.release_conn()
 
     return chunks()
+
+
+class FileReader:
+    """Positional reads of ``[start, stop]`` of an open file, ``FILE_CHUNK`` bytes at a time; the
+    empty bytes at the end. One read at a time (the caller awaits each before the next)."""
+
+    def __init__(self, fd: int, size: int, start: int, stop: int) -> None:
+        self._lock = threading.Lock()  # close() waits for a read still running in another thread
+        self.fd: int | None = fd
+        self.size = size
+        self.pos = start
+        self.stop = stop
+
+    def read(self) -> bytes:
+        with self._lock:
+            if self.fd is None or self.pos > self.stop:
+                return b""
+            chunk = os.pread(self.fd, min(FILE_CHUNK, self.stop - self.pos + 1), self.pos)
+            self.pos += len(chunk)
+            if not chunk:
+                self.pos = self.stop + 1
+            return chunk
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                os.close(fd)
+
+
+def open_file_reader(path: str, start: int | None = None, end: int | None = None) -> FileReader:
+    """A :class:`FileReader` over ``path`` from ``start`` to ``end`` inclusive (None: the whole file;
+    the caller checks the range against ``size`` first when it needs to); SourceUnavailable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SourceUnavailable(f"the data source cannot be read: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+    except OSError as exc:
+        os.close(fd)
+        raise SourceUnavailable(f"the data source cannot be read: {exc.strerror}") from None
+    first = start or 0
+    stop = size - 1 if end is None else min(end, size - 1)
+    return FileReader(fd, size, first, stop)
+
+
+class _Receiver(asyncio.Protocol):
+    """One HTTP/1.1 response read off a connection: httptools parses, body pieces queue up (the
+    transport stops reading while UPSTREAM_HIGH bytes wait to be sent on)."""
+
+    def __init__(self, timeout: float) -> None:
+        import httptools
+
+        self.timeout = timeout
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.headers: dict[str, str] = {}
+        self.headers_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pieces: deque[bytes] = deque()
+        self.queued = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.paused = False
+        self.wakeup: asyncio.Future[None] | None = None
+
+    # transport callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:  # httptools.HttpParserError
+            self._fail(ConnectionError(f"malformed HTTP response: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        if not self.done:
+            self._fail(ConnectionError("the connection closed before the response ended"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done:
+            self._fail(exc or ConnectionError("the connection closed before the response ended"))
+
+    # parser callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if not self.headers_done.done():
+            self.headers_done.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+        self.queued += len(body)
+        if self.queued >= UPSTREAM_HIGH and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if not self.headers_done.done():
+            self.headers_done.set_exception(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    async def next_piece(self) -> bytes:
+        """The body received so far and not yet taken (joined), b"" at the end; raises a
+        connection error when the response is cut off."""
+        while not self.pieces:
+            if self.done:
+                return b""
+            if self.error is not None:
+                raise self.error
+            self.wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.wakeup, self.timeout)
+            except TimeoutError:
+                raise TimeoutError(f"the source sent nothing for {self.timeout:g} s") from None
+            finally:
+                self.wakeup = None
+        if len(self.pieces) == 1:
+            piece = self.pieces.popleft()
+        else:
+            piece = b"".join(self.pieces)
+            self.pieces.clear()
+        self.queued = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return piece
+
+
+class Upstream:
+    """A streamed HTTP response of :func:`stream_get`: ``status``, ``headers`` (lower-case
+    names), ``chunks()`` (the body, as it arrives) and ``close()``."""
+
+    def __init__(self, receiver: _Receiver) -> None:
+        self._r = receiver
+        self.status = int(receiver.parser.get_status_code())
+        self.headers = receiver.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while piece := await self._r.next_piece():
+                yield piece
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._r.transport is not None:
+            self._r.transport.close()
+
+
+async def stream_get(url: str, headers: dict[str, str] | None = None, *, timeout: float = 30.0) -> Upstream:
+    """``GET url`` on a connection of its own, the body streamed as it arrives (no pool, no
+    decoding: for presigned object-store URLs). Connection errors raise ``OSError`` / ``TimeoutError``."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    loop = asyncio.get_running_loop()
+    receiver = _Receiver(timeout)
+    context = ssl.create_default_context() if secure else None
+    await asyncio.wait_for(
+        loop.create_connection(
+            lambda: receiver, host, port, ssl=context, server_hostname=host if secure else None
+        ),
+        timeout,
+    )
+    assert receiver.transport is not None
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    lines = [f"GET {target} HTTP/1.1", f"Host: {netloc}", "Connection: close", "Accept-Encoding: identity"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    receiver.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    try:
+        await asyncio.wait_for(asyncio.shield(receiver.headers_done), timeout)
+    except BaseException:
+        receiver.transport.close()
+        raise
+    return Upstream(receiver)
 
 
 def open_file(path: str, start: int, end: int | None) -> tuple[Iterator[bytes], int]:
