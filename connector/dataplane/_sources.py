@@ -200,16 +200,34 @@ class _Receiver(asyncio.Protocol):
         self.error: BaseException | None = None
         self.paused = False
         self.wakeup: asyncio.Future[None] | None = None
+        self.received = 0
+        #: body bytes still to come once the headers named a Content-Length (None: httptools parses)
+        self.left: int | None = None
 
     # transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.left is not None:  # a plain Content-Length body: taken as received, no parser copy
+            if self.done or not data:
+                return
+            if len(data) > self.left:
+                data = data[: self.left]
+            self.left -= len(data)
+            self.on_body(data)
+            if self.left == 0:
+                self.on_message_complete()
+            return
         try:
             self.parser.feed_data(data)
         except Exception as exc:  # httptools.HttpParserError
             self._fail(ConnectionError(f"malformed HTTP response: {exc}"))
+            return
+        length = self.headers.get("content-length", "")
+        chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        if self.headers_done.done() and not self.done and length.isdigit() and not chunked:
+            self.left = int(length) - self.received
 
     def eof_received(self) -> bool | None:
         if not self.done:
@@ -229,6 +247,7 @@ class _Receiver(asyncio.Protocol):
             self.headers_done.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        self.received += len(body)
         self.pieces.append(body)
         self.queued += len(body)
         if self.queued >= UPSTREAM_HIGH and not self.paused and self.transport is not None:
@@ -252,8 +271,8 @@ class _Receiver(asyncio.Protocol):
             self.wakeup.set_result(None)
 
     async def next_piece(self) -> bytes:
-        """The body received so far and not yet taken (joined), b"" at the end; raises a
-        connection error when the response is cut off."""
+        """The next piece of the body as received, b"" at the end; raises a connection error
+        when the response is cut off."""
         while not self.pieces:
             if self.done:
                 return b""
@@ -266,13 +285,9 @@ class _Receiver(asyncio.Protocol):
                 raise TimeoutError(f"the source sent nothing for {self.timeout:g} s") from None
             finally:
                 self.wakeup = None
-        if len(self.pieces) == 1:
-            piece = self.pieces.popleft()
-        else:
-            piece = b"".join(self.pieces)
-            self.pieces.clear()
-        self.queued = 0
-        if self.paused and self.transport is not None:
+        piece = self.pieces.popleft()  # one at a time: no joining copy
+        self.queued -= len(piece)
+        if self.paused and self.queued <= UPSTREAM_LOW and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return piece
