@@ -1,6 +1,6 @@
 """Data plane benchmark: pull throughput and memory, and small-request rate, through a real provider.
 
-Usage: ``.venv/bin/python bench/dataplane.py [--size-mb 256] [--seconds 5]``. Starts a provider and a
+Usage: ``.venv/bin/python bench/dataplane.py [--size-mb 256] [--seconds 5] [--s3-size-mb 1024] [--repeat 3]``. Starts a provider and a
 consumer (`dadam serve`, SQLite), negotiates access to a generated file of ``--size-mb`` MB and to
 the 2.5 KB PCF sample, then measures in the same run:
 
@@ -15,7 +15,11 @@ the 2.5 KB PCF sample, then measures in the same run:
   plane (ratio goal >= 0.8), the provider's RSS growth during that pull (goal <= 64 MB), and 4 KB
   S3-sourced requests per second through the data plane including token validation.
 
-The last line is one JSON object with the figures.
+Every large transfer is read by the same client, urllib3 (the HTTP library the ``minio`` client
+uses) in 1 MiB reads, so the direct GET, the bare file server and the data plane are compared
+like with like; each is measured ``--repeat`` times, alternating, and the median is reported. The
+CPU seconds of the provider, SeaweedFS and the client during one transfer are reported too (the
+whole stack shares the machine's cores). The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import httpx  # noqa: E402
+import urllib3  # noqa: E402
 
 from connector._demo import (  # noqa: E402
     API_KEY,
@@ -60,33 +65,74 @@ def edr(view: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return view["dataAddress"]["endpoint"], {"Authorization": f"Bearer {props['authorization']}"}
 
 
-def timed_pull(view: dict[str, Any], pid: int, size: int) -> tuple[float, float, float]:
-    """(MB/s, provider RSS before, peak RSS) of one streamed pull of ``size`` bytes."""
-    url, headers = edr(view)
-    rss_before = rss_mb(pid)
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` (None: this process)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=600), retries=False)
+
+
+def get_stream(
+    url: str, headers: dict[str, str], size: int, procs: dict[str, int], rss_pid: int | None = None
+) -> dict[str, float]:
+    """One streamed GET read in 1 MiB pieces: MB/s, CPU seconds of ``procs`` and of this client,
+    and (``rss_pid``) that process's RSS before and at its peak."""
+    before = {name: cpu_s(pid) for name, pid in procs.items()} | {"client": cpu_s()}
+    rss_before = rss_mb(rss_pid) if rss_pid else 0.0
     peak = rss_before
     got = 0
     t0 = time.perf_counter()
-    with httpx.stream("GET", url, headers=headers, timeout=600) as resp:
-        resp.raise_for_status()
-        for n, chunk in enumerate(resp.iter_bytes(1 << 20)):
+    resp = HTTP.request("GET", url, headers=headers, preload_content=False)
+    try:
+        assert resp.status in (200, 206), f"{url} answered {resp.status}"
+        n = 0
+        while chunk := resp.read(1 << 20):
             got += len(chunk)
-            if n % 16 == 0:
-                peak = max(peak, rss_mb(pid))
+            n += 1
+            if rss_pid and n % 16 == 0:
+                peak = max(peak, rss_mb(rss_pid))
+    finally:
+        resp.release_conn()
+    took = time.perf_counter() - t0
     assert got == size, f"received {got} of {size} bytes"
-    return got / (time.perf_counter() - t0) / 1e6, rss_before, peak
+    out = {"mb_per_s": got / took / 1e6, "rss_before": rss_before, "rss_peak": peak}
+    after = {name: cpu_s(pid) for name, pid in procs.items()} | {"client": cpu_s()}
+    return out | {f"cpu_{name}": after[name] - before[name] for name in after}
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median MB/s (its CPU split with it), RSS growth as the worst of all runs."""
+    ordered = sorted(runs, key=lambda r: r["mb_per_s"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["rss_growth"] = max(r["rss_peak"] - r["rss_before"] for r in runs)
+    return mid
+
+
+def cpu_split(run: dict[str, float]) -> dict[str, float]:
+    return {k[4:]: round(v, 2) for k, v in run.items() if k.startswith("cpu_")}
+
+
+def timed_pull(view: dict[str, Any], pid: int, size: int, procs: dict[str, int]) -> dict[str, float]:
+    """One streamed pull of ``size`` bytes through the data plane (see :func:`get_stream`)."""
+    url, headers = edr(view)
+    return get_stream(url, headers, size, procs, rss_pid=pid)
 
 
 def request_rate(view: dict[str, Any], seconds: float, prefix: str) -> float:
-    """Sequential authorised, metered GETs per second for ``seconds``."""
+    """Sequential authorised, metered GETs per second for ``seconds`` (one kept-alive connection)."""
     url, headers = edr(view)
     n = 0
-    with httpx.Client(timeout=10) as client:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            client.get(url, headers={**headers, "X-Request-Id": f"{prefix}{n}"}).raise_for_status()
-            n += 1
-        return n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        resp = HTTP.request("GET", url, headers={**headers, "X-Request-Id": f"{prefix}{n}"})
+        assert resp.status == 200, f"small request answered {resp.status}: {resp.data[:200]!r}"
+        n += 1
+    return n / (time.perf_counter() - t0)
 
 
 class _Repeat:
@@ -103,8 +149,35 @@ class _Repeat:
         return out
 
 
+def direct_minio(client: Any, size: int, procs: dict[str, int]) -> dict[str, float]:
+    """A direct ``minio`` GET of the whole object, read in 1 MiB pieces (minio's own urllib3 pool)."""
+    before = {name: cpu_s(pid) for name, pid in procs.items()} | {"client": cpu_s()}
+    t0 = time.perf_counter()
+    got = 0
+    resp = client.get_object("bench", "big.bin")
+    try:
+        while chunk := resp.read(1 << 20):
+            got += len(chunk)
+    finally:
+        resp.close()
+        resp.release_conn()
+    took = time.perf_counter() - t0
+    assert got == size, f"received {got} of {size} bytes"
+    after = {name: cpu_s(pid) for name, pid in procs.items()} | {"client": cpu_s()}
+    return {"mb_per_s": got / took / 1e6, "rss_before": 0.0, "rss_peak": 0.0} | {
+        f"cpu_{name}": after[name] - before[name] for name in after
+    }
+
+
 def s3_figures(
-    s3: Any, provider: Any, consumer: Any, size_mb: int, seconds: float, template: Any
+    s3: Any,
+    weed_pid: int,
+    provider: Any,
+    consumer: Any,
+    size_mb: int,
+    seconds: float,
+    repeat: int,
+    template: Any,
 ) -> dict[str, Any]:
     from catalog import DataAddress
 
@@ -115,17 +188,6 @@ def s3_figures(
     client.put_object("bench", "big.bin", _Repeat(size), -1, part_size=64 * 1024 * 1024)
     print(f"S3: uploaded {size_mb} MiB in {time.perf_counter() - t0:.1f} s", flush=True)
     client.put_object("bench", "small.json", _Repeat(4096), 4096)
-
-    t0 = time.perf_counter()
-    got = 0
-    resp = client.get_object("bench", "big.bin")
-    try:
-        while chunk := resp.read(1 << 20):
-            got += len(chunk)
-    finally:
-        resp.close()
-        resp.release_conn()
-    direct = got / (time.perf_counter() - t0) / 1e6
 
     with httpx.Client(base_url=provider.mgmt_url, headers={"X-Api-Key": API_KEY}) as c:
         for ds_id, key in (("bench-s3-big", "big.bin"), ("bench-s3-small", "small.json")):
@@ -145,14 +207,29 @@ def s3_figures(
     except DemoError as exc:
         raise SystemExit(f"S3 pull failed: {exc}") from None
 
-    through, rss_before, peak = timed_pull(big, provider.proc.pid, size)
+    procs = {"provider": provider.proc.pid, "seaweedfs": weed_pid}
+    directs, pulls = [], []
+    for i in range(repeat):
+        directs.append(direct_minio(client, size, procs))
+        pulls.append(timed_pull(big, provider.proc.pid, size, procs))
+        print(
+            f"S3 run {i + 1}: direct {directs[-1]['mb_per_s']:.1f} MB/s, pull {pulls[-1]['mb_per_s']:.1f} MB/s",
+            flush=True,
+        )
+    direct, through = median_run(directs), median_run(pulls)
     rate = request_rate(small_view, seconds, "s")
     return {
         "s3_object_mb": round(size / 1e6, 1),
-        "s3_direct_minio_get_mb_per_s": round(direct, 1),
-        "s3_pull_mb_per_s": round(through, 1),
-        "s3_pull_vs_direct": round(through / direct, 3),
-        "s3_provider_rss_growth_mb": round(peak - rss_before, 1),
+        "s3_direct_minio_get_mb_per_s": round(direct["mb_per_s"], 1),
+        "s3_pull_mb_per_s": round(through["mb_per_s"], 1),
+        "s3_pull_vs_direct": round(through["mb_per_s"] / direct["mb_per_s"], 3),
+        "s3_runs_mb_per_s": {
+            "direct": [round(r["mb_per_s"], 1) for r in directs],
+            "pull": [round(r["mb_per_s"], 1) for r in pulls],
+        },
+        "s3_direct_cpu_s": cpu_split(direct),
+        "s3_pull_cpu_s": cpu_split(through),
+        "s3_provider_rss_growth_mb": round(through["rss_growth"], 1),
         "s3_small_4kb_requests_per_s": round(rate, 1),
     }
 
@@ -162,6 +239,7 @@ def main() -> None:
     p.add_argument("--size-mb", type=int, default=256)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--s3-size-mb", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=3, help="large transfers per variant (median reported)")
     args = p.parse_args()
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dadam-bench-dp-") as tmp:
@@ -179,7 +257,8 @@ def main() -> None:
                 pass
         floor = size / (time.perf_counter() - t0) / 1e6
 
-        # HTTP floor: the same file from a bare static file server on loopback (no checks, no metering)
+        # HTTP floor: the same file from a bare static file server on loopback (no checks, no
+        # metering), measured alternately with the pulls below
         import socket
         import subprocess
 
@@ -190,22 +269,13 @@ def main() -> None:
             [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        try:
-            for _ in range(100):
-                try:
-                    httpx.head(f"http://127.0.0.1:{port}/big.ndjson")
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            t0 = time.perf_counter()
-            got = 0
-            with httpx.stream("GET", f"http://127.0.0.1:{port}/big.ndjson", timeout=120) as resp:
-                for chunk in resp.iter_bytes(1 << 20):
-                    got += len(chunk)
-            http_floor = got / (time.perf_counter() - t0) / 1e6
-        finally:
-            static.terminate()
-            static.wait(timeout=10)
+        static_url = f"http://127.0.0.1:{port}/big.ndjson"
+        for _ in range(100):
+            try:
+                httpx.head(static_url)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
 
         s3 = None
         weed = None
@@ -245,23 +315,43 @@ def main() -> None:
             _, small_transfer = pull(consumer, provider, small_agreement)
 
             assert provider.proc is not None
-            through, rss_before, peak = timed_pull(big_transfer, provider.proc.pid, size)
+            procs = {"provider": provider.proc.pid, "static_server": static.pid}
+            statics, pulls = [], []
+            for i in range(args.repeat):
+                statics.append(get_stream(static_url, {}, size, procs))
+                pulls.append(timed_pull(big_transfer, provider.proc.pid, size, procs))
+                print(f"file run {i + 1}: bare HTTP {statics[-1]['mb_per_s']:.1f} MB/s, "
+                      f"pull {pulls[-1]['mb_per_s']:.1f} MB/s", flush=True)  # fmt: skip
+            static.terminate()
+            static.wait(timeout=10)
+            http_run, through = median_run(statics), median_run(pulls)
             small_rate = request_rate(small_transfer, args.seconds, "b")
             figures = {
                 "file_size_mb": round(size / 1e6, 1),
                 "direct_read_mb_per_s": round(floor, 1),
-                "pull_mb_per_s": round(through, 1),
-                "pull_vs_direct": round(through / floor, 3),
-                "plain_http_file_server_mb_per_s": round(http_floor, 1),
-                "pull_vs_plain_http": round(through / http_floor, 3),
-                "provider_rss_growth_mb": round(peak - rss_before, 1),
+                "pull_mb_per_s": round(through["mb_per_s"], 1),
+                "pull_vs_direct": round(through["mb_per_s"] / floor, 3),
+                "plain_http_file_server_mb_per_s": round(http_run["mb_per_s"], 1),
+                "pull_vs_plain_http": round(through["mb_per_s"] / http_run["mb_per_s"], 3),
+                "file_runs_mb_per_s": {
+                    "plain_http": [round(r["mb_per_s"], 1) for r in statics],
+                    "pull": [round(r["mb_per_s"], 1) for r in pulls],
+                },
+                "plain_http_cpu_s": cpu_split(http_run),
+                "pull_cpu_s": cpu_split(through),
+                "provider_rss_growth_mb": round(through["rss_growth"], 1),
                 "small_requests_per_s": round(small_rate, 1),
             }
             if s3 is not None:
-                figures |= s3_figures(s3, provider, consumer, args.s3_size_mb, args.seconds, ds)
+                assert weed is not None and weed.process is not None
+                figures |= s3_figures(s3, weed.process.pid, provider, consumer, args.s3_size_mb, args.seconds,
+                                      args.repeat, ds)  # fmt: skip
             for k, v in figures.items():
                 print(f"{k}: {v}")
         finally:
+            if static.poll() is None:
+                static.terminate()
+                static.wait(timeout=10)
             stop_node(consumer)
             stop_node(provider)
             if weed is not None:
