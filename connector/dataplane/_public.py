@@ -516,8 +516,13 @@ def public_router(
                 if held is not None:
                     yield held
             finally:
-                if not recorded:
-                    await finish("partial")
+                closing = getattr(chunks, "aclose", None)
+                try:
+                    if closing is not None:  # the source (file, upstream connection) is released now
+                        await closing()
+                finally:
+                    if not recorded:
+                        await finish("partial")
 
         if prepared[0] == "file":
             _, _, _, reader, first, status, headers, media_type, started = prepared
