@@ -4,7 +4,6 @@ plane serves no data; the data plane can die and come back without the transfer 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +11,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from transfer_nodes import BACKENDS, backend_env, split_connectors, wait_health
 
 from connector._demo import (
     Node,
     fetch_catalog,
-    free_port,
     negotiate,
     pull,
     record_partner,
@@ -24,41 +23,13 @@ from connector._demo import (
     start_node,
     stop_node,
     usage_of,
-    wait_ready,
 )
 
 
-def _wait_health(node: Node, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert node.proc is not None and node.proc.poll() is None, node.log_tail()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(node.base_url + "/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise AssertionError("data plane did not start")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
-    cp_port, dp_port = free_port(), free_port()
-    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_PUBLIC_URL": f"http://127.0.0.1:{dp_port}"}
-    if request.param == "postgres":
-        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    control = start_node("provider", tmp_path / "p", port=cp_port, env=env)
-    wait_ready(control)  # migrates the database and creates the DID keys first
-    dp_env = {**env, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
-    data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
-                      log_name="dataplane.log")  # fmt: skip
-    consumer = start_node("consumer", tmp_path / "c")
-    try:
-        _wait_health(data)
-        wait_ready(consumer)
-        yield control, data, consumer
-    finally:
-        stop_node(consumer)
-        stop_node(data)
-        stop_node(control)
+    with split_connectors(tmp_path, backend_env(request)) as nodes:
+        yield nodes
 
 
 def test_pull_and_push_served_by_a_separate_data_plane(
@@ -91,7 +62,7 @@ def test_pull_and_push_served_by_a_separate_data_plane(
     restarted = start_node("dataplane", data.data_dir, port=data.port, env=data.env, command="dataplane",
                            log_name="dataplane2.log")  # fmt: skip
     try:
-        _wait_health(restarted)
+        wait_health(restarted)
         again = httpx.get(endpoint, headers={"Authorization": f"Bearer {token}"})
         assert again.status_code == 200 and again.content == payload
 

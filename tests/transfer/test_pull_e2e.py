@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from transfer_nodes import BACKENDS, backend_env, connectors
 
 from connector._demo import (
     Node,
@@ -22,27 +23,14 @@ from connector._demo import (
     pull,
     record_partner,
     seed_provider,
-    start_node,
-    stop_node,
     usage_of,
-    wait_ready,
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    env = {}
-    if request.param == "postgres":
-        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    provider = start_node("provider", tmp_path / "p", env=env)
-    consumer = start_node("consumer", tmp_path / "c")
-    try:
-        wait_ready(provider)
-        wait_ready(consumer)
-        yield provider, consumer
-    finally:
-        stop_node(consumer)
-        stop_node(provider)
+    with connectors(tmp_path, backend_env(request)) as pair:
+        yield pair
 
 
 def _steer(consumer: Node, tid: str, action: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from transfer_nodes import BACKENDS, backend_env, connectors
 
 from catalog.samples import sample_datasets
 from connector._demo import (
@@ -31,20 +32,10 @@ from connector._demo import (
 FAST_RETRY = {"DADAM_SEND_RETRY_LIMIT": "2", "DADAM_SEND_RETRY_BASE_MS": "100"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    env = dict(FAST_RETRY)
-    if request.param == "postgres":
-        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    provider = start_node("provider", tmp_path / "p", env=env)
-    consumer = start_node("consumer", tmp_path / "c")
-    try:
-        wait_ready(provider)
-        wait_ready(consumer)
-        yield provider, consumer
-    finally:
-        stop_node(consumer)
-        stop_node(provider)
+    with connectors(tmp_path, {**FAST_RETRY, **backend_env(request)}) as pair:
+        yield pair
 
 
 def start(consumer: Node, provider: Node, agreement_id: str, fmt: str, **extra: Any) -> str:

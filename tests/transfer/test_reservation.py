@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from transfer_nodes import connectors
 
 from connector._demo import (
     Node,
@@ -16,23 +17,13 @@ from connector._demo import (
     negotiate,
     record_partner,
     seed_provider,
-    start_node,
-    stop_node,
-    wait_ready,
 )
 
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    provider = start_node("provider", tmp_path / "p", env={"DADAM_BANK_RESERVATION_MINOR_UNITS": "500"})
-    consumer = start_node("consumer", tmp_path / "c")
-    try:
-        wait_ready(provider)
-        wait_ready(consumer)
-        yield provider, consumer
-    finally:
-        stop_node(consumer)
-        stop_node(provider)
+    with connectors(tmp_path, {"DADAM_BANK_RESERVATION_MINOR_UNITS": "500"}) as pair:
+        yield pair
 
 
 def _transfer(consumer: Node, provider: Node, agreement_id: str, state: str) -> dict[str, Any]:

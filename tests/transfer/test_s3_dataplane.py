@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from transfer_nodes import connectors
 
 from catalog import DataAddress
 from catalog.samples import sample_datasets
@@ -25,10 +26,7 @@ from connector._demo import (
     pull,
     record_partner,
     seed_provider,
-    start_node,
-    stop_node,
     usage_of,
-    wait_ready,
 )
 from connector.dataplane import S3Config
 
@@ -48,15 +46,8 @@ def _env(s3: S3Config) -> dict[str, str]:
 
 @pytest.fixture
 def s3_nodes(s3_server: S3Config, tmp_path: Path) -> Iterator[tuple[Node, Node, S3Config]]:
-    provider = start_node("provider", tmp_path / "p", env=_env(s3_server))
-    consumer = start_node("consumer", tmp_path / "c", env=_env(s3_server))
-    try:
-        wait_ready(provider)
-        wait_ready(consumer)
+    with connectors(tmp_path, _env(s3_server), _env(s3_server)) as (provider, consumer):
         yield provider, consumer, s3_server
-    finally:
-        stop_node(consumer)
-        stop_node(provider)
 
 
 def _publish(provider: Node, dataset_id: str, bucket: str, key: str) -> None:

@@ -9,7 +9,6 @@ and a push (the data plane calls back ``completed``), on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from transfer_nodes import BACKENDS, backend_env, split_connectors, wait_health
 
 from connector._demo import (
     Node,
@@ -267,39 +267,12 @@ def _pending_callback(engine: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- end to end, over HTTP
-def _wait_health(node: Node, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert node.proc is not None and node.proc.poll() is None, node.log_tail()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(node.base_url + "/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise AssertionError("data plane did not start")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def signaled(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
-    cp_port, dp_port = free_port(), free_port()
-    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_PUBLIC_URL": f"http://127.0.0.1:{dp_port}",
-           "DADAM_DATAPLANE_SIGNALING_SECRET": SECRET}  # fmt: skip
-    if request.param == "postgres":
-        env["DADAM_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    cp_env = {**env, "DADAM_DATAPLANE_SIGNALING_URL": f"http://127.0.0.1:{dp_port}/api/signaling"}
-    control = start_node("provider", tmp_path / "p", port=cp_port, env=cp_env)
-    wait_ready(control)  # migrates the database and creates the DID keys first
-    dp_env = {**env, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
-    data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
-                      log_name="dataplane.log")  # fmt: skip
-    consumer = start_node("consumer", tmp_path / "c")
-    try:
-        _wait_health(data)
-        wait_ready(consumer)
-        yield control, data, consumer
-    finally:
-        stop_node(consumer)
-        stop_node(data)
-        stop_node(control)
+    env = {"DADAM_DATAPLANE_SIGNALING_SECRET": SECRET, **backend_env(request)}
+    control_env = {"DADAM_DATAPLANE_SIGNALING_URL": "http://127.0.0.1:{dp_port}/api/signaling"}
+    with split_connectors(tmp_path, env, control_env) as nodes:
+        yield nodes
 
 
 def _flow(data: Node, flow_id: str) -> dict[str, Any]:
@@ -385,7 +358,7 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
     data = start_node("dataplane", data.data_dir, port=data.port, env=data.env, command="dataplane",
                       log_name="dataplane2.log")  # fmt: skip
     try:
-        _wait_health(data)
+        wait_health(data)
         _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal, resent")
         assert get().status_code == 403
         with consumer.client() as c:

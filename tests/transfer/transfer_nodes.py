@@ -1,0 +1,83 @@
+"""Real connector processes for the transfer tests: a provider and a consumer, or a control plane,
+a separate data plane (``dadam dataplane``) and a consumer, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+
+from connector._demo import Node, free_port, start_node, stop_node, wait_ready
+
+#: ``@pytest.fixture(params=BACKENDS)``: once on SQLite, once on PostgreSQL (marked ``postgres``).
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The provider's database setting for the fixture's backend (SQLite: the default file)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return {"DADAM_DATABASE_URL": request.getfixturevalue("pg_url")}
+    return {}
+
+
+@contextlib.contextmanager
+def connectors(
+    tmp_path: Path,
+    provider_env: Mapping[str, str] | None = None,
+    consumer_env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[Node, Node]]:
+    """A provider and a consumer process, ready; both stopped afterwards."""
+    provider = start_node("provider", tmp_path / "p", env=dict(provider_env or {}))
+    consumer = start_node("consumer", tmp_path / "c", env=dict(consumer_env or {}))
+    try:
+        wait_ready(provider)
+        wait_ready(consumer)
+        yield provider, consumer
+    finally:
+        stop_node(consumer)
+        stop_node(provider)
+
+
+def wait_health(node: Node, timeout: float = 60.0) -> None:
+    """Wait for a data plane process's ``/healthz`` (it has no management API to ask)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.proc is not None and node.proc.poll() is None, node.log_tail()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(node.base_url + "/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError("data plane did not start")
+
+
+@contextlib.contextmanager
+def split_connectors(
+    tmp_path: Path, env: Mapping[str, str], control_env: Mapping[str, str] | None = None
+) -> Iterator[tuple[Node, Node, Node]]:
+    """A provider control plane that does not embed its data plane, a ``dadam dataplane``
+    process beside it (same database and keys, ``env`` for both, ``control_env`` for the control
+    plane only) and a consumer. ``env`` may use ``{dp_port}``, filled with the data plane's port."""
+    cp_port, dp_port = free_port(), free_port()
+    shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
+    shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
+    shared.setdefault("DADAM_DATAPLANE_PUBLIC_URL", f"http://127.0.0.1:{dp_port}")
+    cp_env = {**shared, **{k: v.format(dp_port=dp_port) for k, v in (control_env or {}).items()}}
+    control = start_node("provider", tmp_path / "p", port=cp_port, env=cp_env)
+    consumer = data = None
+    try:
+        wait_ready(control)  # migrates the database and creates the DID keys first
+        dp_env = {**shared, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
+        data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
+                          log_name="dataplane.log")  # fmt: skip
+        consumer = start_node("consumer", tmp_path / "c")
+        wait_health(data)
+        wait_ready(consumer)
+        yield control, data, consumer
+    finally:
+        for node in (consumer, data, control):
+            if node is not None:
+                stop_node(node)
