@@ -79,6 +79,7 @@ __all__ = [
     "Delivery",
     "HttpSender",
     "OutboxMessage",
+    "PollingThread",
     "ProcessHandler",
     "RetryPolicy",
     "Sender",
@@ -532,6 +533,53 @@ class ProcessHandler(Protocol):
     # transaction ended (e.g. to dispatch messages enqueued with enqueue_claimed).
 
 
+class PollingThread:
+    """Runs ``step()`` (returns how much it did) in a daemon thread until :meth:`stop`: again at
+    once while it finds work, else after ``poll_s`` or a :meth:`wake`. A failing step is logged
+    and never ends the loop (EDC's "stuck" lesson); the next try waits ``error_wait_s``."""
+
+    def __init__(
+        self, step: Callable[[], int], name: str, poll_s: float, *, error_wait_s: float = 0.0
+    ) -> None:
+        self.step = step
+        self.name = name
+        self.poll_s = poll_s
+        self.error_wait_s = error_wait_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Look for work now."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                did = self.step()
+            except Exception:
+                log.exception("%s: iteration failed; retrying", self.name)
+                did = 0
+                self._stop.wait(self.error_wait_s)
+            if did == 0 and not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+
 class Worker:
     """Delivers outbox messages and expires timed-out processes, on any number of replicas.
 
@@ -562,42 +610,22 @@ class Worker:
         self.batch_size = batch_size
         self.poll_s = poll_s
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dsp-send")
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread(
+            self.run_once, f"dsp-worker-{self.owner}", poll_s, error_wait_s=min(1.0, poll_s * 5)
+        )
         self._postgres = is_postgres(engine)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def wake(self) -> None:
         """Look for work now (call after committing an outbox row)."""
-        self._wake.set()
+        self._poller.wake()
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"dsp-worker-{self.owner}", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._poller.stop(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                did = self.run_once()
-            except Exception:  # never let the loop die silently (EDC's "stuck" lesson)
-                log.exception("process worker iteration failed; retrying")
-                did = 0
-                self._stop.wait(min(1.0, self.poll_s * 5))
-            if did == 0 and not self._stop.is_set():
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
 
     # -- one iteration ------------------------------------------------------------------------
     def run_once(self) -> int:

@@ -18,7 +18,6 @@ import hmac
 import io
 import logging
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from connector.dataplane._public import PolicyDenied, RecordCounter, enforce, us
 from connector.dataplane._sources import S3Config, SourceUnavailable, open_source
 from connector.errors import DadamError, NotFoundError
 from connector.store import metadata
-from contracts._process import write_tx
+from contracts._process import PollingThread, write_tx
 from contracts._transfer import (
     PUSH_FORMATS,
     TransferManager,
@@ -145,9 +144,7 @@ class PushService:
         self.poll_s = poll_s
         self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.owner = uuid.uuid4().hex[:16]
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread(self.run_once, "dadam-push", poll_s)
         transfers_manager.on_started = self.queue
 
     # ------------------------------------------------------------------ queueing
@@ -170,7 +167,11 @@ class PushService:
                 .where(pushes.c.transfer_id == row["id"])
                 .values(status="pending", next_at=now, lease_owner=None, lease_until=None, updated_at=now)
             )
-        self._wake.set()
+        self._poller.wake()
+
+    def wake(self) -> None:
+        """Look for due pushes now."""
+        self._poller.wake()
 
     def status(self, transfer_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -233,29 +234,10 @@ class PushService:
         return len(claimed)
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dadam-push", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_once()
-            except Exception:
-                log.exception("push worker iteration failed")
-                ran = 0
-            if not ran:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+        self._poller.stop()
 
     # ------------------------------------------------------------------ one push
     def run(self, tid: str) -> None:

@@ -24,7 +24,6 @@ control plane acknowledges it (never lost; the control plane deduplicates by mes
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from connector.dataplane._flows import flows
 from connector.dataplane._push import PushService, pushes
 from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, SignalAuth, verify_signal
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
-from contracts._process import write_tx
+from contracts._process import PollingThread, write_tx
 from contracts._transfer import PULL_FORMATS, PUSH_FORMATS, TransferManager
 from contracts._transfer_states import Command, TState
 
@@ -95,9 +94,7 @@ class DataFlows:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.owner = uuid.uuid4().hex[:16]
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread(self.send_callbacks, "dadam-dataflow-callbacks", poll_s)
         #: PushService sets this (the database mode's STARTED hook); flows queue pushes themselves
         self.on_started: Callable[..., Any] | None = None
 
@@ -244,7 +241,7 @@ class DataFlows:
 
     def _wake_pushes(self) -> None:
         if self.pushes is not None:
-            self.pushes._wake.set()
+            self.pushes.wake()
 
     # ------------------------------------------------------------------ outcomes (PushService, pulls)
     def is_flow(self, conn: Connection, tid: str) -> bool:
@@ -277,7 +274,7 @@ class DataFlows:
         with self.engine.connect() as conn:
             flow = self.is_flow(conn, tid)
         if flow:
-            self._wake.set()
+            self._poller.wake()
         elif self.manager is not None:
             self.manager.sent(tid, cmd)
 
@@ -288,7 +285,7 @@ class DataFlows:
             if not self.is_flow(conn, tid):
                 return False
             self.command_in(conn, tid, Command.TERMINATE, reason)
-        self._wake.set()
+        self._poller.wake()
         return True
 
     def flow_tstate(self, tid: str) -> TState | None:
@@ -388,30 +385,11 @@ class DataFlows:
                     event, row["flow_id"], attempts, delay, problem)  # fmt: skip
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dadam-dataflow-callbacks", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._poller.stop()
         self.http.close()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.send_callbacks()
-            except Exception:
-                log.exception("data flow callback round failed")
-                ran = 0
-            if not ran:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
 
 
 class SignaledPushService(PushService):
