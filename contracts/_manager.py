@@ -86,6 +86,7 @@ from contracts._process import (
     cancel_pending,
     enqueue,
     enqueue_claimed,
+    insert_process,
     lock_process,
     record_received,
     save_state,
@@ -699,13 +700,10 @@ class NegotiationManager:
             )
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
-        conn.execute(
-            sa.insert(negotiations).values(
-                id=pid, state=int(State.INITIAL), state_since=now, deadline=now + self.config.state_timeout_s,
-                pending=False, version=0, created_at=now, updated_at=now, role=role.value,
-                **{own: pid, peer: peer_pid}, counterparty_address=msg.callback_address.rstrip("/"),
-                counterparty_id=caller.did, **values,
-            )
+        insert_process(
+            conn, negotiations, pid, State.INITIAL, timeout_s=self.config.state_timeout_s, now=now,
+            role=role.value, **{own: pid, peer: peer_pid},
+            counterparty_address=msg.callback_address.rstrip("/"), counterparty_id=caller.did, **values,
         )  # fmt: skip
         row: Row = lock_process(conn, negotiations, pid)
         record_received(conn, KIND, pid, msg.id, digest)
@@ -1283,27 +1281,23 @@ class NegotiationManager:
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         with write_tx(self.engine) as conn:
-            conn.execute(
-                sa.insert(negotiations).values(
-                    id=pid,
-                    state=int(State.INITIAL),
-                    state_since=now,
-                    deadline=now + self.config.state_timeout_s,
-                    pending=False,
-                    version=0,
-                    created_at=now,
-                    updated_at=now,
-                    role="consumer",
-                    consumer_pid=pid,
-                    counterparty_address=address,
-                    counterparty_id=counterparty_id,
-                    offer_id=offer_id,
-                    dataset_id=dataset_id,
-                    offer=_dumps(offer),
-                    offer_by="consumer",
-                    callbacks=_dumps(list(callbacks)),
-                    extra=_dumps({"requested": offer}),
-                )
+            insert_process(
+                conn,
+                negotiations,
+                pid,
+                State.INITIAL,
+                timeout_s=self.config.state_timeout_s,
+                now=now,
+                role="consumer",
+                consumer_pid=pid,
+                counterparty_address=address,
+                counterparty_id=counterparty_id,
+                offer_id=offer_id,
+                dataset_id=dataset_id,
+                offer=_dumps(offer),
+                offer_by="consumer",
+                callbacks=_dumps(list(callbacks)),
+                extra=_dumps({"requested": offer}),
             )
             row: Row = lock_process(conn, negotiations, pid)
             row = self._send(conn, row, Event.SEND_REQUEST, fx)
@@ -1355,27 +1349,23 @@ class NegotiationManager:
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         with write_tx(self.engine) as conn:
-            conn.execute(
-                sa.insert(negotiations).values(
-                    id=pid,
-                    state=int(State.INITIAL),
-                    state_since=now,
-                    deadline=now + self.config.state_timeout_s,
-                    pending=False,
-                    version=0,
-                    created_at=now,
-                    updated_at=now,
-                    role="provider",
-                    provider_pid=pid,
-                    counterparty_address=counterparty_address.rstrip("/"),
-                    counterparty_id=counterparty_id,
-                    offer_id=offer_id,
-                    dataset_id=dataset_id,
-                    offer=_dumps(offer),
-                    offer_by="provider",
-                    callbacks=_dumps(list(callbacks)),
-                    extra=_dumps({"offered": offered, "claims": claims, "initiated": "provider"}),
-                )
+            insert_process(
+                conn,
+                negotiations,
+                pid,
+                State.INITIAL,
+                timeout_s=self.config.state_timeout_s,
+                now=now,
+                role="provider",
+                provider_pid=pid,
+                counterparty_address=counterparty_address.rstrip("/"),
+                counterparty_id=counterparty_id,
+                offer_id=offer_id,
+                dataset_id=dataset_id,
+                offer=_dumps(offer),
+                offer_by="provider",
+                callbacks=_dumps(list(callbacks)),
+                extra=_dumps({"offered": offered, "claims": claims, "initiated": "provider"}),
             )
             row: Row = lock_process(conn, negotiations, pid)
             row = self._send(conn, row, Event.SEND_OFFER, fx)

@@ -90,6 +90,7 @@ __all__ = [
     "enqueue",
     "enqueue_claimed",
     "inbox",
+    "insert_process",
     "is_postgres_conn",
     "lock_process",
     "outbox",
@@ -202,6 +203,36 @@ def cached_statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     if stmt is None:
         stmt = _STATEMENTS[key] = build()
     return stmt
+
+
+def insert_process(
+    conn: Connection,
+    table: sa.Table,
+    process_id: str,
+    state: int,
+    *,
+    timeout_s: float | None,
+    now: float | None = None,
+    **values: Any,
+) -> None:
+    """Insert a new process row of ``table`` in ``state``: the framework's columns are set here
+    (deadline ``timeout_s`` from now), ``values`` are the table's own columns."""
+    now = time.time() if now is None else now
+    stmt = cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table))
+    conn.execute(
+        stmt,
+        {
+            "id": process_id,
+            "state": int(state),
+            "state_since": now,
+            "deadline": None if timeout_s is None else now + timeout_s,
+            "pending": False,
+            "version": 0,
+            "created_at": now,
+            "updated_at": now,
+            **values,
+        },
+    )
 
 
 def save_state(

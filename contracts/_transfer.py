@@ -29,6 +29,7 @@ from contracts._process import (
     Worker,
     body_digest,
     enqueue,
+    insert_process,
     lock_process,
     process_table,
     record_received,
@@ -368,14 +369,11 @@ class TransferManager:
                 destination = orjson.dumps(body["dataAddress"]).decode()
             pid = f"urn:uuid:{uuid.uuid4()}"
             now = time.time()
-            conn.execute(
-                sa.insert(transfers).values(
-                    id=pid, state=int(TState.REQUESTED), state_since=now, deadline=now + self.state_timeout_s,
-                    pending=False, version=0, created_at=now, updated_at=now, role="provider",
-                    provider_pid=pid, consumer_pid=consumer_pid, agreement_id=agreement_id,
-                    dataset_id=agreement["dataset_id"], format=fmt, counterparty_address=callback,
-                    counterparty_id=caller.did, data_address=destination,
-                )
+            insert_process(
+                conn, transfers, pid, TState.REQUESTED, timeout_s=self.state_timeout_s, now=now,
+                role="provider", provider_pid=pid, consumer_pid=consumer_pid, agreement_id=agreement_id,
+                dataset_id=agreement["dataset_id"], format=fmt, counterparty_address=callback,
+                counterparty_id=caller.did, data_address=destination,
             )  # fmt: skip
             if body.get("@id"):
                 record_received(conn, KIND, pid, str(body["@id"]), body_digest(body))
@@ -571,14 +569,11 @@ class TransferManager:
         body = _msg("TransferRequestMessage", None, pid, agreementId=agreement_id, format=fmt,
                     callbackAddress=self.dsp_base_url, **extra)  # fmt: skip
         with write_tx(self.engine) as conn:
-            conn.execute(
-                sa.insert(transfers).values(
-                    id=pid, state=int(TState.REQUESTING), state_since=now, deadline=now + self.state_timeout_s,
-                    pending=False, version=0, created_at=now, updated_at=now, role="consumer", provider_pid=None,
-                    consumer_pid=pid, agreement_id=agreement_id, dataset_id=None, format=fmt,
-                    counterparty_address=address, counterparty_id=counterparty_id,
-                    data_address=orjson.dumps(extra["dataAddress"]).decode() if extra else None,
-                )
+            insert_process(
+                conn, transfers, pid, TState.REQUESTING, timeout_s=self.state_timeout_s, now=now,
+                role="consumer", provider_pid=None, consumer_pid=pid, agreement_id=agreement_id,
+                dataset_id=None, format=fmt, counterparty_address=address, counterparty_id=counterparty_id,
+                data_address=orjson.dumps(extra["dataAddress"]).decode() if extra else None,
             )  # fmt: skip
             enqueue(conn, KIND, pid, f"{address}/transfers/request", body, audience=counterparty_id)
             row = lock_process(conn, transfers, pid)
