@@ -12,13 +12,14 @@ or is cut off before its end is recorded with outcome ``partial`` or not at all 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -221,7 +222,6 @@ async def _file_chunks(reader: FileReader, first: bytes) -> AsyncIterator[bytes]
 
 def _walk_constraints(node: Any) -> Iterator[Any]:
     """Every atomic constraint anywhere in a parsed policy (rules, duties, refinements)."""
-    import dataclasses
 
     import usage_policy as up
 
@@ -257,6 +257,26 @@ def _compiled(agreement_text: str) -> tuple[Any, bool, bool]:
 def _dataset_from_row(body: str, data_address: str) -> Any:
     """A stored dataset parsed once per exact stored text (an edited dataset is a new key)."""
     return CatalogStore._load_dataset(body, data_address)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A checked request whose body is streamed after the thread hop: from a file (``reader``,
+    its ``first`` chunk read already), from S3 (presigned ``url``, bytes ``start``-``end``), or
+    from another source (``kind="other"``: opened on the event loop)."""
+
+    kind: Literal["file", "s3", "other"]
+    row: dict[str, Any]
+    dataset: Any
+    status: int = 200
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    media_type: str = "application/octet-stream"
+    started: float = 0.0
+    reader: FileReader | None = None
+    first: bytes = b""
+    url: str = ""
+    start: int = 0
+    end: int = 0
 
 
 def _facts(conn: Connection, store: CatalogStore, tid: str, subject: str | None) -> dict[str, Any]:
@@ -400,16 +420,17 @@ def public_router(
         with engine.begin() as conn:
             record_usage_events(conn, [event])
 
-    def _prepare(tid: str, authorization: str | None, range_header: str | None, event_id: str) -> Any:
+    def _prepare(
+        tid: str, authorization: str | None, range_header: str | None, event_id: str
+    ) -> Response | _Prepared:
         """One thread hop for the checks and the source's opening: a whole small body is read and
-        metered here too. Returns a Response, or ("file", row, dataset, reader, first chunk, span,
-        size) / ("s3", row, dataset, presigned url, span, size) to stream, or ("other", row, dataset)."""
+        metered here too. Returns that Response (or an error), or what to stream."""
         row, dataset = _authorize(tid, authorization)
         address = dataset.data_address
         if address is None:
             return _error(502, "no_source", f"dataset {dataset.id} has no data address")
         if address.type not in ("file", "s3"):
-            return ("other", row, dataset)
+            return _Prepared("other", row, dataset)
         props = dict(address.properties)
         started = time.time()
         media_type = dataset.media_type or "application/octet-stream"
@@ -445,13 +466,15 @@ def public_router(
                 first = reader.read() if length else b""
                 if reader.pos <= reader.stop:  # more to come: stream it
                     streamed, reader = reader, None
-                    return ("file", row, dataset, streamed, first, status, headers, media_type, started)
+                    return _Prepared("file", row, dataset, status, headers, media_type, started,
+                                     reader=streamed, first=first)  # fmt: skip
                 body = first
             elif length <= SMALL_BODY:
                 body = s3_read(s3_client(), props["bucket"], props["key"], start, end) if length else b""
             else:
                 url = s3_client().presigned_get_object(props["bucket"], props["key"], timedelta(minutes=10))
-                return ("s3", row, dataset, url, start, end, status, headers, media_type, started)
+                return _Prepared("s3", row, dataset, status, headers, media_type, started,
+                                 url=url, start=start, end=end)  # fmt: skip
         except SourceUnavailable as exc:
             return _error(502, "source_unavailable", str(exc))
         except OSError as exc:
@@ -485,10 +508,10 @@ def public_router(
             return _error(exc.status_hint, exc.code, exc.message)
         if isinstance(prepared, Response):
             return prepared
-        row, dataset = prepared[1], prepared[2]
+        row, dataset = prepared.row, prepared.dataset
         media_type = dataset.media_type or "application/octet-stream"
         counter = RecordCounter(media_type)
-        started = time.time()
+        started = prepared.started or time.time()
         sent = 0
 
         async def finish(outcome: str) -> None:
@@ -524,27 +547,31 @@ def public_router(
                     if not recorded:
                         await finish("partial")
 
-        if prepared[0] == "file":
-            _, _, _, reader, first, status, headers, media_type, started = prepared
+        if prepared.kind == "file":
+            assert prepared.reader is not None
             return StreamingResponse(
-                metered(_file_chunks(reader, first)),
-                status_code=status,
-                headers=headers,
+                metered(_file_chunks(prepared.reader, prepared.first)),
+                status_code=prepared.status,
+                headers=prepared.headers,
                 media_type=media_type,
             )
-        if prepared[0] == "s3":
-            _, _, _, url, start, end, status, headers, media_type, started = prepared
+        if prepared.kind == "s3":
             # the presigned ranged GET is streamed on the event loop as it arrives (no thread hop
             # per chunk, no re-chunking)
             try:
-                s3_stream = await stream_get(url, {"Range": f"bytes={start}-{end}"})
+                s3_stream = await stream_get(
+                    prepared.url, {"Range": f"bytes={prepared.start}-{prepared.end}"}
+                )
             except (OSError, TimeoutError) as exc:
                 return _error(502, "source_unavailable", f"S3 is unreachable: {exc.__class__.__name__}")
             if s3_stream.status not in (200, 206):
                 s3_stream.close()
                 return _error(502, "source_unavailable", f"S3 answered {s3_stream.status}")
             return StreamingResponse(
-                metered(s3_stream.chunks()), status_code=status, headers=headers, media_type=media_type
+                metered(s3_stream.chunks()),
+                status_code=prepared.status,
+                headers=prepared.headers,
+                media_type=media_type,
             )
         address = dataset.data_address
         props = dict(address.properties)
