@@ -11,7 +11,6 @@ refresh again. State per transfer lives in ``dp_tokens`` (absent row: generation
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from joserfc.util import json_b64decode
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import TokenError
@@ -144,10 +144,9 @@ class EdrService:
                 self._verified.pop(token, None)
         payload = verify_jws(token, key_resolver=self.identity.resolve_own, expected_did=self.identity.did)
         try:
-            head = token.split(".", 1)[0]
-            kid = str(orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"])
+            kid = str(json_b64decode(token.split(".", 1)[0].encode())["kid"])
             jwk = self.identity.resolve_own(self.identity.did, kid).jwk
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError, TokenError):
+        except (ValueError, KeyError, TypeError, TokenError):
             return payload  # verified, but not remembered
         with self._verified_lock:
             self._verified[token] = (payload, kid, jwk)
@@ -262,13 +261,9 @@ class EdrService:
 
 def _jwt_exp(token: str) -> float | None:
     """The ``exp`` of a compact JWS we hold (the consumer cannot and need not verify its own EDR)."""
-    import base64
-
     try:
-        part = token.split(".")[1]
-        claims = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-        return float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return float(json_b64decode(token.split(".")[1].encode())["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
         return None
 
 
