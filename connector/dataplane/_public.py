@@ -330,10 +330,12 @@ def _decide(
         raise PermissionDeniedError(f"agreement {row['agreement_id']} was retired: {retired.reason}")
     # STARTING / RESUMING: our TransferStartMessage (with this EDR) is out and the consumer may use
     # it before its acknowledgement reaches us; anything else is not started
-    if flow is not None:
-        if flow != "STARTED":
-            raise PermissionDeniedError(f"data flow {tid} is {flow}, not STARTED")
-    elif TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
+    # signaling mode (0452): the flow must be STARTED too; the transfer row is read as well, so a
+    # suspension or termination the control plane committed is refused at once, before its signal
+    # reaches the data plane (the signal can wait in the outbox while the data plane is down)
+    if flow is not None and flow != "STARTED":
+        raise PermissionDeniedError(f"data flow {tid} is {flow}, not STARTED")
+    if TState(row["state"]) not in (TState.STARTED, TState.STARTING, TState.RESUMING):
         raise PermissionDeniedError(f"transfer {tid} is {TState(row['state']).name}, not STARTED")
     consumer = row["counterparty_id"] or ""
     policy, _needs_usage, compensates = facts["compiled"]

@@ -359,6 +359,10 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
                       log_name="dataplane2.log")  # fmt: skip
     try:
         wait_health(data)
+        # the suspend signal is still waiting for its retry, but the suspension is committed in the
+        # control plane: nothing is served in between
+        early = get()
+        assert early.status_code == 403 and "SUSPENDED" in early.text, early.text
         _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal, resent")
         assert get().status_code == 403
         with consumer.client() as c:
