@@ -56,11 +56,16 @@ def wait_health(node: Node, timeout: float = 60.0) -> None:
 
 @contextlib.contextmanager
 def split_connectors(
-    tmp_path: Path, env: Mapping[str, str], control_env: Mapping[str, str] | None = None
+    tmp_path: Path,
+    env: Mapping[str, str],
+    control_env: Mapping[str, str] | None = None,
+    *,
+    consumer_env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Node, Node, Node]]:
     """A provider control plane that does not embed its data plane, a ``dadam dataplane``
     process beside it (same database and keys, ``env`` for both, ``control_env`` for the control
-    plane only) and a consumer. ``env`` may use ``{dp_port}``, filled with the data plane's port."""
+    plane only) and a consumer (``consumer_env``). ``env`` may use ``{dp_port}``, filled with the
+    data plane's port."""
     cp_port, dp_port = free_port(), free_port()
     shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
     shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
@@ -73,7 +78,7 @@ def split_connectors(
         dp_env = {**shared, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
         data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
                           log_name="dataplane.log")  # fmt: skip
-        consumer = start_node("consumer", tmp_path / "c")
+        consumer = start_node("consumer", tmp_path / "c", env=dict(consumer_env or {}))
         wait_health(data)
         wait_ready(consumer)
         yield control, data, consumer
