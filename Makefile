@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint format bench clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the optional C record counter: a changed C source reinstalls (rebuilds) it
+$(STAMP): pyproject.toml setup.py connector/dataplane/_recordcount.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -36,4 +37,4 @@ bench: install
 	$(BIN)/python bench/catalog.py
 
 clean:
-	rm -rf .dadam .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .dadam .pytest_cache .mypy_cache .ruff_cache build *.egg-info connector/dataplane/_recordcount.*.so

@@ -32,6 +32,7 @@ from catalog import CatalogStore
 from catalog import _tables as catalog_tables
 from connector.dataplane._edr import EdrService
 from connector.dataplane._flows import flow_state
+from connector.dataplane._records import RecordCounter
 from connector.dataplane._sources import (
     FileReader,
     S3Config,
@@ -57,71 +58,6 @@ CHUNK = 64 * 1024
 #: an S3 range up to this size is read whole in the request's one thread hop and metered there
 SMALL_BODY = 256 * 1024
 CATEGORIES = {"carbon", "process", "supply-chain"}
-
-
-class RecordCounter:
-    """Counts records while bytes stream by: JSON array elements, NDJSON lines or CSV rows."""
-
-    def __init__(self, media_type: str) -> None:
-        mt = media_type.lower()
-        self.kind = (
-            "csv"
-            if "csv" in mt
-            else "ndjson"
-            if ("ndjson" in mt or "jsonl" in mt)
-            else "json"
-            if "json" in mt
-            else "none"
-        )
-        self.records = 0
-        self._depth = 0
-        self._in_str = False
-        self._esc = False
-        self._seen_value = False
-        self._newlines = 0
-        self._last = b""
-
-    def feed(self, chunk: bytes) -> None:
-        if self.kind in ("csv", "ndjson"):
-            self._newlines += chunk.count(b"\n")
-            self._last = chunk[-1:] or self._last
-            return
-        if self.kind != "json":
-            return
-        for b in chunk:
-            if self._in_str:
-                if self._esc:
-                    self._esc = False
-                elif b == 0x5C:
-                    self._esc = True
-                elif b == 0x22:
-                    self._in_str = False
-                continue
-            if b == 0x22:
-                self._in_str = True
-                if self._depth == 1:
-                    self._seen_value = True
-            elif b in (0x5B, 0x7B):  # [ {
-                if self._depth == 1:
-                    self._seen_value = True
-                self._depth += 1
-            elif b in (0x5D, 0x7D):  # ] }
-                self._depth -= 1
-                if self._depth == 0 and self._seen_value:
-                    self.records += 1  # the last element of the top-level array
-            elif b == 0x2C and self._depth == 1:  # , between top-level elements
-                self.records += 1
-                self._seen_value = False
-            elif self._depth == 1 and b not in (0x20, 0x0A, 0x0D, 0x09):
-                self._seen_value = True
-
-    def total(self) -> int:
-        if self.kind == "ndjson":
-            return self._newlines + (1 if self._last and self._last != b"\n" else 0)
-        if self.kind == "csv":
-            rows = self._newlines + (1 if self._last and self._last != b"\n" else 0)
-            return max(rows - 1, 0)  # minus the header
-        return self.records
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
