@@ -203,6 +203,8 @@ def create_app(
         identity_service = rt.identity if isinstance(rt.identity, IdentityService) else None
 
         def destination_for(fmt: str, requested: dict[str, Any] | None) -> Any:
+            if settings.dataplane_signaling_url and fmt == "HttpData-PUSH" and not requested:
+                return None  # signaling mode: the data plane's `prepare` answers its push inbox (0452)
             return consumer_destination(fmt, requested, public_url=settings.dataplane_url, s3=s3)
 
         app.include_router(

@@ -1,8 +1,10 @@
 """The control plane's side of data plane signaling over HTTP (decision record 0452).
 
-With ``DADAM_DATAPLANE_SIGNALING_URL`` set, a provider transfer drives its data flow on the data
-plane with signals (``start``, ``suspend``, ``resume``, ``terminate``, ``completed``) instead of the
-data plane reading the transfer's state from the database (decision 0451, still the default).
+With ``DADAM_DATAPLANE_SIGNALING_URL`` set, a transfer drives its data flow on the data plane with
+signals (``prepare``, ``start``, ``started``, ``suspend``, ``resume``, ``terminate``, ``completed``)
+instead of the data plane reading the transfer's state from the database (decision 0451, still
+the default). Both roles are signalled: a provider transfer's flow serves or pushes the data, a
+consumer transfer's flow receives it.
 
 Signals are outbox messages of their own kind (``dataflow``) on the shared outbox: written in the
 same transaction as the transfer's state change, sent in order per transfer by the process worker,
@@ -15,6 +17,11 @@ and when one cannot be delivered the transfer is TERMINATED with the reason (and
   with the destination; the data plane pushes and calls back ``completed`` (-> COMPLETED, the
   TransferCompletionMessage) or ``errored`` (-> TERMINATED with the data plane's reason).
 * Suspension, termination and completion from either side are signalled as they happen.
+* Consumer: ``prepare`` before the TransferRequestMessage (which goes out when the data plane
+  answered; a push carries the destination from that answer, e.g. the data plane's push inbox);
+  ``started`` when the TransferStartMessage arrives (a pull's with the provider's EDR), ``resume``
+  when the transfer is STARTED again. The data plane's ``completed`` (a push received) is
+  acknowledged; the provider's TransferCompletionMessage completes the transfer, as DSP says.
 
 The callback endpoints (``POST <base>/transfers/{id}/dataflow/prepared|started|completed|errored``)
 deduplicate by message id; a ``completed`` the transfer cannot take yet answers 409 and the data
@@ -70,7 +77,7 @@ _SIGNALS = {_type(s): s for s in ("prepare", "start", "suspend", "resume", "term
 
 
 class DataPlaneSignals:
-    """Sends a provider transfer's signals to the data plane and takes its callbacks."""
+    """Sends a transfer's signals to the data plane (either role) and takes its callbacks."""
 
     kind = KIND
     table = transfers
@@ -106,14 +113,24 @@ class DataPlaneSignals:
 
     @staticmethod
     def has_flow(conn: Connection, tid: str) -> bool:
-        """Whether a flow was started for this transfer (a start signal is in the outbox; outbox rows
-        are kept, so this holds for the transfer's life: a pruning job must keep them)."""
+        """Whether a flow was started (provider) or prepared (consumer) for this transfer (the signal
+        is in the outbox; outbox rows are kept, so this holds for the transfer's life: a pruning job
+        must keep them)."""
         found = conn.execute(
             sa.select(outbox.c.id)
-            .where(outbox.c.kind == KIND, outbox.c.process_id == tid, outbox.c.message_type == _type("start"))
+            .where(
+                outbox.c.kind == KIND,
+                outbox.c.process_id == tid,
+                outbox.c.message_type.in_((_type("start"), _type("prepare"))),
+            )
             .limit(1)
         ).first()
         return found is not None
+
+    def prepare(self, conn: Connection, row: Any) -> None:
+        """A new consumer transfer (REQUESTING): the data plane prepares the flow; the request goes
+        out when it answered (:meth:`on_delivered`)."""
+        self._enqueue(conn, row, "prepare")
 
     def start(self, conn: Connection, row: Any, *, resume: bool) -> None:
         """Pull START / RESUME (TransferManager._command): the data plane first, the DSP message after."""
@@ -125,10 +142,25 @@ class DataPlaneSignals:
             return
         self._enqueue(conn, row, "resume" if self.has_flow(conn, row["id"]) else "start")
 
-    def follow(self, conn: Connection, row: Any, new: TState, reason: str | None) -> None:
-        """The transfer moves from ``row``'s state to ``new``: tell the data plane what that means."""
+    def follow(
+        self,
+        conn: Connection,
+        row: Any,
+        new: TState,
+        reason: str | None,
+        *,
+        address: dict[str, Any] | None = None,
+    ) -> None:
+        """The transfer moves from ``row``'s state to ``new``: tell the data plane what that means.
+        ``address``: the DataAddress of a TransferStartMessage the consumer received (a pull's EDR)."""
         old = TState(row["state"])
-        if new in _SUSPENDED and old not in _SUSPENDED:
+        consumer = row["role"] == "consumer"
+        extra: dict[str, Any]
+        if consumer and new == TState.STARTED and old in (TState.REQUESTING, TState.REQUESTED):
+            signal, extra = "started", {"dataAddress": address} if address else {}
+        elif consumer and new == TState.STARTED and old in (TState.SUSPENDED, TState.RESUMING):
+            signal, extra = "resume", {"dataAddress": address} if address else {}
+        elif new in _SUSPENDED and old not in _SUSPENDED:
             signal, extra = "suspend", {"reason": reason} if reason else {}
         elif new in _TERMINATED and old not in _TERMINATED:
             signal, extra = "terminate", {"reason": reason} if reason else {}
@@ -147,6 +179,11 @@ class DataPlaneSignals:
     ) -> None:
         signal = _SIGNALS.get(message.message_type)
         state = TState(process["state"])
+        if signal == "prepare":
+            self._prepared(conn, process, delivery)
+            return
+        if process["role"] != "provider":
+            return
         if signal not in ("start", "resume") or process["format"] not in PULL_FORMATS:
             return
         if state not in (TState.STARTING, TState.RESUMING):
@@ -157,6 +194,21 @@ class DataPlaneSignals:
             self._end(conn, process, f"the data plane answered {signal} without a dataAddress")
             return
         self.manager.dataflow_started(conn, process, address)
+
+    def _prepared(self, conn: Connection, process: RowMapping, delivery: Delivery) -> None:
+        """The consumer's data plane prepared the flow: send the TransferRequestMessage, a push's
+        with the destination the data plane answered."""
+        if TState(process["state"]) != TState.REQUESTING or process["role"] != "consumer":
+            return  # ended meanwhile
+        answer = delivery.response_json if isinstance(delivery.response_json, dict) else {}
+        address = answer.get("dataAddress") if process["format"] in PUSH_FORMATS else None
+        try:
+            self.manager.send_request(conn, process, address if isinstance(address, dict) else None)
+        except ValidationError as exc:
+            detail = "; ".join(getattr(exc, "errors", None) or []) or exc.message
+            self._end(
+                conn, process, f"the data plane answered prepare without a usable destination: {detail}"
+            )
 
     def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
         signal = _SIGNALS.get(message.message_type, message.message_type)
@@ -193,15 +245,19 @@ class DataPlaneSignals:
         ended = False
         with write_tx(self.manager.engine) as conn:
             found = conn.execute(sa.select(transfers.c.role).where(transfers.c.id == tid)).first()
-            if found is None or found.role != "provider":
-                raise NotFoundError(f"no provider transfer {tid!r}")
+            if found is None:
+                raise NotFoundError(f"no transfer {tid!r}")
             row = lock_process(conn, transfers, tid)
             seen = record_received(conn, _CALLBACK_KIND, tid, mid, body_digest(body))
             if seen == "conflict":
                 raise ConflictError("message id already used for another callback")
             state = TState(row["state"])
             if seen == "new" and state not in TERMINAL:
-                if event == "completed":
+                if event == "completed" and found.role == "consumer":
+                    # a push received: the provider's TransferCompletionMessage completes the transfer
+                    log.info("consumer transfer %s: the data plane received %s bytes",
+                             tid, body.get("bytesReceived", "?"))  # fmt: skip
+                elif event == "completed":
                     if state != TState.STARTED:  # rolled back: the data plane sends it again later
                         raise ConflictError(f"transfer {tid} is {state.name}: it cannot complete now")
                     self.manager.command_in(conn, tid, Command.COMPLETE)

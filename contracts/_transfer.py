@@ -126,11 +126,21 @@ retirements = sa.Table(
 
 class DataPlane(Protocol):
     """Signaling mode (decision record 0452, ``contracts._dataflow.DataPlaneSignals``): the data
-    plane is told of a provider transfer's changes over HTTP instead of reading them."""
+    plane is told of a transfer's changes over HTTP instead of reading them (provider and consumer)."""
 
     def start(self, conn: Connection, row: Any, *, resume: bool) -> None: ...
 
-    def follow(self, conn: Connection, row: Any, new: TState, reason: str | None) -> None: ...
+    def prepare(self, conn: Connection, row: Any) -> None: ...
+
+    def follow(
+        self,
+        conn: Connection,
+        row: Any,
+        new: TState,
+        reason: str | None,
+        *,
+        address: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 class EdrIssuer(Protocol):
@@ -449,8 +459,10 @@ class TransferManager:
                     + (f": {'; '.join(map(str, reasons))}" if reasons else "")
                     + (f" (code {body['code']})" if body.get("code") else "")
                 )
-            if self.dataplane is not None and row["role"] == "provider":
-                self.dataplane.follow(conn, row, nxt, reason)
+            if self.dataplane is not None:
+                started = body.get("dataAddress") if expected == "TransferStartMessage" else None
+                self.dataplane.follow(conn, row, nxt, reason,
+                                      address=started if isinstance(started, dict) else None)  # fmt: skip
             save_state(conn, transfers, pid, nxt, timeout_s=self._timeout(nxt),
                        error_detail=reason, **values)  # fmt: skip
             row = lock_process(conn, transfers, pid)
@@ -470,8 +482,12 @@ class TransferManager:
         self, conn: Connection, row: Any, cmd: Command, reason: str | None = None, delay: float = 0.0
     ) -> None:
         message, sending, _done = command(row["role"], TState(row["state"]), cmd)
-        if self.dataplane is not None and row["role"] == "provider":
-            if message == "TransferStartMessage" and row["format"] in PULL_FORMATS:
+        if self.dataplane is not None:
+            if (
+                row["role"] == "provider"
+                and message == "TransferStartMessage"
+                and row["format"] in PULL_FORMATS
+            ):
                 # signaling mode: the data plane starts (or resumes) the flow first; its answer, the
                 # EDR, goes into the TransferStartMessage (dataflow_started)
                 save_state(conn, transfers, row["id"], sending, timeout_s=self.state_timeout_s)
@@ -508,11 +524,16 @@ class TransferManager:
 
     def end_in(self, conn: Connection, row: Any, reason: str) -> None:
         """Terminate a live transfer with ``reason`` inside the caller's transaction, telling the
-        peer when the state table allows it (else TERMINATED at once). Call :meth:`sent` after."""
+        peer when the state table allows it (else TERMINATED at once). Call :meth:`sent` after.
+
+        A consumer transfer the provider has not answered yet (no provider pid: e.g. its data plane
+        could not prepare the flow, so the request never went out) ends here without a message."""
         try:
+            if row["role"] == "consumer" and not row["provider_pid"]:
+                raise LocalProtocolError("the provider does not know this transfer process")
             self._command(conn, row, Command.TERMINATE, reason)
         except LocalProtocolError:  # e.g. RESUMING: end here; the peer's next message is refused
-            if self.dataplane is not None and row["role"] == "provider":
+            if self.dataplane is not None:
                 self.dataplane.follow(conn, row, TState.TERMINATED, reason)
             save_state(conn, transfers, row["id"], TState.TERMINATED, timeout_s=None, error_detail=reason)
 
@@ -550,7 +571,10 @@ class TransferManager:
     ) -> dict[str, Any]:
         """Consumer: request a transfer under ``agreement_id`` from the provider's DSP base.
 
-        For a push, ``destination(consumer pid)`` gives the DSP DataAddress the provider pushes to."""
+        For a push, ``destination(consumer pid)`` gives the DSP DataAddress the provider pushes to.
+        Signaling mode: the consumer's data plane prepares the flow first (``prepare``; for an
+        ``HttpData-PUSH`` without ``destination`` it provides its push inbox); its answer's address
+        goes into the TransferRequestMessage (:meth:`send_request`)."""
         if fmt not in FORMATS:
             raise ValidationError(
                 f"unknown transfer type {fmt!r}", errors=[f"format: one of {sorted(FORMATS)}"]
@@ -558,27 +582,48 @@ class TransferManager:
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         address = counterparty_address.rstrip("/")
-        extra: dict[str, Any] = {}
+        requested: dict[str, Any] | None = None
         if fmt in PUSH_FORMATS:
-            if destination is None:
+            if destination is None and not (self.dataplane is not None and fmt == "HttpData-PUSH"):
                 raise ValidationError(f"{fmt} needs a destination", errors=["dataDestination: required"])
-            extra["dataAddress"] = destination(pid)
-            problems = _push_destination_problems(fmt, extra["dataAddress"])
+            requested = destination(pid) if destination is not None else None
+            problems = [] if requested is None else _push_destination_problems(fmt, requested)
             if problems:
                 raise ValidationError(f"invalid {fmt} destination", errors=problems)
-        body = _msg("TransferRequestMessage", None, pid, agreementId=agreement_id, format=fmt,
-                    callbackAddress=self.dsp_base_url, **extra)  # fmt: skip
         with write_tx(self.engine) as conn:
             insert_process(
                 conn, transfers, pid, TState.REQUESTING, timeout_s=self.state_timeout_s, now=now,
                 role="consumer", provider_pid=None, consumer_pid=pid, agreement_id=agreement_id,
                 dataset_id=None, format=fmt, counterparty_address=address, counterparty_id=counterparty_id,
-                data_address=orjson.dumps(extra["dataAddress"]).decode() if extra else None,
+                data_address=orjson.dumps(requested).decode() if requested else None,
             )  # fmt: skip
-            enqueue(conn, KIND, pid, f"{address}/transfers/request", body, audience=counterparty_id)
+            row = lock_process(conn, transfers, pid)
+            if self.dataplane is not None:
+                self.dataplane.prepare(conn, row)
+            else:
+                self.send_request(conn, row, requested)
             row = lock_process(conn, transfers, pid)
         self.worker.wake()
         return self.view(row)
+
+    def send_request(self, conn: Connection, row: Any, address: dict[str, Any] | None) -> None:
+        """Queue the TransferRequestMessage of consumer transfer ``row`` (REQUESTING), with
+        ``address`` as the push destination (kept as the transfer's ``data_address``)."""
+        extra: dict[str, Any] = {}
+        if row["format"] in PUSH_FORMATS:
+            problems = _push_destination_problems(row["format"], address)
+            if problems:
+                raise ValidationError(f"invalid {row['format']} destination", errors=problems)
+            extra["dataAddress"] = address
+            conn.execute(
+                transfers.update()
+                .where(transfers.c.id == row["id"])
+                .values(data_address=orjson.dumps(address).decode())
+            )
+        body = _msg("TransferRequestMessage", None, row["id"], agreementId=row["agreement_id"],
+                    format=row["format"], callbackAddress=self.dsp_base_url, **extra)  # fmt: skip
+        enqueue(conn, KIND, row["id"], f"{row['counterparty_address']}/transfers/request", body,
+                audience=row["counterparty_id"])  # fmt: skip
 
     def retire_agreement(self, agreement_id: str, reason: str) -> dict[str, Any]:
         """Retire an agreement (provider): no new transfers, every live transfer is terminated with ``reason``."""
@@ -663,6 +708,8 @@ class TransferManager:
             )
             if done == TState.STARTED and process["role"] == "provider" and self.on_started is not None:
                 self.on_started(conn, lock_process(conn, transfers, process["id"]))
+            if done == TState.STARTED and process["role"] == "consumer" and self.dataplane is not None:
+                self.dataplane.follow(conn, process, done, None)  # our resume was acknowledged
             rest = self._queued.pop(process["id"], [])
             if rest and done not in TERMINAL:
                 self._follow(
@@ -673,14 +720,14 @@ class TransferManager:
         if TState(process["state"]) in TERMINAL:
             return
         detail = f"{message.message_type} could not be delivered: {reason}"
-        if self.dataplane is not None and process["role"] == "provider":
+        if self.dataplane is not None:
             self.dataplane.follow(conn, process, TState.TERMINATED, detail)
         save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None, error_detail=detail)
 
     def on_timeout(self, conn: Connection, process: RowMapping) -> None:
         state = TState(process["state"])
         detail = f"timed out in state {state.name} after {self.state_timeout_s:.0f} s"
-        if self.dataplane is not None and process["role"] == "provider":
+        if self.dataplane is not None:
             self.dataplane.follow(conn, process, TState.TERMINATED, detail)
         save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None, error_detail=detail)
 

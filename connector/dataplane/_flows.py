@@ -27,10 +27,12 @@ flows = sa.Table(
     sa.Column("agreement_id", sa.String(500), nullable=False),
     sa.Column("dataset_id", sa.String(500), nullable=True),
     sa.Column("transfer_type", sa.String(100), nullable=False),
-    #: the consumer's participant id (DID): EDR tokens are bound to it
+    #: provider flow: the consumer's participant id (DID), EDR tokens are bound to it; consumer flow:
+    #: the provider's
     sa.Column("participant_id", sa.String(500), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
-    #: push: the destination DataAddress (compact JSON); pull: null (the EDR is issued per answer)
+    #: push: the destination DataAddress (compact JSON); provider pull: null (the EDR is issued per
+    #: answer); consumer pull: the provider's EDR from the TransferStartMessage
     sa.Column("destination", sa.Text, nullable=True),
     #: where the data plane calls back (``<base>/transfers/<process id>/dataflow/<event>``)
     sa.Column("callback_address", sa.Text, nullable=False),
@@ -46,6 +48,11 @@ flows = sa.Table(
     sa.Column("callback_lease_until", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    #: ``consumer`` for a flow opened with ``prepare`` (the consumer's data plane: it receives, never
+    #: pushes); null for a provider flow opened with ``start`` (migration connector_0005)
+    sa.Column("side", sa.String(8), nullable=True),
+    #: consumer push flows: the bytes the push inbox received
+    sa.Column("received_bytes", sa.BigInteger, nullable=True),
     sa.Index("ix_dp_flows_callback_next_at", "callback_next_at"),
 )
 

@@ -536,11 +536,13 @@ def consumer_destination(
     return s3_destination
 
 
-def inbox_router(engine: Engine, inbox_dir: Path) -> APIRouter:
+def inbox_router(engine: Engine, inbox_dir: Path, *, flows: Any = None) -> APIRouter:
     """``POST|PUT /api/public/inbox/{consumer pid}``: where providers push to this connector.
 
     The bearer secret is the one this connector put in its TransferRequestMessage; the body is
     streamed to ``inbox_dir/<transfer>/<dataset>`` (written to a temporary name, renamed when complete).
+    ``flows`` (a signaled data plane's ``DataFlows``): a consumer flow's push is checked against the
+    flow (its secret and state), not the transfer row, and its reception is reported to the flow.
     """
     router = APIRouter(tags=["data plane"])
 
@@ -548,6 +550,10 @@ def inbox_router(engine: Engine, inbox_dir: Path) -> APIRouter:
         return JSONResponse({"error": code, "message": message, "details": []}, status_code=status)
 
     def _check(pid: str, authorization: str | None) -> str | None:
+        if flows is not None:
+            is_flow, problem = flows.inbox_check(pid, authorization)
+            if is_flow:
+                return problem  # type: ignore[no-any-return]
         with engine.connect() as conn:
             row = conn.execute(sa.select(transfers).where(transfers.c.id == pid)).mappings().first()
         if row is None or row["role"] != "consumer" or row["format"] != "HttpData-PUSH":
@@ -590,6 +596,8 @@ def inbox_router(engine: Engine, inbox_dir: Path) -> APIRouter:
             raise
         await asyncio.to_thread(f.close)
         await asyncio.to_thread(part.replace, folder / name)
+        if flows is not None:
+            await asyncio.to_thread(flows.received, pid, received)
         return JSONResponse({"received": received, "file": f"{safe}/{name}"}, status_code=201)
 
     router.add_api_route("/api/public/inbox/{pid}", receive, methods=["POST", "PUT"])

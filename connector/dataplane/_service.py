@@ -102,7 +102,9 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
         )
     )  # fmt: skip
     app.include_router(token_router(edr, identity.verifier.verify))
-    app.include_router(inbox_router(runtime.engine, settings.inbox_dir or settings.data_dir / "inbox"))
+    app.include_router(
+        inbox_router(runtime.engine, settings.inbox_dir or settings.data_dir / "inbox", flows=flows)
+    )
     if flows is not None:
         from connector.dataplane._signaling import signaling_router
 

@@ -2,10 +2,16 @@
 
 The control plane drives data flows over HTTP (every call authenticated, see :mod:`._signal_auth`):
 
-* ``POST <base>/v1/dataflows/prepare`` and ``POST <base>/v1/dataflows/start``: create a flow (flow id
-  = the control plane's transfer process id). The ``start`` answer of a pull flow carries the
-  DataAddress (EDR: this data plane's endpoint and access token) that the control plane puts into
-  the DSP TransferStartMessage; a push flow queues the push (:class:`SignaledPushService`).
+* ``POST <base>/v1/dataflows/start``: create a provider flow (flow id = the control plane's transfer
+  process id). The ``start`` answer of a pull flow carries the DataAddress (EDR: this data plane's
+  endpoint and access token) that the control plane puts into the DSP TransferStartMessage; a push
+  flow queues the push (:class:`SignaledPushService`).
+* ``POST <base>/v1/dataflows/prepare``: create a consumer flow (flow id = the consumer's transfer
+  process id), before the TransferRequestMessage goes out. An ``HttpData-PUSH`` flow without a
+  destination of its own gets this data plane's push inbox and a fresh bearer secret; the answer's
+  ``dataAddress`` is what the consumer's TransferRequestMessage carries. ``started`` / ``resume``
+  bring the provider's EDR of a pull (kept with the flow). What the inbox receives ends the flow
+  COMPLETED and is reported with a ``completed`` callback (``bytesReceived``).
 * ``POST <base>/v1/dataflows/{flowId}/suspend|resume|terminate|started|completed`` and
   ``GET <base>/v1/dataflows/{flowId}/status``.
 
@@ -16,14 +22,17 @@ answers 404, a transition the flow cannot make 409 with the reason (a COMPLETED 
 suspend / resume / terminate signals as it is: its data was delivered).
 
 Back to the control plane (``<callbackAddress>/transfers/{processId}/dataflow/completed|errored``)
-the data plane reports a push's outcome, or a pull flow ended by its usage policy. The callback is
+the data plane reports a push's outcome, a pull flow ended by its usage policy, or (consumer side)
+a push received. The callback is
 written to the flow row in the same transaction as the outcome and resent with backoff until the
 control plane acknowledges it (never lost; the control plane deduplicates by message id).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -43,7 +52,7 @@ from connector.dataplane._push import PushService, pushes
 from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, SignalAuth, verify_signal
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
 from contracts._process import PollingThread, write_tx
-from contracts._transfer import PULL_FORMATS, PUSH_FORMATS, TransferManager
+from contracts._transfer import PULL_FORMATS, PUSH_FORMATS, TransferManager, address_properties
 from contracts._transfer_states import Command, TState
 
 __all__ = ["DataFlows", "SignaledPushService", "signaling_router"]
@@ -61,6 +70,11 @@ _MOVES: dict[str, tuple[frozenset[str], str]] = {
     "terminate": (frozenset({"PREPARED", "STARTED", "SUSPENDED"}), "TERMINATED"),
 }
 _FINAL = frozenset({"COMPLETED", "TERMINATED"})
+CONSUMER = "consumer"
+#: consumer push flows accept pushes in these states: before ``started`` arrives (the provider may
+#: push as soon as the consumer acknowledged its TransferStartMessage) and after the inbox completed
+#: the flow (a provider that did not record its push's outcome pushes again)
+_INBOX_OPEN = frozenset({"PREPARED", "STARTED", "COMPLETED"})
 
 
 class DataFlows:
@@ -111,15 +125,22 @@ class DataFlows:
             "state": row["state"],
             "reason": row["reason"],
         }
+        if row["side"] == CONSUMER:
+            out["side"] = CONSUMER
+            if row["received_bytes"] is not None:
+                out["bytesReceived"] = row["received_bytes"]
         if address is not None:
             out["dataAddress"] = address
         return out
 
     def _answer(self, row: Any) -> dict[str, Any]:
-        """A flow's answer; a STARTED pull flow's answer carries a fresh EDR (the same transfer
-        and consumer: a resent start or resume gets a usable address, never a second flow)."""
+        """A flow's answer; a STARTED provider pull flow's answer carries a fresh EDR (the same
+        transfer and consumer: a resent start or resume gets a usable address, never a second flow);
+        a consumer flow's carries its address (push: the destination, pull: the provider's EDR)."""
         address = None
-        if row["state"] == "STARTED" and row["transfer_type"] in PULL_FORMATS:
+        if row["side"] == CONSUMER:
+            address = orjson.loads(row["destination"]) if row["destination"] else None
+        elif row["state"] == "STARTED" and row["transfer_type"] in PULL_FORMATS:
             address = self.edr.data_address(row["flow_id"], row["participant_id"] or "")
         return self.view(row, address)
 
@@ -128,7 +149,7 @@ class DataFlows:
             row = conn.execute(sa.select(flows).where(flows.c.flow_id == flow_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"no data flow {flow_id!r}")
-        return self.view(row)
+        return self._answer(row) if row["side"] == CONSUMER else self.view(row)
 
     # ------------------------------------------------------------------ signals
     @staticmethod
@@ -145,7 +166,8 @@ class DataFlows:
         return conn.execute(stmt).mappings().first()
 
     def open(self, body: Any, *, start: bool) -> dict[str, Any]:
-        """``prepare`` (start=False) or ``start``: create the flow, or answer it if it exists."""
+        """``start`` (start=True: a provider flow) or ``prepare`` (a consumer flow): create the flow,
+        or answer it if it exists."""
         if not isinstance(body, dict):
             raise ValidationError("expected a JSON object")
         problems = [f"{k}: required" for k in ("flowId", "processId", "agreementId", "transferType",
@@ -153,8 +175,11 @@ class DataFlows:
         ttype = str(body.get("transferType") or "")
         if ttype and ttype not in PULL_FORMATS | PUSH_FORMATS:
             problems.append(f"transferType: one of {sorted(PULL_FORMATS | PUSH_FORMATS)}")
-        if start and ttype in PUSH_FORMATS and not isinstance(body.get("dataAddress"), dict):
+        given = body.get("dataAddress")
+        if start and ttype in PUSH_FORMATS and not isinstance(given, dict):
             problems.append("dataAddress: the destination of a push")
+        if not start and ttype == "AmazonS3-PUSH" and not isinstance(given, dict):
+            problems.append("dataAddress: the bucket to receive the push in")
         if problems:
             raise ValidationError("invalid data flow message", errors=problems)
         mid = self._message_id(body)
@@ -163,7 +188,10 @@ class DataFlows:
         with write_tx(self.engine) as conn:
             row = self._lock(conn, flow_id)
             if row is None:
-                destination = body.get("dataAddress") if ttype in PUSH_FORMATS else None
+                if start:
+                    destination = given if ttype in PUSH_FORMATS else None
+                else:
+                    destination = self._provision(flow_id, ttype, given)
                 conn.execute(
                     flows.insert().values(
                         flow_id=flow_id, process_id=str(body["processId"]), agreement_id=str(body["agreementId"]),
@@ -172,7 +200,7 @@ class DataFlows:
                         destination=orjson.dumps(destination).decode() if destination else None,
                         callback_address=str(body["callbackAddress"]).rstrip("/"),
                         message_ids=orjson.dumps([mid]).decode(), reason=None, callback_attempts=0,
-                        created_at=now, updated_at=now,
+                        created_at=now, updated_at=now, side=None if start else CONSUMER,
                     )
                 )  # fmt: skip
                 if start:
@@ -180,16 +208,38 @@ class DataFlows:
             elif mid not in orjson.loads(row["message_ids"]):
                 if row["process_id"] != str(body["processId"]):
                     raise ConflictError(f"data flow {flow_id!r} belongs to another transfer process")
-                if start and row["state"] == "PREPARED":
-                    self._move(conn, row, "STARTED", mid)
-                    self._queue_push(conn, flow_id, row["transfer_type"])
-                elif start and row["state"] != "STARTED":
+                if (row["side"] == CONSUMER) == start:
+                    side = "consumer (prepared)" if row["side"] == CONSUMER else "provider (started)"
+                    raise ConflictError(
+                        f"data flow {flow_id!r} is a {side} flow: it cannot be {'started' if start else 'prepared'}"
+                    )
+                if start and row["state"] != "STARTED":
                     raise ConflictError(f"data flow {flow_id!r} is {row['state']}: it cannot start")
-                else:
-                    self._remember(conn, row, mid)
+                self._remember(conn, row, mid)
             row = self._lock(conn, flow_id)
         self._wake_pushes()
         return self._answer(row)
+
+    def _provision(self, flow_id: str, ttype: str, given: Any) -> dict[str, Any] | None:
+        """A consumer flow's destination: the one the consumer chose, or (``HttpData-PUSH``) this
+        data plane's push inbox with a fresh bearer secret that only this flow's pushes carry."""
+        if isinstance(given, dict) and given:
+            return given
+        if ttype != "HttpData-PUSH":
+            return None
+
+        def prop(name: str, value: str) -> dict[str, str]:
+            return {"@type": "EndpointProperty", "name": name, "value": value}
+
+        return {
+            "@type": "DataAddress",
+            "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+            "endpoint": f"{self.edr.public_base_url}/api/public/inbox/{quote(flow_id, safe=':')}",
+            "endpointProperties": [
+                prop("authorization", secrets.token_urlsafe(32)),
+                prop("authType", "bearer"),
+            ],
+        }
 
     def signal(self, flow_id: str, name: str, body: Any) -> dict[str, Any]:
         """suspend | resume | terminate | started | completed for an existing flow."""
@@ -203,20 +253,38 @@ class DataFlows:
                 raise NotFoundError(f"no data flow {flow_id!r}")
             if mid in orjson.loads(row["message_ids"]):
                 pass  # applied before (a resend): change nothing, even if a later signal moved the flow
-            elif row["state"] == target or (row["state"] == "COMPLETED" and name != "started"):
-                # already there (idempotent); or the flow's data was all delivered: a late suspend,
-                # resume or terminate has nothing left to act on (the completed callback still goes)
+            elif row["state"] == target or row["state"] == "COMPLETED":
+                # already there (idempotent); or the flow's data was all delivered: a late signal
+                # has nothing left to act on (the completed callback still goes)
                 self._remember(conn, row, mid)
+                self._learn_source(conn, row, name, body)
             elif row["state"] not in allowed:
                 raise ConflictError(f"data flow {flow_id!r} is {row['state']}: cannot {name} it")
             else:
                 reason = body.get("reason")
                 self._move(conn, row, target, mid, reason=str(reason) if reason else None)
-                if name == "resume":
+                self._learn_source(conn, row, name, body)
+                if name == "resume" and row["side"] != CONSUMER:
                     self._queue_push(conn, flow_id, row["transfer_type"])
             row = self._lock(conn, flow_id)
         self._wake_pushes()
         return self._answer(row)
+
+    @staticmethod
+    def _learn_source(conn: Connection, row: Any, name: str, body: dict[str, Any]) -> None:
+        """A consumer pull flow's ``started`` / ``resume`` carries the provider's EDR: keep it."""
+        address = body.get("dataAddress")
+        if (
+            row["side"] == CONSUMER
+            and name in ("started", "resume")
+            and row["transfer_type"] in PULL_FORMATS
+            and isinstance(address, dict)
+        ):
+            conn.execute(
+                flows.update()
+                .where(flows.c.flow_id == row["flow_id"])
+                .values(destination=orjson.dumps(address).decode(), updated_at=time.time())
+            )
 
     def _move(self, conn: Connection, row: Any, state: str, mid: str, *, reason: str | None = None) -> None:
         values: dict[str, Any] = {"state": state, "updated_at": time.time()}
@@ -297,6 +365,41 @@ class DataFlows:
         return {"PREPARED": TState.REQUESTED, "STARTED": TState.STARTED, "SUSPENDED": TState.SUSPENDED,
                 "COMPLETED": TState.COMPLETED, "TERMINATED": TState.TERMINATED}[str(state)]  # fmt: skip
 
+    # ------------------------------------------------------------------ consumer push inbox
+    def inbox_check(self, flow_id: str, authorization: str | None) -> tuple[bool, str | None]:
+        """(whether ``flow_id`` is a consumer flow, why a push to it is refused or None)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(flows).where(flows.c.flow_id == flow_id)).mappings().first()
+        if row is None or row["side"] != CONSUMER:
+            return False, None
+        if row["transfer_type"] != "HttpData-PUSH" or not row["destination"]:
+            return True, "no push transfer here"
+        expected = address_properties(orjson.loads(row["destination"])).get("authorization", "")
+        given = (authorization or "").removeprefix("Bearer ").removeprefix("bearer ").strip()
+        if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+            return True, "bad or missing bearer secret"
+        if row["state"] not in _INBOX_OPEN:
+            return True, f"transfer is {row['state']}"
+        return True, None
+
+    def received(self, flow_id: str, size: int) -> None:
+        """The push inbox stored a push of ``size`` bytes for consumer flow ``flow_id``: the flow
+        is COMPLETED and the control plane is told (``completed`` with ``bytesReceived``). A push
+        received again (the provider repeated it) updates the size and tells nothing new."""
+        with write_tx(self.engine) as conn:
+            row = self._lock(conn, flow_id)
+            if row is None:
+                return
+            now = time.time()
+            values: dict[str, Any] = {"received_bytes": size, "updated_at": now}
+            if row["state"] not in _FINAL:
+                values.update(
+                    state="COMPLETED", callback_event="completed", callback_id=f"urn:uuid:{uuid.uuid4()}",
+                    callback_reason=None, callback_attempts=0, callback_next_at=now, callback_lease_until=None,
+                )  # fmt: skip
+            conn.execute(flows.update().where(flows.c.flow_id == flow_id).values(**values))
+        self._poller.wake()
+
     # ------------------------------------------------------------------ callbacks
     def send_callbacks(self) -> int:
         """Send due callbacks (claimed with a lease); how many were attempted."""
@@ -344,6 +447,8 @@ class DataFlows:
         }
         if row["callback_reason"]:
             body["reason"] = row["callback_reason"]
+        if event == "completed" and row["received_bytes"] is not None:
+            body["bytesReceived"] = row["received_bytes"]
         problem: str | None = None
         try:
             resp = self.http.post(url, content=orjson.dumps(body), auth=self.auth,

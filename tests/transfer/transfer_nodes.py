@@ -86,3 +86,37 @@ def split_connectors(
         for node in (consumer, data, control):
             if node is not None:
                 stop_node(node)
+
+
+@contextlib.contextmanager
+def split_consumer(
+    tmp_path: Path,
+    env: Mapping[str, str],
+    control_env: Mapping[str, str] | None = None,
+    *,
+    provider_env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[Node, Node, Node]]:
+    """A provider (``provider_env``), and a consumer whose control plane does not embed its data
+    plane, with a ``dadam dataplane`` process beside it (same database and keys, ``env`` for both,
+    ``control_env`` for the consumer's control plane only; ``{dp_port}`` is filled in): yields
+    (provider, consumer control plane, consumer data plane)."""
+    cp_port, dp_port = free_port(), free_port()
+    shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
+    shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
+    shared.setdefault("DADAM_DATAPLANE_PUBLIC_URL", f"http://127.0.0.1:{dp_port}")
+    cp_env = {**shared, **{k: v.format(dp_port=dp_port) for k, v in (control_env or {}).items()}}
+    provider = start_node("provider", tmp_path / "p", env=dict(provider_env or {}))
+    consumer = data = None
+    try:
+        consumer = start_node("consumer", tmp_path / "c", port=cp_port, env=cp_env)
+        wait_ready(consumer)  # migrates the database and creates the DID keys first
+        dp_env = {**shared, "DADAM_PUBLIC_URL": consumer.base_url, "DADAM_PORT": str(dp_port)}
+        data = start_node("consumer-dataplane", tmp_path / "c", port=dp_port, env=dp_env, command="dataplane",
+                          log_name="dataplane.log")  # fmt: skip
+        wait_health(data)
+        wait_ready(provider)
+        yield provider, consumer, data
+    finally:
+        for node in (data, consumer, provider):
+            if node is not None:
+                stop_node(node)

@@ -1,0 +1,214 @@
+"""Consumer-side data plane signaling (decision record 0452, amended): a consumer control plane
+with ``DADAM_DATAPLANE_SIGNALING_URL`` signals its own ``dadam dataplane`` process: ``prepare``
+before the TransferRequestMessage (a push's destination is that data plane's inbox), ``started``
+with the provider's EDR, suspend / resume / terminate / completed as the transfer moves; the data
+plane receives pushes and calls back ``completed``. A data plane that cannot be reached at
+``prepare`` ends the transfer before the provider hears of it. Separate processes; the consumer
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from transfer_nodes import BACKENDS, backend_env, split_consumer
+
+from connector._demo import (
+    Node,
+    fetch_catalog,
+    free_port,
+    negotiate,
+    pull,
+    record_partner,
+    seed_provider,
+    start_node,
+    stop_node,
+    usage_of,
+    wait_ready,
+)
+from connector.dataplane._signal_auth import CONTROL_PLANE, SignalAuth
+from contracts._process import inbox, outbox
+
+pytestmark = pytest.mark.slow
+
+SECRET = "s3cret-for-consumer-signaling-0123456789"
+CP = SignalAuth(SECRET.encode(), CONTROL_PLANE)
+
+
+@pytest.fixture(params=BACKENDS)
+def consumer_split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node, str]]:
+    db = backend_env(request)
+    env = {"DADAM_DATAPLANE_SIGNALING_SECRET": SECRET, "DADAM_SEND_RETRY_BASE_MS": "50", **db}
+    control_env = {"DADAM_DATAPLANE_SIGNALING_URL": "http://127.0.0.1:{dp_port}/api/signaling"}
+    url = db.get("DADAM_DATABASE_URL") or f"sqlite:///{(tmp_path / 'c' / 'dadam.db').as_posix()}"
+    with split_consumer(tmp_path, env, control_env) as nodes:
+        yield (*nodes, url)
+
+
+def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen (last: {last})")
+
+
+def _flow(data: Node, flow_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{data.base_url}/api/signaling/v1/dataflows/{quote(flow_id, safe=':')}/status",
+                  auth=CP, timeout=10)  # fmt: skip
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _view(node: Node, tid: str) -> dict[str, Any]:
+    with node.client() as c:
+        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
+        return body
+
+
+def _token(address: dict[str, Any]) -> str:
+    return str(next(p["value"] for p in address["endpointProperties"] if p["name"] == "authorization"))
+
+
+def _post(node: Node, path: str, **kwargs: Any) -> None:
+    with node.client() as c:
+        r = c.post(path, **kwargs)
+        assert r.status_code == 200, r.text
+
+
+def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Node, Node, Node, str]) -> None:
+    provider, consumer, data, db_url = consumer_split
+    seed_provider(provider)
+    record_partner(provider, consumer)
+    bom = next(
+        d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
+    )
+    agreement = negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+
+    # pull: prepared before the request, then `started` with the provider's EDR
+    payload, transfer = pull(consumer, provider, agreement)
+    tid = transfer["id"]
+    flow = _flow(data, tid)
+    assert (
+        flow["state"] == "STARTED" and flow["side"] == "consumer" and flow["transferType"] == "HttpData-PULL"
+    )
+    assert flow["dataAddress"]["endpoint"] == transfer["dataAddress"]["endpoint"]
+    assert _token(flow["dataAddress"]) == _token(transfer["dataAddress"])
+    assert flow["dataAddress"]["endpoint"].startswith(provider.base_url)  # the provider serves it
+
+    _post(consumer, f"/transfers/{quote(tid, safe='')}/suspend")  # ours: suspend signalled
+    _wait(lambda: _flow(data, tid)["state"] == "SUSPENDED", "the consumer's suspend signal")
+    _post(consumer, f"/transfers/{quote(tid, safe='')}/resume")  # acknowledged by the provider: resume
+    _wait(lambda: _flow(data, tid)["state"] == "STARTED", "the consumer's resume signal")
+    ptid = transfer["providerPid"]
+    _post(provider, f"/transfers/{quote(ptid, safe='')}/suspend")  # the provider's: suspend signalled
+    _wait(lambda: _flow(data, tid)["state"] == "SUSPENDED", "the provider's suspension, signalled")
+    _post(provider, f"/transfers/{quote(ptid, safe='')}/resume")  # a fresh EDR reaches the data plane
+    fresh = _wait(
+        lambda: (v := _view(consumer, tid))["state"] == "STARTED" and _token(v["dataAddress"]) != _token(
+            transfer["dataAddress"]) and v["dataAddress"], "the provider's resume"
+    )  # fmt: skip
+    _wait(lambda: (f := _flow(data, tid))["state"] == "STARTED" and _token(f["dataAddress"]) == _token(fresh),
+          "the resume signal with the fresh EDR")  # fmt: skip
+    _post(consumer, f"/transfers/{quote(tid, safe='')}/terminate", json={"reason": "enough"})
+    ended = _wait(lambda: (f := _flow(data, tid))["state"] == "TERMINATED" and f, "the terminate signal")
+    assert "enough" in (ended["reason"] or "")
+
+    # push: the destination is the consumer data plane's inbox, with a secret only this flow accepts
+    with consumer.client() as c:
+        r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                                       "agreementId": agreement, "format": "HttpData-PUSH"})  # fmt: skip
+        assert r.status_code == 201, r.text
+        push = r.json()["id"]
+    view = _wait(
+        lambda: (v := _view(consumer, push))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
+    )
+    assert view["state"] == "COMPLETED", view
+    inbox_url = f"{data.base_url}/api/public/inbox/{push}"
+    assert view["dataAddress"]["endpoint"] == inbox_url
+    assert _token(view["dataAddress"]) == "**********"
+    received = _wait(lambda: (f := _flow(data, push))["state"] == "COMPLETED" and f, "the push flow's end")
+    assert received["bytesReceived"] == len(payload)
+    files = [p for p in (consumer.data_dir / "inbox").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in files] == [payload]
+    pushed = [e for e in usage_of(provider, agreement) if e["id"].endswith(":push")]
+    assert len(pushed) == 1 and pushed[0]["bytes"] == len(payload)
+
+    secret = _token(received["dataAddress"])
+    wrong = httpx.post(inbox_url, content=b"x", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 403
+    elsewhere = httpx.post(f"{data.base_url}/api/public/inbox/{tid}", content=b"x",
+                           headers={"Authorization": f"Bearer {secret}"}, timeout=10)  # fmt: skip
+    assert elsewhere.status_code == 404  # the pull flow has no inbox; the secret opens only its own
+
+    # what the consumer's control plane was told and sent: the data plane's `completed` callback
+    # accepted once; prepare, started, completed signalled in that order; nothing left unsent
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            callbacks = conn.execute(
+                sa.select(sa.func.count()).where(inbox.c.kind == "dataflow-callback", inbox.c.process_id == push)
+            ).scalar()  # fmt: skip
+            signals = conn.execute(
+                sa.select(outbox.c.message_type, outbox.c.status)
+                .where(outbox.c.kind == "dataflow", outbox.c.process_id == push)
+                .order_by(outbox.c.seq)
+            ).all()
+    finally:
+        engine.dispose()
+    assert callbacks == 1
+    assert [tuple(s) for s in signals] == [
+        ("DataFlowPrepareMessage", "sent"),
+        ("DataFlowStartedMessage", "sent"),
+        ("DataFlowCompletedMessage", "sent"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_consumer_data_plane_down_at_prepare_terminates_the_transfer(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """No consumer data plane answers ``prepare``: retried, then the transfer is TERMINATED with the
+    reason, and the TransferRequestMessage never goes out (the provider has no such transfer)."""
+    db = {"DADAM_DATABASE_URL": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
+    env = {"DADAM_DATAPLANE_EMBEDDED": "false", "DADAM_DATAPLANE_SIGNALING_SECRET": SECRET,
+           "DADAM_DATAPLANE_SIGNALING_URL": f"http://127.0.0.1:{free_port()}/api/signaling",
+           "DADAM_SEND_RETRY_LIMIT": "2", "DADAM_SEND_RETRY_BASE_MS": "50", **db}  # fmt: skip
+    provider = start_node("provider", tmp_path / "p")
+    consumer = start_node("consumer", tmp_path / "c", env=env)
+    try:
+        wait_ready(provider)
+        wait_ready(consumer)
+        seed_provider(provider)
+        record_partner(provider, consumer)
+        bom = next(
+            d
+            for d in fetch_catalog(consumer, provider)["dataset"]
+            if d["@id"] == "bom-brake-assembly-as-built"
+        )
+        agreement = negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+        for fmt in ("HttpData-PUSH", "HttpData-PULL"):
+            with consumer.client() as c:
+                r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                                               "agreementId": agreement, "format": fmt})  # fmt: skip
+                assert r.status_code == 201, r.text
+                tid = r.json()["id"]
+            view = _wait(lambda t=tid: (v := _view(consumer, t))["state"] == "TERMINATED" and v, "the end")
+            assert "data plane signal prepare failed" in (view["errorDetail"] or ""), view
+            assert "gave up after 2 attempts" in view["errorDetail"]
+            assert view["providerPid"] is None
+            with provider.client() as c:
+                assert [t for t in c.get("/transfers").json()["items"] if t["consumerPid"] == tid] == []
+    finally:
+        stop_node(consumer)
+        stop_node(provider)
