@@ -252,12 +252,14 @@ class DataPlaneSignals:
             if seen == "conflict":
                 raise ConflictError("message id already used for another callback")
             state = TState(row["state"])
-            if seen == "new" and state not in TERMINAL:
-                if event == "completed" and found.role == "consumer":
-                    # a push received: the provider's TransferCompletionMessage completes the transfer
-                    log.info("consumer transfer %s: the data plane received %s bytes",
-                             tid, body.get("bytesReceived", "?"))  # fmt: skip
-                elif event == "completed":
+            if seen == "new" and event == "completed" and found.role == "consumer":
+                # a push received (kept for the view, even when the provider's completion came first);
+                # the provider's TransferCompletionMessage completes the transfer, as DSP has it
+                size = body.get("bytesReceived")
+                if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                    conn.execute(transfers.update().where(transfers.c.id == tid).values(received_bytes=size))
+            elif seen == "new" and state not in TERMINAL:
+                if event == "completed":
                     if state != TState.STARTED:  # rolled back: the data plane sends it again later
                         raise ConflictError(f"transfer {tid} is {state.name}: it cannot complete now")
                     self.manager.command_in(conn, tid, Command.COMPLETE)

@@ -110,6 +110,8 @@ transfers = process_table(
     sa.Column("counterparty_id", sa.String(500), nullable=True),
     #: consumer side: the EDR received in the TransferStartMessage (compact JSON)
     sa.Column("data_address", sa.Text, nullable=True),
+    #: consumer side, signaling mode: the bytes its data plane reported it received (a push)
+    sa.Column("received_bytes", sa.BigInteger, nullable=True),
     sa.Index("ix_tp_transfers_role_provider_pid", "role", "provider_pid"),
     sa.Index("ix_tp_transfers_role_consumer_pid", "role", "consumer_pid"),
 )
@@ -232,6 +234,7 @@ class TransferManager:
         address = orjson.loads(row["data_address"]) if row["data_address"] else None
         if address is not None and row["format"] in PUSH_FORMATS:
             address = masked_address(address)
+        received = {"bytesReceived": row["received_bytes"]} if row["received_bytes"] is not None else {}
         return {
             "id": row["id"],
             "role": row["role"],
@@ -248,6 +251,7 @@ class TransferManager:
             "errorDetail": row["error_detail"],
             "createdAt": row["created_at"],
             "updatedAt": row["updated_at"],
+            **received,
         }
 
     def _ack(self, row: Any) -> dict[str, Any]:

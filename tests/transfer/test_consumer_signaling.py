@@ -139,6 +139,8 @@ def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Nod
     assert _token(view["dataAddress"]) == "**********"
     received = _wait(lambda: (f := _flow(data, push))["state"] == "COMPLETED" and f, "the push flow's end")
     assert received["bytesReceived"] == len(payload)
+    reported = _wait(lambda: _view(consumer, push).get("bytesReceived"), "the completed callback")
+    assert reported == len(payload)  # the consumer's transfer shows what its data plane received
     files = [p for p in (consumer.data_dir / "inbox").rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in files] == [payload]
     pushed = [e for e in usage_of(provider, agreement) if e["id"].endswith(":push")]
