@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     dataplane_signaling_url: str | None = Field(
         None,
         description="Control plane: base URL of the data plane's signaling API (e.g. http://dp:8282/api/signaling); "
-        "provider transfers then drive the data plane over HTTP signaling (decision 0452; needs "
+        "transfers (provided and requested: prepare, start, started, suspend, resume, terminate, completed) then drive "
+        "the data plane over HTTP signaling, and a requested push lands in its inbox (decision 0452; needs "
         "dataplane_embedded=false and dataplane_signaling_secret). Unset: the data plane reads the shared database.",
     )
     dataplane_signaling_secret: SecretStr | None = Field(
