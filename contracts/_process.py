@@ -338,35 +338,26 @@ def _enqueue(
     mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
     payload = dict(body)
     payload.setdefault("@id", mid)
-    last = cached_statement(
-        ("outbox_last",),
-        lambda: sa.select(
-            sa.func.coalesce(sa.func.max(outbox.c.seq), 0),
-            sa.func.count().filter(outbox.c.status == "pending"),
-        ).where(outbox.c.kind == sa.bindparam("_kind"), outbox.c.process_id == sa.bindparam("_pid")),
-    )
-    seq, pending = conn.execute(last, {"_kind": kind, "_pid": process_id}).one()
-    older = int(pending or 0) > 0
-    lease = owner is not None and not older
-    conn.execute(
-        cached_statement(("outbox_add",), lambda: sa.insert(outbox)),
+    # One round trip: the next sequence number of the process and whether an older message is
+    # still pending (then the new row is not leased, so per-process order holds) are computed by
+    # the INSERT ... SELECT itself. The caller holds the process row's lock.
+    row = conn.execute(
+        cached_statement(("outbox_add",), _outbox_insert),
         {
-            "id": mid,
-            "kind": kind,
-            "process_id": process_id,
-            "seq": int(seq) + 1,
-            "message_type": str(body.get("@type", "")),
-            "url": url,
-            "body": orjson.dumps(payload).decode(),
-            "audience": audience,
-            "status": "pending",
-            "attempts": 0,
-            "not_before": now + delay_s,
-            "lease_owner": owner if lease else None,
-            "lease_until": now + lease_s if lease else None,
-            "created_at": now,
+            "_id": mid,
+            "_kind": kind,
+            "_pid": process_id,
+            "_type": str(body.get("@type", "")),
+            "_url": url,
+            "_body": orjson.dumps(payload).decode(),
+            "_audience": audience,
+            "_not_before": now + delay_s,
+            "_owner": owner,
+            "_lease_until": now + lease_s if owner is not None else None,
+            "_now": now,
         },
-    )
+    ).one()
+    older = owner is not None and row.lease_owner is None
     msg = OutboxMessage(
         id=mid,
         kind=kind,
@@ -378,6 +369,37 @@ def _enqueue(
         attempts=0,
     )
     return msg, older
+
+
+def _outbox_insert() -> Any:
+    """``INSERT INTO dsp_outbox ... SELECT`` over the process's earlier rows: seq = last + 1, and
+    the lease (owner, until) only when none of them is still pending."""
+    earlier = sa.and_(outbox.c.kind == sa.bindparam("_kind"), outbox.c.process_id == sa.bindparam("_pid"))
+    any_pending = sa.func.count().filter(outbox.c.status == "pending") > 0
+    c = outbox.c
+
+    def bound(name: str, column: sa.Column[Any]) -> Any:
+        # an explicit cast: PostgreSQL types a bare parameter in a SELECT list (or a CASE) as text
+        return sa.cast(sa.bindparam(name, type_=column.type), column.type)
+
+    values = {
+        "id": bound("_id", c.id),
+        "kind": bound("_kind", c.kind),
+        "process_id": bound("_pid", c.process_id),
+        "seq": sa.func.coalesce(sa.func.max(c.seq), 0) + 1,
+        "message_type": bound("_type", c.message_type),
+        "url": bound("_url", c.url),
+        "body": bound("_body", c.body),
+        "audience": bound("_audience", c.audience),
+        "status": sa.literal("pending", c.status.type),
+        "attempts": sa.literal(0, c.attempts.type),
+        "not_before": bound("_not_before", c.not_before),
+        "lease_owner": sa.case((any_pending, sa.null()), else_=bound("_owner", c.lease_owner)),
+        "lease_until": sa.case((any_pending, sa.null()), else_=bound("_lease_until", c.lease_until)),
+        "created_at": bound("_now", c.created_at),
+    }
+    select = sa.select(*(v.label(k) for k, v in values.items())).where(earlier)
+    return sa.insert(outbox).from_select(list(values), select).returning(c.lease_owner)
 
 
 _WRITE_LOCKS: dict[int, threading.Lock] = {}
@@ -428,6 +450,13 @@ def record_received(
     """
     if not message_id:
         return "new"
+    values = {"kind": kind, "message_id": message_id, "process_id": process_id, "digest": digest,
+              "received_at": time.time()}  # fmt: skip
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):  # one round trip when the id is new
+        add = cached_statement(("inbox_add_new", dialect), lambda: _insert_new(dialect))
+        if conn.execute(add, values).first() is not None:
+            return "new"
     find = cached_statement(
         ("inbox_find",),
         lambda: sa.select(inbox.c.digest, inbox.c.process_id).where(
@@ -437,12 +466,19 @@ def record_received(
     row = conn.execute(find, {"_kind": kind, "_mid": message_id}).first()
     if row is not None:
         return "duplicate" if (row.digest == digest and row.process_id == process_id) else "conflict"
-    conn.execute(
-        cached_statement(("inbox_add",), lambda: sa.insert(inbox)),
-        {"kind": kind, "message_id": message_id, "process_id": process_id, "digest": digest,
-         "received_at": time.time()},
-    )  # fmt: skip
+    conn.execute(cached_statement(("inbox_add",), lambda: sa.insert(inbox)), values)
     return "new"
+
+
+def _insert_new(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING`` into the inbox (no row: the id was seen)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
 
 
 @dataclass(frozen=True, slots=True)

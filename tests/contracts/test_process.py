@@ -18,6 +18,7 @@ from contracts._process import (
     Worker,
     body_digest,
     enqueue,
+    enqueue_claimed,
     lock_process,
     outbox,
     pending_outbox,
@@ -102,6 +103,32 @@ def test_messages_of_one_process_go_out_in_order_and_ack_changes_state(toy_engin
     assert all(s["body"]["@id"] for s in seen)
     row = _state(toy_engine, "p1")
     assert row["state"] == SENT and row["note"] == "acked Second"
+
+
+def test_a_claimed_message_is_leased_only_when_nothing_older_is_pending(toy_engine: sa.Engine) -> None:
+    """enqueue_claimed leases the new row to the worker (sent right after commit) only when no
+    older message of the same process waits; sequence numbers count up per process."""
+    w = _worker(toy_engine, ToyHandler(), [], [])
+    with toy_engine.begin() as conn:
+        _new(conn, "p10")
+        _new(conn, "p11")
+        first = enqueue_claimed(conn, w, "toy", "p10", "http://peer/a", {"@type": "First"})
+        second = enqueue_claimed(conn, w, "toy", "p10", "http://peer/b", {"@type": "Second"})
+        other = enqueue_claimed(conn, w, "toy", "p11", "http://peer/c", {"@type": "Other"})
+    assert first is not None and first.body["@id"] == first.id and first.message_type == "First"
+    assert second is None  # left to the normal claim: the first must go out before it
+    assert other is not None  # another process's queue is independent
+    with toy_engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(outbox.c.process_id, outbox.c.seq, outbox.c.lease_owner, outbox.c.message_type)
+            .where(outbox.c.process_id.in_(["p10", "p11"]))
+            .order_by(outbox.c.process_id, outbox.c.seq)
+        ).all()
+    assert [(r.process_id, r.seq, r.lease_owner is not None, r.message_type) for r in rows] == [
+        ("p10", 1, True, "First"),
+        ("p10", 2, False, "Second"),
+        ("p11", 1, True, "Other"),
+    ]
 
 
 def test_5xx_is_retried_then_delivered(toy_engine: sa.Engine) -> None:
