@@ -41,13 +41,32 @@ SECRET = "s3cret-for-consumer-signaling-0123456789"
 CP = SignalAuth(SECRET.encode(), CONTROL_PLANE)
 
 
+PROVIDER_MODES = {
+    "provider-database": {},  # one provider process, data plane embedded
+    "provider-signaled": {"DADAM_DATAPLANE_SIGNALING_URL": "http://127.0.0.1:{dp_port}/api/signaling"},
+}
+
+
+@pytest.fixture(params=PROVIDER_MODES)
+def provider_mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture(params=BACKENDS)
-def consumer_split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node, Node, str]]:
+def consumer_split(
+    request: pytest.FixtureRequest, provider_mode: str, tmp_path: Path
+) -> Iterator[tuple[Node, Node, Node, str]]:
+    """(provider, consumer control plane, consumer data plane, the consumer's database URL); the
+    provider runs its data plane embedded, or apart and driven over signaling too."""
     db = backend_env(request)
     env = {"DADAM_DATAPLANE_SIGNALING_SECRET": SECRET, "DADAM_SEND_RETRY_BASE_MS": "50", **db}
     control_env = {"DADAM_DATAPLANE_SIGNALING_URL": "http://127.0.0.1:{dp_port}/api/signaling"}
     url = db.get("DADAM_DATABASE_URL") or f"sqlite:///{(tmp_path / 'c' / 'dadam.db').as_posix()}"
-    with split_consumer(tmp_path, env, control_env) as nodes:
+    signaled = provider_mode == "provider-signaled"
+    provider_env = {"DADAM_DATAPLANE_SIGNALING_SECRET": SECRET} if signaled else {}
+    with split_consumer(tmp_path, env, control_env, provider_env=provider_env,
+                        provider_control_env=PROVIDER_MODES[provider_mode] if signaled else None) as nodes:  # fmt: skip
         yield (*nodes, url)
 
 
@@ -104,7 +123,8 @@ def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Nod
     )
     assert flow["dataAddress"]["endpoint"] == transfer["dataAddress"]["endpoint"]
     assert _token(flow["dataAddress"]) == _token(transfer["dataAddress"])
-    assert flow["dataAddress"]["endpoint"].startswith(provider.base_url)  # the provider serves it
+    serving = provider.env.get("DADAM_DATAPLANE_PUBLIC_URL", provider.base_url)
+    assert flow["dataAddress"]["endpoint"].startswith(serving + "/")  # the provider's data plane serves it
 
     _post(consumer, f"/transfers/{quote(tid, safe='')}/suspend")  # ours: suspend signalled
     _wait(lambda: _flow(data, tid)["state"] == "SUSPENDED", "the consumer's suspend signal")

@@ -88,6 +88,31 @@ def split_connectors(
                 stop_node(node)
 
 
+def start_pair(
+    name: str, directory: Path, env: Mapping[str, str], control_env: Mapping[str, str] | None = None
+) -> list[Node]:
+    """A control plane that does not embed its data plane and a ``dadam dataplane`` process beside
+    it (same database and keys; ``env`` for both, ``control_env`` for the control plane only;
+    ``{dp_port}`` is filled in), both ready: [control plane, data plane]. The caller stops them."""
+    cp_port, dp_port = free_port(), free_port()
+    shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
+    shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
+    shared.setdefault("DADAM_DATAPLANE_PUBLIC_URL", f"http://127.0.0.1:{dp_port}")
+    cp_env = {**shared, **{k: v.format(dp_port=dp_port) for k, v in (control_env or {}).items()}}
+    nodes = [start_node(name, directory, port=cp_port, env=cp_env)]
+    try:
+        wait_ready(nodes[0])  # migrates the database and creates the DID keys first
+        dp_env = {**shared, "DADAM_PUBLIC_URL": nodes[0].base_url, "DADAM_PORT": str(dp_port)}
+        nodes.append(start_node(f"{name}-dataplane", directory, port=dp_port, env=dp_env, command="dataplane",
+                                log_name="dataplane.log"))  # fmt: skip
+        wait_health(nodes[1])
+    except BaseException:
+        for node in reversed(nodes):
+            stop_node(node)
+        raise
+    return nodes
+
+
 @contextlib.contextmanager
 def split_consumer(
     tmp_path: Path,
@@ -95,28 +120,22 @@ def split_consumer(
     control_env: Mapping[str, str] | None = None,
     *,
     provider_env: Mapping[str, str] | None = None,
+    provider_control_env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Node, Node, Node]]:
-    """A provider (``provider_env``), and a consumer whose control plane does not embed its data
-    plane, with a ``dadam dataplane`` process beside it (same database and keys, ``env`` for both,
-    ``control_env`` for the consumer's control plane only; ``{dp_port}`` is filled in): yields
-    (provider, consumer control plane, consumer data plane)."""
-    cp_port, dp_port = free_port(), free_port()
-    shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
-    shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
-    shared.setdefault("DADAM_DATAPLANE_PUBLIC_URL", f"http://127.0.0.1:{dp_port}")
-    cp_env = {**shared, **{k: v.format(dp_port=dp_port) for k, v in (control_env or {}).items()}}
-    provider = start_node("provider", tmp_path / "p", env=dict(provider_env or {}))
-    consumer = data = None
+    """A provider and a consumer whose control plane does not embed its data plane, with a
+    ``dadam dataplane`` process beside it (:func:`start_pair` with ``env`` and ``control_env``):
+    yields (provider, consumer control plane, consumer data plane). ``provider_control_env`` given:
+    the provider is such a pair too (``provider_env`` for both of its processes), else one process
+    with ``provider_env``."""
+    nodes: list[Node] = []
     try:
-        consumer = start_node("consumer", tmp_path / "c", port=cp_port, env=cp_env)
-        wait_ready(consumer)  # migrates the database and creates the DID keys first
-        dp_env = {**shared, "DADAM_PUBLIC_URL": consumer.base_url, "DADAM_PORT": str(dp_port)}
-        data = start_node("consumer-dataplane", tmp_path / "c", port=dp_port, env=dp_env, command="dataplane",
-                          log_name="dataplane.log")  # fmt: skip
-        wait_health(data)
-        wait_ready(provider)
-        yield provider, consumer, data
+        if provider_control_env is not None:
+            nodes += start_pair("provider", tmp_path / "p", provider_env or {}, provider_control_env)
+        else:
+            nodes.append(start_node("provider", tmp_path / "p", env=dict(provider_env or {})))
+            wait_ready(nodes[0])
+        nodes += start_pair("consumer", tmp_path / "c", env, control_env)
+        yield nodes[0], nodes[-2], nodes[-1]
     finally:
-        for node in (data, consumer, provider):
-            if node is not None:
-                stop_node(node)
+        for node in reversed(nodes):
+            stop_node(node)
