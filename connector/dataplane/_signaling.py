@@ -388,7 +388,7 @@ class DataFlows:
         received again (the provider repeated it) updates the size and tells nothing new."""
         with write_tx(self.engine) as conn:
             row = self._lock(conn, flow_id)
-            if row is None:
+            if row is None or row["side"] != CONSUMER:
                 return
             now = time.time()
             values: dict[str, Any] = {"received_bytes": size, "updated_at": now}

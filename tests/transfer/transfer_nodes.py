@@ -66,24 +66,14 @@ def split_connectors(
     process beside it (same database and keys, ``env`` for both, ``control_env`` for the control
     plane only) and a consumer (``consumer_env``). ``env`` may use ``{dp_port}``, filled with the
     data plane's port."""
-    cp_port, dp_port = free_port(), free_port()
-    shared = {k: v.format(dp_port=dp_port) for k, v in env.items()}
-    shared.setdefault("DADAM_DATAPLANE_EMBEDDED", "false")
-    shared.setdefault("DADAM_DATAPLANE_PUBLIC_URL", f"http://127.0.0.1:{dp_port}")
-    cp_env = {**shared, **{k: v.format(dp_port=dp_port) for k, v in (control_env or {}).items()}}
-    control = start_node("provider", tmp_path / "p", port=cp_port, env=cp_env)
-    consumer = data = None
+    nodes = start_pair("provider", tmp_path / "p", env, control_env)
+    consumer = None
     try:
-        wait_ready(control)  # migrates the database and creates the DID keys first
-        dp_env = {**shared, "DADAM_PUBLIC_URL": control.base_url, "DADAM_PORT": str(dp_port)}
-        data = start_node("dataplane", tmp_path / "p", port=dp_port, env=dp_env, command="dataplane",
-                          log_name="dataplane.log")  # fmt: skip
         consumer = start_node("consumer", tmp_path / "c", env=dict(consumer_env or {}))
-        wait_health(data)
         wait_ready(consumer)
-        yield control, data, consumer
+        yield nodes[0], nodes[1], consumer
     finally:
-        for node in (consumer, data, control):
+        for node in (consumer, *reversed(nodes)):
             if node is not None:
                 stop_node(node)
 
