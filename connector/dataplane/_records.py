@@ -75,11 +75,13 @@ _STR_STOP = re.compile(rb'["\\]')
 _SKIP_STOP = re.compile(rb'["\[\]{},]')
 _NOT_WS = re.compile(rb"[^ \t\n\r\x80-\xff]")
 _WS = frozenset(b" \t\n\r")
-# line kinds: a blank line in the middle of a chunk, and a byte that makes a line not blank
-_ND_BLANK_LINE = re.compile(rb"^[ \t\r]*\n", re.MULTILINE)
+# line kinds: the newline before a blank line (a literal first byte: the regex engine jumps from one
+# newline to the next), and a byte that makes a line not blank
+_ND_BLANK_LINE = re.compile(rb"\n(?=[ \t\r]*\n)")
 _ND_CONTENT = re.compile(rb"[^ \t\r\n]")
-_CSV_BLANK_LINE = re.compile(rb"^\r*\n", re.MULTILINE)
+_CSV_BLANK_LINE = re.compile(rb"\n(?=\r*\n)")
 _CSV_CONTENT = re.compile(rb"[^\r\n]")
+_QUOTED = re.compile(rb'"[^"]*"')
 
 
 class PyCounter:
@@ -204,19 +206,21 @@ class PyCounter:
         self._top_array, self._expect, self._scalar, self._count = top_array, expect, scalar, count
 
     def _feed_csv(self, data: bytes | bytearray) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            j = data.find(b'"', i)
-            if self._in_quotes:
-                if j < 0:
-                    return
-                self._in_quotes = False
-            else:
-                self._lines(data, i, n if j < 0 else j, _CSV_BLANK_LINE, _CSV_CONTENT)
-                if j < 0:
-                    return
-                self._in_quotes = self._content = True
-            i = j + 1
+        start, end = 0, len(data)
+        if self._in_quotes:  # the rest of a quoted field from the previous chunk
+            start = data.find(b'"') + 1
+            if start == 0:
+                return
+            self._in_quotes = False
+        opens = data.count(b'"', start) % 2 == 1  # the last quote opens a field going on in the next chunk
+        if opens:
+            end = data.rfind(b'"')
+        part = data if (start, end) == (0, len(data)) else data[start:end]
+        if b'"' in part:  # every quoted field (paired quotes now) stands as one content byte
+            part = _QUOTED.sub(b"x", part)
+        self._lines(part, 0, len(part), _CSV_BLANK_LINE, _CSV_CONTENT)
+        if opens:
+            self._in_quotes = self._content = True
 
     def _lines(
         self,
@@ -237,7 +241,7 @@ class PyCounter:
         last = data.rfind(b"\n", first, end)
         if last > first:  # whole lines between the first and the last newline
             lines = data.count(b"\n", first + 1, last + 1)
-            self._count += lines - len(blank.findall(data, first + 1, last + 1))
+            self._count += lines - len(blank.findall(data, first, last + 1))
         self._content = content.search(data, last + 1, end) is not None
 
 
