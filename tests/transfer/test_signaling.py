@@ -219,6 +219,73 @@ def test_signaling_endpoints(dataplane: httpx.Client) -> None:
         assert late.status_code == 200 and late.json()["state"] == "COMPLETED"
 
 
+def _prepare(client: httpx.Client, flow: str, mid: str, **extra: Any) -> httpx.Response:
+    body = {"@id": mid, "flowId": flow, "processId": flow, "agreementId": "agr-1",
+            "transferType": "HttpData-PUSH", "participantId": "did:web:provider",
+            "callbackAddress": "http://127.0.0.1:9/api/signaling", **extra}  # fmt: skip
+    return client.post(f"{BASE}/prepare", json=body, auth=CP)
+
+
+def test_consumer_flow_endpoints(dataplane: httpx.Client) -> None:
+    """``prepare`` opens a consumer flow: an HttpData-PUSH gets this data plane's inbox and a secret
+    of its own (the same on a resend), a chosen destination is kept; it is never started as a
+    provider flow; its inbox takes a push with its secret only, and ends the flow COMPLETED."""
+    c = dataplane
+    first = _prepare(c, "urn:uuid:c1", "p1")
+    assert first.status_code == 200, first.text
+    flow = first.json()
+    assert flow["state"] == "PREPARED" and flow["side"] == "consumer"
+    inbox = flow["dataAddress"]["endpoint"]
+    assert inbox == "http://127.0.0.1:10/api/public/inbox/urn:uuid:c1"
+    secret = next(
+        p["value"] for p in flow["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
+    )
+    assert len(secret) >= 32
+    for mid in ("p1", "p2"):  # a resend, and a second prepare: the same destination and secret
+        assert _prepare(c, "urn:uuid:c1", mid).json()["dataAddress"] == flow["dataAddress"]
+    other = _prepare(c, "urn:uuid:c2", "p3").json()["dataAddress"]
+    assert other["endpointProperties"] != flow["dataAddress"]["endpointProperties"]  # its own secret
+    chosen = {"endpoint": "https://sink.example/in", "endpointProperties": []}
+    assert _prepare(c, "urn:uuid:c3", "p4", dataAddress=chosen).json()["dataAddress"] == chosen
+    s3 = _prepare(c, "urn:uuid:c4", "p5", transferType="AmazonS3-PUSH")
+    assert s3.status_code == 400 and "dataAddress: the bucket to receive the push in" in s3.json()["details"]
+
+    # sides do not mix: no `start` for a prepared flow, no `prepare` for a started one
+    refused = _start(c, "urn:uuid:c1", "s1", transferType="HttpData-PUSH", dataAddress=chosen)
+    assert refused.status_code == 409 and "consumer (prepared) flow" in refused.json()["message"]
+    assert _start(c, "f-prov", "s2").status_code == 200
+    assert _prepare(c, "f-prov", "p6", transferType="HttpData-PULL").status_code == 409
+
+    # the inbox: wrong secret 403, another flow's secret 403, a pull flow 404; its own: stored, COMPLETED
+    assert (
+        c.post(
+            "/api/public/inbox/urn:uuid:c1", content=b"[1]", headers={"Authorization": "Bearer x"}
+        ).status_code
+        == 403
+    )
+    assert c.post("/api/public/inbox/urn:uuid:c2", content=b"[1]",
+                  headers={"Authorization": f"Bearer {secret}"}).status_code == 403  # fmt: skip
+    pull = _prepare(c, "urn:uuid:c5", "p7", transferType="HttpData-PULL")
+    assert pull.status_code == 200 and "dataAddress" not in pull.json()
+    assert c.post("/api/public/inbox/urn:uuid:c5", content=b"[1]",
+                  headers={"Authorization": f"Bearer {secret}"}).status_code == 404  # fmt: skip
+    pushed = c.post("/api/public/inbox/urn:uuid:c1", content=b"[1,2,3]",
+                    headers={"Authorization": f"Bearer {secret}", "X-Dadam-Dataset": "ds"})  # fmt: skip
+    assert pushed.status_code == 201, pushed.text
+    done = c.get(f"{BASE}/urn:uuid:c1/status", auth=CP).json()
+    assert done["state"] == "COMPLETED" and done["bytesReceived"] == 7
+    # the control plane's `started` (and the rest) may come after the push: answered, not refused
+    for name in ("started", "completed"):
+        late = _signal(c, "urn:uuid:c1", name, f"late-{name}")
+        assert late.status_code == 200 and late.json()["state"] == "COMPLETED"
+    ended = _signal(c, "urn:uuid:c2", "terminate", "t-c2")
+    assert ended.json()["state"] == "TERMINATED"
+    other_secret = next(p["value"] for p in other["endpointProperties"] if p["name"] == "authorization")
+    late_push = c.post("/api/public/inbox/urn:uuid:c2", content=b"[1]",
+                       headers={"Authorization": f"Bearer {other_secret}"})  # fmt: skip
+    assert late_push.status_code == 409 and "TERMINATED" in late_push.text
+
+
 def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
     dataplane_app: tuple[httpx.Client, Any],
 ) -> None:
