@@ -10,7 +10,9 @@ request and completes or terminates transfers in it; the control plane's outbox 
 With ``DADAM_DATAPLANE_SIGNALING_SECRET`` set it also serves the signaling API under
 ``/api/signaling`` (decision record 0452): a control plane with ``DADAM_DATAPLANE_SIGNALING_URL``
 starts, suspends, resumes and terminates data flows over HTTP, and hears of a push's outcome through
-callbacks; such a flow's state, not the transfer row's, decides what is served.
+callbacks; such a flow's state, not the transfer row's, decides what is served. A consumer control
+plane signals it too (``prepare`` provisions the push inbox of a flow, whose pushes it checks and
+reports back with a ``completed`` callback).
 """
 
 from __future__ import annotations
