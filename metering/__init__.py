@@ -1,7 +1,8 @@
 """The data bank: metering, pricing, usage receipts, a double-entry ledger and a tamper-evident audit log.
 
 * :class:`Ledger`: TigerBeetle-shaped accounts and transfers (two-phase, linked, result codes).
-* :func:`record_usage_events`: the data plane's usage events, deduplicated by id, in its transaction.
+* :func:`record_usage_events`: the data plane's usage events, deduplicated by id, in its transaction;
+  :func:`usage_so_far`: an agreement's running totals (what enforcement reads), kept there too.
 * :func:`price_terms_from_odrl`, :func:`charge_minor_units`: charges from an agreement's compensate duty.
 * :func:`make_receipt`, :func:`compare_receipt`: receipts with a Merkle root of the event ids.
 * :func:`issue_due_receipts`, :func:`close_period`, :func:`list_periods`: accounting periods, a receipt
@@ -42,6 +43,7 @@ from metering._usage import (
     query_usage_events,
     record_usage_events,
     split_revenue,
+    usage_so_far,
 )
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "record_usage_events",
     "split_revenue",
     "unsigned_entries",
+    "usage_so_far",
     "verify_audit",
     "verify_bank",
 ]

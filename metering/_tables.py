@@ -18,6 +18,7 @@ __all__ = [
     "statements",
     "transfers",
     "usage_events",
+    "usage_totals",
 ]
 
 accounts = sa.Table(
@@ -87,6 +88,17 @@ usage_events = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("consumer", sa.String(300), nullable=False),
     sa.Column("provider", sa.String(300), nullable=False),
+)
+
+#: Running totals of an agreement's successful (``outcome = "ok"``) usage events, kept in the
+#: transaction that inserts them, so enforcement reads one row instead of summing the history.
+usage_totals = sa.Table(
+    "usage_totals",
+    metadata,
+    sa.Column("agreement_id", sa.String(300), primary_key=True),
+    sa.Column("events", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("first_started_at", sa.Float, nullable=False),
 )
 
 checkpoints = sa.Table(

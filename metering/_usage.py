@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from connector.errors import ValidationError
 from connector.identity import canonical_json
 from metering._audit import merkle_root
-from metering._tables import usage_events
+from metering._tables import usage_events, usage_totals
 
 __all__ = [
     "IngestResult",
@@ -33,6 +33,7 @@ __all__ = [
     "query_usage_events",
     "record_usage_events",
     "split_revenue",
+    "usage_so_far",
 ]
 
 CATEGORIES = ("carbon", "process", "supply-chain", "other")
@@ -93,7 +94,61 @@ def record_usage_events(conn: Connection, events: Sequence[UsageEvent]) -> list[
             results.append(IngestResult.EXISTS if have == row else IngestResult.CONFLICT)
     if rows:
         conn.execute(usage_events.insert(), rows)
+        _add_to_totals(conn, rows)
     return results
+
+
+def _add_to_totals(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add newly inserted events to their agreements' running totals (successful events only)."""
+    add: dict[str, list[Any]] = {}
+    for r in rows:
+        if r["outcome"] != "ok":
+            continue
+        t = add.setdefault(r["agreement_id"], [0, 0, r["started_at"]])
+        t[0] += 1
+        t[1] += r["bytes"]
+        t[2] = min(t[2], r["started_at"])
+    if not add:
+        return
+    # one upsert per agreement, in a fixed order, so concurrent writers lock rows alike
+    stmt = _totals_upsert(conn.dialect.name)
+    for agreement_id in sorted(add):
+        events, nbytes, first = add[agreement_id]
+        conn.execute(
+            stmt, {"agreement_id": agreement_id, "events": events, "bytes": nbytes, "first_started_at": first}
+        )
+
+
+def _totals_upsert(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (agreement_id) DO UPDATE`` adding to the running totals."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(usage_totals)
+    tot, new = usage_totals.c, stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[tot.agreement_id],
+        set_={
+            "events": tot.events + new.events,
+            "bytes": tot.bytes + new.bytes,
+            "first_started_at": sa.case(
+                (new.first_started_at < tot.first_started_at, new.first_started_at),
+                else_=tot.first_started_at,
+            ),
+        },
+    )
+
+
+def usage_so_far(conn: Connection, agreement_id: str) -> tuple[int, float | None, int]:
+    """(successful events, start of the first one or None, bytes) of an agreement, from the
+    running totals kept by :func:`record_usage_events`: one row, however long the history."""
+    row = conn.execute(
+        sa.select(usage_totals.c.events, usage_totals.c.first_started_at, usage_totals.c.bytes).where(
+            usage_totals.c.agreement_id == agreement_id
+        )
+    ).first()
+    if row is None:
+        return 0, None, 0
+    return int(row.events), float(row.first_started_at), int(row.bytes)
 
 
 def query_usage_events(
