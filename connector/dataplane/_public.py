@@ -47,8 +47,7 @@ from connector.errors import DadamError, NotFoundError, PermissionDeniedError, T
 from contracts._tables import negotiations
 from contracts._transfer import retirements, transfers
 from contracts._transfer_states import TState
-from metering import UsageEvent, record_usage_events
-from metering._tables import usage_events
+from metering import UsageEvent, record_usage_events, usage_so_far
 
 __all__ = ["PolicyDenied", "RecordCounter", "public_router", "usage_event"]
 
@@ -233,11 +232,8 @@ def _facts(conn: Connection, store: CatalogStore, tid: str, subject: str | None)
     ).first()
     compiled = _compiled(agreement.agreement) if agreement is not None and agreement.agreement else None
     stats: Any = (0, None, 0)
-    if compiled is not None and compiled[1]:
-        stats = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(usage_events.c.started_at), sa.func.coalesce(sa.func.sum(usage_events.c.bytes), 0))
-            .where(usage_events.c.agreement_id == row["agreement_id"], usage_events.c.outcome == "ok")
-        ).one()  # fmt: skip
+    if compiled is not None and compiled[1]:  # the use so far: one row of running totals
+        stats = usage_so_far(conn, row["agreement_id"])
     flow = flow_state(conn, tid)  # signaling mode (decision 0452): the data flow's state decides
     dataset: Any = None
     if getattr(store, "engine", None) is conn.engine:
