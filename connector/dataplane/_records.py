@@ -69,10 +69,15 @@ def record_kind(media_type: str) -> Kind:
     return "none"
 
 
-# JSON: the bytes that matter inside a string; at depth >= 1 outside an element's start; and the
-# bytes that are not whitespace (bytes >= 0x80 outside strings count as whitespace)
+# JSON: the bytes that matter inside a string; the bytes that are not whitespace (bytes >= 0x80
+# outside strings count as whitespace)
 _STR_STOP = re.compile(rb'["\\]')
-_SKIP_STOP = re.compile(rb'["\[\]{},]')
+# what leaves the state as it is: at depth >= 2 anything but " [ ] { } and whole strings; at depth 1
+# of a top-level object, or of a top-level array between an element's start and the next comma, the
+# same without commas
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_SKIP_DEEP = re.compile(rb'(?:[^"\[\]{}]+|' + _STRING + rb")*", re.DOTALL)
+_SKIP_TOP = re.compile(rb'(?:[^"\[\]{},]+|' + _STRING + rb")*", re.DOTALL)
 _NOT_WS = re.compile(rb"[^ \t\n\r\x80-\xff]")
 _WS = frozenset(b" \t\n\r")
 # line kinds: the newline before a blank line (a literal first byte: the regex engine jumps from one
@@ -154,11 +159,13 @@ class PyCounter:
                 else:
                     in_str = False
                 continue
-            if depth >= 2 or (depth == 1 and not (top_array and expect)):
-                m = _SKIP_STOP.search(data, i)  # only " [ ] { } , change the state here
-                if m is None:
+            skip = (
+                _SKIP_DEEP if depth >= 2 else _SKIP_TOP if depth == 1 and not (top_array and expect) else None
+            )
+            if skip is not None and (m := skip.match(data, i)) is not None:  # it always matches
+                i = m.end()
+                if i == n:
                     break
-                i = m.start()
             c = data[i]
             i += 1
             if c == 0x22:  # "
