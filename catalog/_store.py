@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from catalog import _tables as t
 from catalog._models import Category, ContractDefinition, Dataset, PolicyDefinition
 from connector.errors import ConflictError, NotFoundError, StoreError, ValidationError
+from connector.store import read_only
 
 __all__ = ["CatalogStore", "Page"]
 
@@ -73,7 +74,7 @@ class CatalogStore:
     # ------------------------------------------------------------------ revision
     def revision(self) -> int:
         """The catalog revision: changes whenever anything in the catalog changed."""
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             value = conn.execute(sa.select(t.revision.c.value).where(t.revision.c.id == 1)).scalar()
             conn.rollback()
         if value is None:
@@ -165,7 +166,7 @@ class CatalogStore:
             raise ConflictError(f"a dataset id already exists: {str(exc.orig)[:200]}") from exc
 
     def get_dataset(self, dataset_id: str) -> Dataset:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(
                 sa.select(t.datasets.c.body, t.datasets.c.data_address).where(t.datasets.c.id == dataset_id)
             ).first()
@@ -228,7 +229,7 @@ class CatalogStore:
                 )
             )
         where = sa.and_(sa.true(), *conds)
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(t.datasets).where(where)).scalar_one()
             rows = conn.execute(
                 sa.select(t.datasets.c.body, t.datasets.c.data_address)
@@ -242,7 +243,7 @@ class CatalogStore:
 
     def dataset_revisions(self) -> list[tuple[str, int]]:
         """``(id, revision of its last write)`` of every dataset, ordered by id (cheap: no bodies)."""
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(
                 sa.select(t.datasets.c.id, t.datasets.c.revision).order_by(t.datasets.c.id)
             ).all()
@@ -253,7 +254,7 @@ class CatalogStore:
         """``id -> (revision, Dataset)`` for ``ids`` (all datasets when None); unknown ids are absent."""
         cols = (t.datasets.c.id, t.datasets.c.revision, t.datasets.c.body, t.datasets.c.data_address)
         out: dict[str, tuple[int, Dataset]] = {}
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             if ids is None:
                 batches: list[sa.Select[tuple[str, int, str, str]]] = [sa.select(*cols)]
             else:
@@ -270,7 +271,7 @@ class CatalogStore:
 
     def all_datasets(self) -> list[Dataset]:
         """Every dataset, ordered by id (the catalog service's cache rebuild)."""
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(
                 sa.select(t.datasets.c.body, t.datasets.c.data_address).order_by(t.datasets.c.id)
             ).all()
@@ -302,7 +303,7 @@ class CatalogStore:
             raise StoreError(f"stored policy {pid!r} is inconsistent: {exc}") from exc
 
     def get_policy(self, policy_id: str) -> PolicyDefinition:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(sa.select(t.policies.c.body).where(t.policies.c.id == policy_id)).first()
             conn.rollback()
         if row is None:
@@ -350,7 +351,7 @@ class CatalogStore:
         """Policies ordered by id; ``q`` searches the id."""
         _check_paging(offset, limit)
         where = sa.func.lower(t.policies.c.id).like(_like(q), escape="\\") if q else sa.true()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(t.policies).where(where)).scalar_one()
             rows = conn.execute(
                 sa.select(t.policies.c.id, t.policies.c.body)
@@ -365,7 +366,7 @@ class CatalogStore:
     def policies_by_id(self, ids: Sequence[str]) -> dict[str, PolicyDefinition]:
         if not ids:
             return {}
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(
                 sa.select(t.policies.c.id, t.policies.c.body).where(t.policies.c.id.in_(set(ids)))
             ).all()
@@ -441,7 +442,7 @@ class CatalogStore:
         return sa.select(cd.c.id, cd.c.access_policy_id, cd.c.contract_policy_id, cd.c.body)
 
     def get_contract_definition(self, cd_id: str) -> ContractDefinition:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(self._cd_select().where(t.contract_definitions.c.id == cd_id)).first()
             conn.rollback()
         if row is None:
@@ -493,7 +494,7 @@ class CatalogStore:
         if q:
             conds.append(sa.func.lower(cd.c.id).like(_like(q), escape="\\"))
         where = sa.and_(sa.true(), *conds)
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(cd).where(where)).scalar_one()
             rows = conn.execute(
                 self._cd_select().where(where).order_by(cd.c.id).offset(offset).limit(limit)
@@ -502,7 +503,7 @@ class CatalogStore:
         return Page([self._load_cd(r) for r in rows], int(total), offset, limit)
 
     def all_contract_definitions(self) -> list[ContractDefinition]:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(self._cd_select().order_by(t.contract_definitions.c.id)).all()
             conn.rollback()
         return [self._load_cd(r) for r in rows]

@@ -55,6 +55,7 @@ from connector.errors import (
     ValidationError,
 )
 from connector.identity import Caller
+from connector.store import read_only
 from contracts._messages import (
     AgreementMessage,
     AgreementVerificationMessage,
@@ -383,7 +384,7 @@ class NegotiationManager:
                     self._poller = None
                     return
             try:
-                with self.engine.connect() as conn:
+                with read_only(self.engine) as conn:
                     rows = (
                         conn.execute(
                             sa.select(negotiations)

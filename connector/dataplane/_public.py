@@ -44,6 +44,7 @@ from connector.dataplane._sources import (
     stream_get,
 )
 from connector.errors import DadamError, NotFoundError, PermissionDeniedError, TokenError
+from connector.store import read_only
 from contracts._tables import negotiations
 from contracts._transfer import retirements, transfers
 from contracts._transfer_states import TState
@@ -301,7 +302,7 @@ def enforce(
     the dataset; PermissionDeniedError / PolicyDenied / NotFoundError naming the failed check.
     Nothing is cached but what is keyed by exact stored content (parsed policy, parsed dataset):
     state, retirement and use so far are read on every call."""
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         facts = _facts(conn, store, tid, subject)
     return _decide(facts, store, tid, claims_for, account_open)
 
@@ -341,7 +342,7 @@ def public_router(
         shared = edr.engine is engine
         in_use = False if shared else edr.check_generation(claims, tid)
         try:
-            with engine.connect() as conn:
+            with read_only(engine) as conn:
                 if shared:
                     in_use = edr.check_generation(claims, tid, conn)
                 facts = _facts(conn, store, tid, claims.get("sub"))

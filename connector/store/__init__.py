@@ -1,7 +1,8 @@
 """Database access shared by every package: engine factory, metadata, migrations.
 
 * SQLite (default, file under ``data_dir``) runs in WAL mode; write transactions start with
-  ``BEGIN IMMEDIATE`` so there is exactly one writer at a time and no lock-upgrade deadlocks.
+  ``BEGIN IMMEDIATE`` so there is exactly one writer at a time and no lock-upgrade deadlocks;
+  :func:`read_only` connections start a deferred ``BEGIN`` and read a snapshot without waiting.
 * PostgreSQL is used when ``DADAM_DATABASE_URL`` is a ``postgresql://`` URL (psycopg 3); workers
   claim rows with ``SELECT ... FOR UPDATE SKIP LOCKED``.
 * Tables are SQLAlchemy Core :class:`~sqlalchemy.Table` objects on the shared :data:`metadata`;
@@ -19,6 +20,7 @@ from connector.store._engine import (
     metadata,
     migrate,
     normalize_url,
+    read_only,
 )
 
 __all__ = [
@@ -29,4 +31,5 @@ __all__ = [
     "metadata",
     "migrate",
     "normalize_url",
+    "read_only",
 ]

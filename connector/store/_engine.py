@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,11 @@ __all__ = [
     "metadata",
     "migrate",
     "normalize_url",
+    "read_only",
 ]
+
+#: Execution option of a connection opened by :func:`read_only`.
+_READ_ONLY = "dadam_read_only"
 
 #: Naming convention so constraint names are stable across SQLite and PostgreSQL migrations.
 metadata = sa.MetaData(
@@ -66,8 +72,26 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get(_READ_ONLY):
+            # A read: a deferred transaction reads a WAL snapshot, neither waiting for the writer
+            # nor holding it up.
+            conn.exec_driver_sql("BEGIN")
+            return
         # One writer at a time, taken at BEGIN: no SQLITE_BUSY on lock upgrade mid-transaction.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def read_only(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection for reads only (``engine.connect()`` otherwise takes SQLite's write lock).
+
+    On SQLite its transaction is a deferred ``BEGIN``: it reads a consistent snapshot without
+    waiting for a writer or making one wait. Do not write through it: on SQLite a deferred
+    transaction that reads and then writes can fail with SQLITE_BUSY. On PostgreSQL it is a plain
+    connection (reads never wait for writers there).
+    """
+    with engine.connect() as conn:
+        yield conn.execution_options(**{_READ_ONLY: True})
 
 
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from connector.errors import ConfigError
-from connector.store import create_engine, migrate, normalize_url
+from connector.store import create_engine, migrate, normalize_url, read_only
 
 
 def test_normalize_url_uses_psycopg3() -> None:
@@ -56,3 +56,32 @@ def test_sqlite_is_wal_with_single_writer(sqlite_url: str) -> None:
     with eng.connect() as conn:
         # read-modify-write under BEGIN IMMEDIATE never loses an update
         assert conn.exec_driver_sql("select n from t").scalar_one() == 200
+
+
+def test_a_read_only_connection_neither_waits_for_nor_blocks_the_writer(engine: sa.Engine) -> None:
+    """While a write transaction is open (uncommitted), a read_only connection reads the last
+    committed state at once; on SQLite a plain ``engine.connect()`` would wait for the write lock."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table rt (n integer)")
+        conn.exec_driver_sql("insert into rt values (1)")
+    seen: list[int] = []
+    writer = engine.connect()
+    tx = writer.begin()  # on SQLite: BEGIN IMMEDIATE, the write lock is held from here
+    try:
+        writer.exec_driver_sql("update rt set n = 2")
+
+        def read() -> None:
+            with read_only(engine) as conn:
+                seen.append(conn.exec_driver_sql("select n from rt").scalar_one())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(10)  # the busy timeout is 30 s: a reader that waits for the lock fails here
+        assert not reader.is_alive(), "the read waited for the writer"
+        assert seen == [1]  # the committed state, not the writer's uncommitted update
+        # and the writer is not held up by the reader's snapshot: it commits at once
+        tx.commit()
+    finally:
+        writer.close()
+    with read_only(engine) as conn:
+        assert conn.exec_driver_sql("select n from rt").scalar_one() == 2
