@@ -31,6 +31,7 @@ from contracts._process import (
     enqueue,
     insert_process,
     lock_process,
+    outbox,
     process_table,
     record_received,
     save_state,
@@ -486,6 +487,9 @@ class TransferManager:
         self, conn: Connection, row: Any, cmd: Command, reason: str | None = None, delay: float = 0.0
     ) -> None:
         message, sending, _done = command(row["role"], TState(row["state"]), cmd)
+        if cmd == Command.TERMINATE and row["role"] == "consumer" and not row["provider_pid"]:
+            self._terminate_unanswered(conn, row, sending, reason)
+            return
         if self.dataplane is not None:
             if (
                 row["role"] == "provider"
@@ -511,6 +515,26 @@ class TransferManager:
         save_state(conn, transfers, row["id"], sending, timeout_s=self.state_timeout_s,
                    error_detail=reason if cmd == Command.TERMINATE else None)  # fmt: skip
         enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"], delay_s=delay)
+
+    def _terminate_unanswered(self, conn: Connection, row: Any, sending: TState, reason: str | None) -> None:
+        """Consumer termination before the provider acknowledged our request: its pid, the address
+        of a TransferTerminationMessage, is not known yet. While the request waits in the outbox the
+        transfer stays TERMINATING and the termination goes out once the acknowledgement brings
+        the pid (:meth:`on_delivered`); a request that never went out (its data plane was still
+        preparing) or was answered without a pid ends here, nobody to tell."""
+        waiting = conn.execute(
+            sa.select(outbox.c.id).where(
+                outbox.c.kind == KIND,
+                outbox.c.process_id == row["id"],
+                outbox.c.message_type == "TransferRequestMessage",
+                outbox.c.status == "pending",
+            )
+        ).first()
+        state = sending if waiting is not None else TState.TERMINATED
+        if self.dataplane is not None:
+            self.dataplane.follow(conn, row, state, reason)
+        timeout_s = self.state_timeout_s if state == sending else None
+        save_state(conn, transfers, row["id"], state, timeout_s=timeout_s, error_detail=reason)
 
     def _follow(self, conn: Connection, row: Any, steps: list[Command], *, delay: float) -> None:
         """Run the first scripted step now (after ``delay``); the rest after each acknowledgement."""
@@ -688,6 +712,22 @@ class TransferManager:
                 if script and script.get("ack:request"):
                     self._follow(conn, lock_process(conn, transfers, process["id"]),
                                  list(script["ack:request"]), delay=self.script_delay_s)  # fmt: skip
+            elif state == TState.TERMINATING and not process["provider_pid"]:
+                # terminated by us while the request was on its way: tell the provider now
+                if provider_pid:
+                    conn.execute(
+                        transfers.update()
+                        .where(transfers.c.id == process["id"])
+                        .values(provider_pid=provider_pid)
+                    )
+                    row = lock_process(conn, transfers, process["id"])
+                    reason = process["error_detail"]
+                    body = _msg("TransferTerminationMessage", provider_pid, row["consumer_pid"],
+                                **({"reason": [reason]} if reason else {}))  # fmt: skip
+                    url = f"{row['counterparty_address']}/transfers/{provider_pid}/termination"
+                    enqueue(conn, KIND, row["id"], url, body, audience=row["counterparty_id"])
+                else:
+                    save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None)
             elif provider_pid and not process["provider_pid"]:  # the start overtook the ACK
                 conn.execute(
                     transfers.update()
