@@ -218,15 +218,9 @@ Counter_init(Counter *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static PyObject *
-Counter_feed(Counter *self, PyObject *arg)
+static void
+feed_any(Counter *self, const unsigned char *p, const unsigned char *end)
 {
-    Py_buffer view;
-    const unsigned char *p, *end;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    p = (const unsigned char *)view.buf;
-    end = p + view.len;
     switch (self->kind) {
     case KIND_JSON:
         feed_json(self, p, end);
@@ -239,6 +233,26 @@ Counter_feed(Counter *self, PyObject *arg)
         break;
     default:
         break;
+    }
+}
+
+static PyObject *
+Counter_feed(Counter *self, PyObject *arg)
+{
+    Py_buffer view;
+    const unsigned char *p, *end;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = (const unsigned char *)view.buf;
+    end = p + view.len;
+    /* A large chunk is scanned without the GIL (the buffer is held by the view, the counter's
+       state is its own): other threads of the data plane run meanwhile. */
+    if (view.len >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        feed_any(self, p, end);
+        Py_END_ALLOW_THREADS
+    } else {
+        feed_any(self, p, end);
     }
     PyBuffer_Release(&view);
     Py_RETURN_NONE;

@@ -254,3 +254,34 @@ def test_python_fallback_when_asked() -> None:
     assert counter.implementation == "python"
     counter.feed(memoryview(b'h\n"a\nb"\n'))
     assert counter.total() == 1
+
+
+@pytest.mark.skipif(CCounter is None, reason=NOT_BUILT)
+def test_large_chunks_counted_in_parallel_threads() -> None:
+    """A chunk of 64 KiB or more is scanned by the C counter without the GIL: counters fed in
+    parallel threads (as the data plane's requests are) each count their own document exactly."""
+    import threading
+
+    docs = {
+        "json": json.dumps([{"id": i, "s": 'x\\"y' * (i % 7)} for i in range(40_000)]).encode(),
+        "ndjson": b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(50_000)),
+        "csv": b"id,text\n" + b"".join(b'%d,"a\nb"\n' % i for i in range(50_000)),
+    }
+    expected = {"json": 40_000, "ndjson": 50_000, "csv": 50_000}
+    assert all(len(d) >= 65_536 for d in docs.values())
+    results: dict[tuple[str, int], int] = {}
+
+    def count(kind: str, k: int) -> None:
+        c = CCounter(kind)
+        doc = docs[kind]
+        third = len(doc) // 3  # three big chunks: the state carries across them
+        for part in (doc[:third], doc[third : 2 * third], doc[2 * third :]):
+            c.feed(memoryview(part))
+        results[(kind, k)] = c.total()
+
+    threads = [threading.Thread(target=count, args=(kind, k)) for kind in docs for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {(kind, k): expected[kind] for kind in docs for k in range(4)}
