@@ -14,6 +14,7 @@ import httpx
 
 from connector.identity import Identity, IdentityService
 from connector.runtime import Runtime
+from connector.store import read_only
 from contracts import NegotiationConfig, NegotiationManager, RetryPolicy
 from contracts._signing import DidWebKeyResolver
 
@@ -247,7 +248,7 @@ def agreement_lookup(runtime: Runtime) -> Callable[[str], dict[str, Any] | None]
     from contracts._tables import negotiations
 
     def lookup(agreement_id: str) -> dict[str, Any] | None:
-        with runtime.engine.connect() as conn:
+        with read_only(runtime.engine) as conn:
             raw = conn.execute(
                 sa.select(negotiations.c.agreement)
                 .where(negotiations.c.agreement_id == agreement_id)
@@ -385,7 +386,7 @@ def due_receipts(runtime: Runtime) -> Callable[[], Any]:
 
         from contracts._tables import negotiations
 
-        with runtime.engine.connect() as conn:
+        with read_only(runtime.engine) as conn:
             found = conn.execute(
                 sa.select(negotiations.c.counterparty_address).where(
                     negotiations.c.role == "provider", negotiations.c.agreement_id == agreement_id
@@ -422,7 +423,7 @@ def send_issued_receipts(
     from contracts._tables import negotiations
     from metering._tables import receipts
 
-    with runtime.engine.connect() as conn:
+    with read_only(runtime.engine) as conn:
         pending = conn.execute(
             sa.select(receipts.c.id, receipts.c.agreement_id, receipts.c.counterparty)
             .where(receipts.c.status == "issued")

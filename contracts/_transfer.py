@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from connector.errors import LocalProtocolError, NotFoundError, RemoteProtocolError, ValidationError
 from connector.identity import Caller
+from connector.store import read_only
 from contracts._negotiation_states import State
 from contracts._process import (
     Delivery,
@@ -264,7 +265,7 @@ class TransferManager:
         )
 
     def get(self, transfer_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"no transfer {transfer_id!r}")
@@ -272,7 +273,7 @@ class TransferManager:
 
     def list_transfers(self, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(transfers).order_by(transfers.c.created_at.desc()).offset(offset).limit(limit)
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             return [self.view(r) for r in conn.execute(stmt).mappings()]
 
     def _row_for_pid(self, conn: Connection, pid: str) -> RowMapping:
@@ -333,7 +334,7 @@ class TransferManager:
             )
         offered = None
         if self.formats_for is not None:  # read before the write transaction (SQLite: one writer)
-            with self.engine.connect() as conn:
+            with read_only(self.engine) as conn:
                 found = self.agreement(conn, agreement_id)
             offered = self.formats_for(found["dataset_id"]) if found is not None else None
         with write_tx(self.engine) as conn:

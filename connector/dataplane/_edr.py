@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import TokenError
 from connector.identity import Identity, verify_jws
-from connector.store import metadata
+from connector.store import metadata, read_only
 
 __all__ = ["EXPIRES_IN", "REFRESH_ENDPOINT", "REFRESH_TOKEN", "EdrRefresher", "EdrService", "tokens"]
 
@@ -176,7 +176,7 @@ class EdrService:
         if self.engine is None:
             return 1, 1
         if conn is None:
-            with self.engine.connect() as own:
+            with read_only(self.engine) as own:
                 return self._generations(transfer_id, own)
         row = conn.execute(
             sa.select(tokens.c.issued_gen, tokens.c.min_gen).where(tokens.c.transfer_id == transfer_id)
@@ -293,7 +293,7 @@ class EdrRefresher:
     def edr(self, transfer_id: str, *, force: bool = False) -> dict[str, Any]:
         from contracts._transfer import address_properties, transfers
 
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().first()
         if row is None or row["role"] != "consumer":
             from connector.errors import NotFoundError

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import NotFoundError, ValidationError
-from connector.store import metadata
+from connector.store import metadata, read_only
 
 __all__ = [
     "MemoryReplayStore",
@@ -128,7 +128,7 @@ class PartnerDirectory:
     def _load(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             if self._cache is None:
-                with self._engine.connect() as conn:
+                with read_only(self._engine) as conn:
                     rows = conn.execute(sa.select(partners_table.c.did, partners_table.c.claims)).all()
                 self._cache = {r.did: json.loads(r.claims) for r in rows}
             return self._cache
