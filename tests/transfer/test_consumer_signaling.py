@@ -8,7 +8,6 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import sqlalchemy as sa
-from transfer_nodes import BACKENDS, backend_env, split_consumer
+from transfer_nodes import BACKENDS, backend_env, flow_status, split_consumer, transfer_view, wait_until
 
 from connector._demo import (
     Node,
@@ -70,31 +69,6 @@ def consumer_split(
         yield (*nodes, url)
 
 
-def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen (last: {last})")
-
-
-def _flow(data: Node, flow_id: str) -> dict[str, Any]:
-    r = httpx.get(f"{data.base_url}/api/signaling/v1/dataflows/{quote(flow_id, safe=':')}/status",
-                  auth=CP, timeout=10)  # fmt: skip
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def _view(node: Node, tid: str) -> dict[str, Any]:
-    with node.client() as c:
-        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
-        return body
-
-
 def _token(address: dict[str, Any]) -> str:
     return str(next(p["value"] for p in address["endpointProperties"] if p["name"] == "authorization"))
 
@@ -117,7 +91,7 @@ def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Nod
     # pull: prepared before the request, then `started` with the provider's EDR
     payload, transfer = pull(consumer, provider, agreement)
     tid = transfer["id"]
-    flow = _flow(data, tid)
+    flow = flow_status(data, tid, CP)
     assert (
         flow["state"] == "STARTED" and flow["side"] == "consumer" and flow["transferType"] == "HttpData-PULL"
     )
@@ -127,21 +101,25 @@ def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Nod
     assert flow["dataAddress"]["endpoint"].startswith(serving + "/")  # the provider's data plane serves it
 
     _post(consumer, f"/transfers/{quote(tid, safe='')}/suspend")  # ours: suspend signalled
-    _wait(lambda: _flow(data, tid)["state"] == "SUSPENDED", "the consumer's suspend signal")
+    wait_until(lambda: flow_status(data, tid, CP)["state"] == "SUSPENDED", "the consumer's suspend signal")
     _post(consumer, f"/transfers/{quote(tid, safe='')}/resume")  # acknowledged by the provider: resume
-    _wait(lambda: _flow(data, tid)["state"] == "STARTED", "the consumer's resume signal")
+    wait_until(lambda: flow_status(data, tid, CP)["state"] == "STARTED", "the consumer's resume signal")
     ptid = transfer["providerPid"]
     _post(provider, f"/transfers/{quote(ptid, safe='')}/suspend")  # the provider's: suspend signalled
-    _wait(lambda: _flow(data, tid)["state"] == "SUSPENDED", "the provider's suspension, signalled")
+    wait_until(
+        lambda: flow_status(data, tid, CP)["state"] == "SUSPENDED", "the provider's suspension, signalled"
+    )
     _post(provider, f"/transfers/{quote(ptid, safe='')}/resume")  # a fresh EDR reaches the data plane
-    fresh = _wait(
-        lambda: (v := _view(consumer, tid))["state"] == "STARTED" and _token(v["dataAddress"]) != _token(
+    fresh = wait_until(
+        lambda: (v := transfer_view(consumer, tid))["state"] == "STARTED" and _token(v["dataAddress"]) != _token(
             transfer["dataAddress"]) and v["dataAddress"], "the provider's resume"
     )  # fmt: skip
-    _wait(lambda: (f := _flow(data, tid))["state"] == "STARTED" and _token(f["dataAddress"]) == _token(fresh),
+    wait_until(lambda: (f := flow_status(data, tid, CP))["state"] == "STARTED" and _token(f["dataAddress"]) == _token(fresh),
           "the resume signal with the fresh EDR")  # fmt: skip
     _post(consumer, f"/transfers/{quote(tid, safe='')}/terminate", json={"reason": "enough"})
-    ended = _wait(lambda: (f := _flow(data, tid))["state"] == "TERMINATED" and f, "the terminate signal")
+    ended = wait_until(
+        lambda: (f := flow_status(data, tid, CP))["state"] == "TERMINATED" and f, "the terminate signal"
+    )
     assert "enough" in (ended["reason"] or "")
 
     # push: the destination is the consumer data plane's inbox, with a secret only this flow accepts
@@ -150,16 +128,20 @@ def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Nod
                                        "agreementId": agreement, "format": "HttpData-PUSH"})  # fmt: skip
         assert r.status_code == 201, r.text
         push = r.json()["id"]
-    view = _wait(
-        lambda: (v := _view(consumer, push))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
+    view = wait_until(
+        lambda: (v := transfer_view(consumer, push))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
     )
     assert view["state"] == "COMPLETED", view
     inbox_url = f"{data.base_url}/api/public/inbox/{push}"
     assert view["dataAddress"]["endpoint"] == inbox_url
     assert _token(view["dataAddress"]) == "**********"
-    received = _wait(lambda: (f := _flow(data, push))["state"] == "COMPLETED" and f, "the push flow's end")
+    received = wait_until(
+        lambda: (f := flow_status(data, push, CP))["state"] == "COMPLETED" and f, "the push flow's end"
+    )
     assert received["bytesReceived"] == len(payload)
-    reported = _wait(lambda: _view(consumer, push).get("bytesReceived"), "the completed callback")
+    reported = wait_until(
+        lambda: transfer_view(consumer, push).get("bytesReceived"), "the completed callback"
+    )
     assert reported == len(payload)  # the consumer's transfer shows what its data plane received
     files = [p for p in (consumer.data_dir / "inbox").rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in files] == [payload]
@@ -225,7 +207,9 @@ def test_consumer_data_plane_down_at_prepare_terminates_the_transfer(
                                                "agreementId": agreement, "format": fmt})  # fmt: skip
                 assert r.status_code == 201, r.text
                 tid = r.json()["id"]
-            view = _wait(lambda t=tid: (v := _view(consumer, t))["state"] == "TERMINATED" and v, "the end")
+            view = wait_until(
+                lambda t=tid: (v := transfer_view(consumer, t))["state"] == "TERMINATED" and v, "the end"
+            )
             assert "data plane signal prepare failed" in (view["errorDetail"] or ""), view
             assert "gave up after 2 attempts" in view["errorDetail"]
             assert view["providerPid"] is None

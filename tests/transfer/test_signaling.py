@@ -24,7 +24,15 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
-from transfer_nodes import BACKENDS, backend_env, split_connectors, wait_health
+from transfer_nodes import (
+    BACKENDS,
+    backend_env,
+    flow_status,
+    split_connectors,
+    transfer_view,
+    wait_health,
+    wait_until,
+)
 
 from connector._demo import (
     Node,
@@ -309,9 +317,9 @@ def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
         assert _start(client, "f-cb", "m1", callbackAddress=f"{url}/api/signaling").status_code == 200
         assert app.state.flows.errored("f-cb", "the usage policy's count is used up")
         assert _flow_status(client, "f-cb") == "TERMINATED"
-        _wait(lambda: len(received) >= 3, "three callback attempts")
+        wait_until(lambda: len(received) >= 3, "three callback attempts")
         engine = app.state.runtime.engine
-        _wait(lambda: _pending_callback(engine) is None, "the acknowledgement to be recorded")
+        wait_until(lambda: _pending_callback(engine) is None, "the acknowledgement to be recorded")
         time.sleep(0.3)  # the acknowledged callback is not sent again (several poll rounds)
     finally:
         stop()
@@ -342,30 +350,6 @@ def signaled(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[N
         yield nodes
 
 
-def _flow(data: Node, flow_id: str) -> dict[str, Any]:
-    r = httpx.get(f"{data.base_url}{BASE}/{flow_id}/status", auth=CP, timeout=10)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen (last: {last})")
-
-
-def _view(node: Node, tid: str) -> dict[str, Any]:
-    with node.client() as c:
-        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
-        return body
-
-
 def _provider_transfer(control: Node, consumer_pid: str) -> dict[str, Any]:
     with control.client() as c:
         found = [t for t in c.get("/transfers").json()["items"] if t["consumerPid"] == consumer_pid]
@@ -392,7 +376,7 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
     assert endpoint.startswith(data.base_url + "/api/public/transfers/")
     ptid = _provider_transfer(control, transfer["id"])["id"]
     assert ptid == transfer["providerPid"] and endpoint.endswith(ptid)
-    assert _flow(data, ptid)["state"] == "STARTED"
+    assert flow_status(data, ptid, CP)["state"] == "STARTED"
     token = next(
         p["value"] for p in transfer["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
     )
@@ -402,12 +386,12 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
 
     with consumer.client() as c:  # the consumer suspends: the provider signals the data plane
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/suspend").status_code == 200
-    _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal")
+    wait_until(lambda: flow_status(data, ptid, CP)["state"] == "SUSPENDED", "the suspend signal")
     refused = get()
     assert refused.status_code == 403 and "SUSPENDED" in refused.text
     with consumer.client() as c:
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/resume").status_code == 200
-    _wait(lambda: _flow(data, ptid)["state"] == "STARTED", "the resume signal")
+    wait_until(lambda: flow_status(data, ptid, CP)["state"] == "STARTED", "the resume signal")
     again = get()
     assert again.status_code == 200 and again.content == payload
 
@@ -418,7 +402,7 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
     data.proc.wait(timeout=10)
     with consumer.client() as c:
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/suspend").status_code == 200
-    _wait(
+    wait_until(
         lambda: _provider_transfer(control, transfer["id"])["state"] == "SUSPENDED",
         "the provider's suspension",
     )
@@ -430,11 +414,11 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
         # control plane: nothing is served in between
         early = get()
         assert early.status_code == 403 and "SUSPENDED" in early.text, early.text
-        _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the suspend signal, resent")
+        wait_until(lambda: flow_status(data, ptid, CP)["state"] == "SUSPENDED", "the suspend signal, resent")
         assert get().status_code == 403
         with consumer.client() as c:
             assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/resume").status_code == 200
-        _wait(lambda: _flow(data, ptid)["state"] == "STARTED", "the resume signal")
+        wait_until(lambda: flow_status(data, ptid, CP)["state"] == "STARTED", "the resume signal")
         _continue_after_restart(control, data, consumer, agreement, transfer, ptid, payload, get)
     finally:
         stop_node(data)
@@ -448,13 +432,15 @@ def _continue_after_restart(
     # fresh EDR) reaches the consumer in the TransferStartMessage
     with control.client() as c:
         assert c.post(f"/transfers/{quote(ptid, safe='')}/suspend").status_code == 200
-    _wait(lambda: _flow(data, ptid)["state"] == "SUSPENDED", "the provider's suspend signal")
-    _wait(lambda: _view(consumer, transfer["id"])["state"] == "SUSPENDED", "the consumer's suspension")
+    wait_until(lambda: flow_status(data, ptid, CP)["state"] == "SUSPENDED", "the provider's suspend signal")
+    wait_until(
+        lambda: transfer_view(consumer, transfer["id"])["state"] == "SUSPENDED", "the consumer's suspension"
+    )
     with control.client() as c:
         assert c.post(f"/transfers/{quote(ptid, safe='')}/resume").status_code == 200
-    _wait(lambda: _view(consumer, transfer["id"])["state"] == "STARTED", "the provider's resume")
-    assert _flow(data, ptid)["state"] == "STARTED"
-    fresh = _view(consumer, transfer["id"])["dataAddress"]
+    wait_until(lambda: transfer_view(consumer, transfer["id"])["state"] == "STARTED", "the provider's resume")
+    assert flow_status(data, ptid, CP)["state"] == "STARTED"
+    fresh = transfer_view(consumer, transfer["id"])["dataAddress"]
     new_token = next(p["value"] for p in fresh["endpointProperties"] if p["name"] == "authorization")
     old_token = next(
         p["value"] for p in transfer["dataAddress"]["endpointProperties"] if p["name"] == "authorization"
@@ -465,7 +451,9 @@ def _continue_after_restart(
     with consumer.client() as c:
         assert c.post(f"/transfers/{quote(transfer['id'], safe='')}/terminate",
                       json={"reason": "done with it"}).status_code == 200  # fmt: skip
-    ended = _wait(lambda: (f := _flow(data, ptid))["state"] == "TERMINATED" and f, "the terminate signal")
+    ended = wait_until(
+        lambda: (f := flow_status(data, ptid, CP))["state"] == "TERMINATED" and f, "the terminate signal"
+    )
     assert "done with it" in (ended["reason"] or "")
     assert get().status_code == 403  # a terminated flow's tokens are refused
     pulls = [e for e in usage_of(control, agreement) if not e["id"].endswith(":push")]
@@ -477,13 +465,13 @@ def _continue_after_restart(
                                        "agreementId": agreement, "format": "HttpData-PUSH"})  # fmt: skip
         assert r.status_code in (200, 201), r.text
         tid = r.json()["id"]
-    view = _wait(
-        lambda: (v := _view(consumer, tid))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
+    view = wait_until(
+        lambda: (v := transfer_view(consumer, tid))["state"] in ("COMPLETED", "TERMINATED") and v, "the push"
     )
     assert view["state"] == "COMPLETED", view
     push_tid = _provider_transfer(control, tid)["id"]
     assert _provider_transfer(control, tid)["state"] == "COMPLETED"
-    assert _flow(data, push_tid)["state"] == "COMPLETED"
+    assert flow_status(data, push_tid, CP)["state"] == "COMPLETED"
     pushed = [e for e in usage_of(control, agreement) if e["id"].endswith(":push")]
     assert len(pushed) == 1 and pushed[0]["bytes"] == len(payload)
     inbox = list((consumer.data_dir / "inbox").rglob("*"))
@@ -498,15 +486,16 @@ def _continue_after_restart(
                                        "dataDestination": refusing})  # fmt: skip
         assert r.status_code in (200, 201), r.text
         bad = r.json()["id"]
-    view = _wait(
-        lambda: (v := _view(consumer, bad))["state"] in ("COMPLETED", "TERMINATED") and v, "the failure"
+    view = wait_until(
+        lambda: (v := transfer_view(consumer, bad))["state"] in ("COMPLETED", "TERMINATED") and v,
+        "the failure",
     )
     assert view["state"] == "TERMINATED", view
     assert "the destination answered 404" in (view["errorDetail"] or ""), view
     provider_view = _provider_transfer(control, bad)
     assert provider_view["state"] == "TERMINATED"
     assert "the data plane ended the transfer: push to" in provider_view["errorDetail"]
-    failed = _flow(data, provider_view["id"])
+    failed = flow_status(data, provider_view["id"], CP)
     assert failed["state"] == "TERMINATED" and "404" in (failed["reason"] or "")
     assert len([e for e in usage_of(control, agreement) if e["id"].endswith(":push")]) == 1
 
@@ -535,7 +524,9 @@ def test_undeliverable_start_signal_terminates_the_transfer_with_the_reason(tmp_
             r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
                                            "agreementId": agreement, "format": "HttpData-PULL"})  # fmt: skip
             tid = r.json()["id"]
-        view = _wait(lambda: (v := _view(consumer, tid))["state"] == "TERMINATED" and v, "the termination")
+        view = wait_until(
+            lambda: (v := transfer_view(consumer, tid))["state"] == "TERMINATED" and v, "the termination"
+        )
         provider_view = _provider_transfer(control, tid)
         assert provider_view["state"] == "TERMINATED"
         assert "data plane signal start failed" in provider_view["errorDetail"], provider_view

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from test_signaling import SECRET, _serve, _wait
-from transfer_nodes import BACKENDS, backend_env, split_connectors
+from test_signaling import SECRET, _serve
+from transfer_nodes import BACKENDS, backend_env, split_connectors, transfer_view, wait_until
 
 from connector._demo import Node, fetch_catalog, negotiate, record_partner, seed_provider, usage_of
 from connector.dataplane._flows import flows
@@ -54,12 +54,6 @@ class _SlowDestination:
             return JSONResponse({}, status_code=201)
 
 
-def _view(node: Node, tid: str) -> dict[str, Any]:
-    with node.client() as c:
-        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
-        return body
-
-
 def test_completed_callback_answered_409_is_resent_and_completes_once(
     signaled: tuple[Node, Node, Node, str],
 ) -> None:
@@ -87,15 +81,15 @@ def test_completed_callback_answered_409_is_resent_and_completes_once(
         # the consumer suspends while the push is under way; the data plane learns it too late
         with consumer.client() as c:
             assert c.post(f"/transfers/{quote(tid, safe='')}/suspend").status_code == 200
-        _wait(lambda: _view(consumer, tid)["state"] == "SUSPENDED", "the suspension")
+        wait_until(lambda: transfer_view(consumer, tid)["state"] == "SUSPENDED", "the suspension")
 
         def flow() -> Any:
             with engine.connect() as conn:
                 return conn.execute(sa.select(flows).where(flows.c.flow_id == ptid)).mappings().first()
 
-        _wait(lambda: flow()["state"] == "SUSPENDED", "the suspend signal")
+        wait_until(lambda: flow()["state"] == "SUSPENDED", "the suspend signal")
         slow.release.set()  # the push ends: the flow completes, its `completed` callback meets SUSPENDED
-        row = _wait(lambda: (f := flow())["callback_attempts"] >= 2 and f, "two refused callbacks")
+        row = wait_until(lambda: (f := flow())["callback_attempts"] >= 2 and f, "two refused callbacks")
         assert row["state"] == "COMPLETED" and row["callback_event"] == "completed"
         callback_id = row["callback_id"]
         with control.client() as c:
@@ -105,12 +99,12 @@ def test_completed_callback_answered_409_is_resent_and_completes_once(
         # resend of the callback completes the transfer, once
         with consumer.client() as c:
             assert c.post(f"/transfers/{quote(tid, safe='')}/resume").status_code == 200
-        view = _wait(lambda: (v := _view(consumer, tid))["state"] in ("COMPLETED", "TERMINATED") and v,
+        view = wait_until(lambda: (v := transfer_view(consumer, tid))["state"] in ("COMPLETED", "TERMINATED") and v,
                      "the completion")  # fmt: skip
         assert view["state"] == "COMPLETED", view
         with control.client() as c:
             assert c.get(f"/transfers/{quote(ptid, safe='')}").json()["state"] == "COMPLETED"
-        _wait(lambda: flow()["callback_event"] is None, "the acknowledgement")
+        wait_until(lambda: flow()["callback_event"] is None, "the acknowledgement")
         with engine.connect() as conn:
             accepted = conn.execute(
                 sa.select(inbox.c.message_id).where(inbox.c.kind == "dataflow-callback", inbox.c.process_id == ptid)

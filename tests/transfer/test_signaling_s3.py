@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
-from transfer_nodes import BACKENDS, backend_env, split_connectors
+from transfer_nodes import BACKENDS, backend_env, split_connectors, wait_until
 
 from catalog import DataAddress
 from catalog.samples import sample_datasets
@@ -40,17 +40,6 @@ def signaled_s3(
     control_env = {"DADAM_DATAPLANE_SIGNALING_URL": "http://127.0.0.1:{dp_port}/api/signaling"}
     with split_connectors(tmp_path, env, control_env, consumer_env=s3) as nodes:
         yield (*nodes, s3_server)
-
-
-def _wait(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen (last: {last})")
 
 
 def test_s3_push_through_a_signaled_data_plane(signaled_s3: tuple[Node, Node, Node, S3Config]) -> None:
@@ -87,7 +76,9 @@ def test_s3_push_through_a_signaled_data_plane(signaled_s3: tuple[Node, Node, No
             body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
             return body
 
-    view = _wait(lambda: (v := consumer_view())["state"] in ("COMPLETED", "TERMINATED") and v, "the push")
+    view = wait_until(
+        lambda: (v := consumer_view())["state"] in ("COMPLETED", "TERMINATED") and v, "the push", 60
+    )
     assert view["state"] == "COMPLETED", view
     with control.client() as c:
         provider = next(t for t in c.get("/transfers").json()["items"] if t["consumerPid"] == tid)

@@ -7,6 +7,8 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -129,3 +131,32 @@ def split_consumer(
     finally:
         for node in reversed(nodes):
             stop_node(node)
+
+
+def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll ``check()`` every 0.1 s until it returns something truthy (returned); AssertionError
+    naming ``what`` and the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen (last: {last})")
+
+
+def transfer_view(node: Node, tid: str) -> dict[str, Any]:
+    """The management API's view of transfer ``tid`` on ``node``."""
+    with node.client() as c:
+        body: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
+        return body
+
+
+def flow_status(data: Node, flow_id: str, auth: httpx.Auth) -> dict[str, Any]:
+    """A data plane's signaling status of flow ``flow_id`` (``auth``: the control plane's token)."""
+    r = httpx.get(f"{data.base_url}/api/signaling/v1/dataflows/{quote(flow_id, safe=':')}/status",
+                  auth=auth, timeout=10)  # fmt: skip
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
