@@ -16,16 +16,20 @@ from urllib.parse import quote
 import httpx
 import pytest
 import sqlalchemy as sa
-from transfer_nodes import BACKENDS, backend_env, flow_status, split_consumer, transfer_view, wait_until
+from transfer_nodes import (
+    BACKENDS,
+    backend_env,
+    bom_agreement,
+    flow_status,
+    split_consumer,
+    transfer_view,
+    wait_until,
+)
 
 from connector._demo import (
     Node,
-    fetch_catalog,
     free_port,
-    negotiate,
     pull,
-    record_partner,
-    seed_provider,
     start_node,
     stop_node,
     usage_of,
@@ -81,12 +85,7 @@ def _post(node: Node, path: str, **kwargs: Any) -> None:
 
 def test_consumer_control_plane_signals_its_data_plane(consumer_split: tuple[Node, Node, Node, str]) -> None:
     provider, consumer, data, db_url = consumer_split
-    seed_provider(provider)
-    record_partner(provider, consumer)
-    bom = next(
-        d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
-    )
-    agreement = negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+    agreement = bom_agreement(provider, consumer)
 
     # pull: prepared before the request, then `started` with the provider's EDR
     payload, transfer = pull(consumer, provider, agreement)
@@ -193,14 +192,7 @@ def test_consumer_data_plane_down_at_prepare_terminates_the_transfer(
     try:
         wait_ready(provider)
         wait_ready(consumer)
-        seed_provider(provider)
-        record_partner(provider, consumer)
-        bom = next(
-            d
-            for d in fetch_catalog(consumer, provider)["dataset"]
-            if d["@id"] == "bom-brake-assembly-as-built"
-        )
-        agreement = negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+        agreement = bom_agreement(provider, consumer)
         for fmt in ("HttpData-PUSH", "HttpData-PULL"):
             with consumer.client() as c:
                 r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,

@@ -11,15 +11,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from transfer_nodes import BACKENDS, backend_env, split_connectors, wait_health
+from transfer_nodes import BACKENDS, backend_env, bom_agreement, split_connectors, wait_health
 
 from connector._demo import (
     Node,
-    fetch_catalog,
-    negotiate,
     pull,
-    record_partner,
-    seed_provider,
     start_node,
     stop_node,
     usage_of,
@@ -36,12 +32,7 @@ def test_pull_and_push_served_by_a_separate_data_plane(
     split: tuple[Node, Node, Node], tmp_path: Path
 ) -> None:
     control, data, consumer = split
-    seed_provider(control)
-    record_partner(control, consumer)
-    bom = next(
-        d for d in fetch_catalog(consumer, control)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
-    )
-    agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+    agreement = bom_agreement(control, consumer)
 
     payload, transfer = pull(consumer, control, agreement)
     endpoint = transfer["dataAddress"]["endpoint"]

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from transfer_nodes import BACKENDS, backend_env, connectors
+from transfer_nodes import BACKENDS, backend_env, bom_agreement, connectors
 
 from catalog.samples import sample_datasets
 from connector._demo import (
@@ -56,17 +56,6 @@ def wait_state(node: Node, tid: str, *states: str, timeout: float = 30.0) -> dic
                 return view
             time.sleep(0.05)
     raise AssertionError(f"transfer {tid} never reached {states}: {view}")
-
-
-def bom_agreement(provider: Node, consumer: Node) -> str:
-    seed_provider(provider)
-    record_partner(provider, consumer)
-    bom = next(
-        d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
-    )
-    formats = {d["format"] for d in bom["distribution"]}
-    assert {"HttpData-PUSH", "AmazonS3-PUSH", "HttpData-PULL"} <= formats
-    return str(negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"])
 
 
 def test_http_push_into_the_consumer_inbox_metered_once(nodes: tuple[Node, Node]) -> None:

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from transfer_nodes import (
     BACKENDS,
     backend_env,
+    bom_agreement,
     flow_status,
     split_connectors,
     transfer_view,
@@ -36,12 +37,8 @@ from transfer_nodes import (
 
 from connector._demo import (
     Node,
-    fetch_catalog,
     free_port,
-    negotiate,
     pull,
-    record_partner,
-    seed_provider,
     start_node,
     stop_node,
     usage_of,
@@ -362,12 +359,7 @@ def test_control_plane_drives_a_separate_data_plane_over_signaling(
     signaled: tuple[Node, Node, Node],
 ) -> None:
     control, data, consumer = signaled
-    seed_provider(control)
-    record_partner(control, consumer)
-    bom = next(
-        d for d in fetch_catalog(consumer, control)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
-    )
-    agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+    agreement = bom_agreement(control, consumer)
 
     # pull: the EDR in the consumer's TransferStartMessage is the data plane's answer to `start`
     payload, transfer = pull(consumer, control, agreement)
@@ -512,14 +504,7 @@ def test_undeliverable_start_signal_terminates_the_transfer_with_the_reason(tmp_
     try:
         wait_ready(control)
         wait_ready(consumer)
-        seed_provider(control)
-        record_partner(control, consumer)
-        bom = next(
-            d
-            for d in fetch_catalog(consumer, control)["dataset"]
-            if d["@id"] == "bom-brake-assembly-as-built"
-        )
-        agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+        agreement = bom_agreement(control, consumer)
         with consumer.client() as c:
             r = c.post("/transfers", json={"counterPartyAddress": control.dsp_url, "counterPartyId": control.did,
                                            "agreementId": agreement, "format": "HttpData-PULL"})  # fmt: skip

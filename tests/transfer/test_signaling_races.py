@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from test_signaling import SECRET, _serve
-from transfer_nodes import BACKENDS, backend_env, split_connectors, transfer_view, wait_until
+from transfer_nodes import BACKENDS, backend_env, bom_agreement, split_connectors, transfer_view, wait_until
 
-from connector._demo import Node, fetch_catalog, negotiate, record_partner, seed_provider, usage_of
+from connector._demo import Node, usage_of
 from connector.dataplane._flows import flows
 from contracts._process import inbox, outbox
 
@@ -58,12 +58,7 @@ def test_completed_callback_answered_409_is_resent_and_completes_once(
     signaled: tuple[Node, Node, Node, str],
 ) -> None:
     control, data, consumer, db_url = signaled
-    seed_provider(control)
-    record_partner(control, consumer)
-    bom = next(
-        d for d in fetch_catalog(consumer, control)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
-    )
-    agreement = negotiate(consumer, control, bom["hasPolicy"][0]["@id"])["agreement"]["@id"]
+    agreement = bom_agreement(control, consumer)
     slow = _SlowDestination()
     url, stop = _serve(slow.app)
     engine = sa.create_engine(db_url)

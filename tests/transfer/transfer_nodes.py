@@ -13,7 +13,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from connector._demo import Node, free_port, start_node, stop_node, wait_ready
+from connector._demo import (
+    Node,
+    fetch_catalog,
+    free_port,
+    negotiate,
+    record_partner,
+    seed_provider,
+    start_node,
+    stop_node,
+    wait_ready,
+)
 
 #: ``@pytest.fixture(params=BACKENDS)``: once on SQLite, once on PostgreSQL (marked ``postgres``).
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -160,3 +170,16 @@ def flow_status(data: Node, flow_id: str, auth: httpx.Auth) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+def bom_agreement(provider: Node, consumer: Node) -> str:
+    """Seed the provider's sample catalog, record the consumer as a partner and negotiate the
+    brake-assembly BOM dataset (offered for every transfer type); the agreement id."""
+    seed_provider(provider)
+    record_partner(provider, consumer)
+    bom = next(
+        d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-brake-assembly-as-built"
+    )
+    formats = {d["format"] for d in bom["distribution"]}
+    assert {"HttpData-PUSH", "AmazonS3-PUSH", "HttpData-PULL"} <= formats
+    return str(negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"])
