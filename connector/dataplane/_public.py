@@ -39,6 +39,7 @@ from connector.dataplane._sources import (
     SourceUnavailable,
     http_url,
     open_file_reader,
+    s3_first,
     s3_read,
     s3_size,
     stream_get,
@@ -370,6 +371,7 @@ def public_router(
         started = time.time()
         media_type = dataset.media_type or "application/octet-stream"
         reader: FileReader | None = None
+        whole: bytes | None = None  # an S3 object read whole by its first GET
         try:
             if address.type == "file":
                 reader = open_file_reader(props["path"])
@@ -379,7 +381,10 @@ def public_router(
                     return _error(
                         502, "source_unavailable", "the dataset is in S3 but no S3 endpoint is configured"
                     )
-                size, _ = s3_size(s3_client(), props["bucket"], props["key"])
+                if range_header is None:  # the common case: one GET tells the size and, if small, is the body
+                    size, whole = s3_first(s3_client(), props["bucket"], props["key"], SMALL_BODY)
+                else:
+                    size, _ = s3_size(s3_client(), props["bucket"], props["key"])
             span = _range(range_header, size)
         except SourceUnavailable as exc:
             return _error(502, "source_unavailable", str(exc))
@@ -404,6 +409,8 @@ def public_router(
                     return _Prepared("file", row, dataset, status, headers, media_type, started,
                                      reader=streamed, first=first)  # fmt: skip
                 body = first
+            elif whole is not None:
+                body = whole
             elif length <= SMALL_BODY:
                 body = s3_read(s3_client(), props["bucket"], props["key"], start, end) if length else b""
             else:

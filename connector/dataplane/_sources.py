@@ -99,6 +99,31 @@ def s3_size(client: Any, bucket: str, key: str) -> tuple[int, str | None]:
     return int(stat.size), stat.content_type
 
 
+def s3_first(client: Any, bucket: str, key: str, limit: int) -> tuple[int, bytes | None]:
+    """One ranged GET of the first ``limit`` bytes: (the object's size, its whole body when the size
+    is at most ``limit``, else None). A small object costs one S3 call instead of a stat and a GET."""
+    try:
+        response = client.get_object(bucket, key, offset=0, length=limit)
+    except Exception as exc:
+        if getattr(exc, "code", None) == "InvalidRange":  # an empty object has no first byte
+            size, _ = s3_size(client, bucket, key)
+            return size, b"" if size == 0 else None
+        raise SourceUnavailable(_s3_reason(exc)) from None
+    try:
+        content_range = response.headers.get("Content-Range") or ""
+        total = content_range.rpartition("/")[2]
+        if not total.isdigit():  # a store that ignored the range answered the whole object
+            data: bytes = response.read()
+            return len(data), data
+        size = int(total)
+        return size, (response.read() if size <= limit else None)
+    except Exception as exc:
+        raise SourceUnavailable(_s3_reason(exc)) from None
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def s3_read(client: Any, bucket: str, key: str, start: int, end: int) -> bytes:
     """The bytes ``start`` to ``end`` inclusive of a (small) object range, read whole."""
     try:

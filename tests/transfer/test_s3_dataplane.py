@@ -150,6 +150,40 @@ def test_s3_source_pull_range_missing_object_and_multipart_push(
     assert len(pushed) == 1 and pushed[0]["bytes"] == SIZE
 
 
+def test_small_and_empty_s3_objects_are_served_whole(s3_nodes: tuple[Node, Node, S3Config]) -> None:
+    """An object up to 256 KiB is read by its first ranged GET (no stat); an empty one has no first
+    byte (S3 answers InvalidRange) and is served empty. Both metered with their sizes; a Range
+    header still takes the stat path."""
+    provider, consumer, s3 = s3_nodes
+    client = s3.client()
+    bucket = f"small-{os.getpid()}-{int(time.time())}"
+    client.make_bucket(bucket)
+    small = os.urandom(4096 + 7)
+    client.put_object(bucket, "small.bin", io.BytesIO(small), len(small))
+    client.put_object(bucket, "empty.bin", io.BytesIO(b""), 0)
+    edge = os.urandom(256 * 1024)  # exactly the limit: still one GET
+    client.put_object(bucket, "edge.bin", io.BytesIO(edge), len(edge))
+    seed_provider(provider)
+    record_partner(provider, consumer)
+    for name in ("small", "empty", "edge"):
+        _publish(provider, f"bom-{name}-s3", bucket, f"{name}.bin")
+    for name, blob in (("small", small), ("empty", b""), ("edge", edge)):
+        agreement = _agreement(provider, consumer, f"bom-{name}-s3")
+        data, transfer = pull(consumer, provider, agreement)
+        assert data == blob, name
+        assert [e["bytes"] for e in usage_of(provider, agreement)] == [len(blob)], name
+        if blob:
+            token = next(
+                p["value"]
+                for p in transfer["dataAddress"]["endpointProperties"]
+                if p["name"] == "authorization"
+            )
+            part = httpx.get(transfer["dataAddress"]["endpoint"],
+                             headers={"Authorization": f"Bearer {token}", "Range": "bytes=-100"})  # fmt: skip
+            assert part.status_code == 206 and part.content == blob[-100:], name
+            assert part.headers["content-range"] == f"bytes {len(blob) - 100}-{len(blob) - 1}/{len(blob)}"
+
+
 def test_s3_push_refused_by_the_store_terminates_at_once(s3_nodes: tuple[Node, Node, S3Config]) -> None:
     provider, consumer, s3 = s3_nodes
     client = s3.client()
