@@ -33,8 +33,10 @@ format: install
 	$(BIN)/ruff format $(CODE)
 	$(BIN)/ruff check --fix $(CODE)
 
+BENCHES := catalog policy identity recordcount usage_totals ledger negotiation dataplane
+
 bench: install
-	$(BIN)/python bench/catalog.py
+	@set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
 
 clean:
 	rm -rf .dadam .pytest_cache .mypy_cache .ruff_cache build *.egg-info connector/dataplane/_recordcount.*.so
