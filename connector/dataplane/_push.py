@@ -437,19 +437,20 @@ class PushService:
                 return
         self._finish_failed(tid, f"{reason} (gave up after {attempts} attempts)", terminate=True)
 
+    @staticmethod
+    def _mark_failed(conn: Connection, tid: str, reason: str) -> None:
+        """The push row of ``tid`` failed for good with ``reason`` (lease released)."""
+        conn.execute(
+            pushes.update()
+            .where(pushes.c.transfer_id == tid)
+            .values(
+                status="failed", last_error=reason, lease_owner=None, lease_until=None, updated_at=time.time()
+            )
+        )
+
     def _finish_failed(self, tid: str, reason: str, *, terminate: bool) -> None:
         with write_tx(self.engine) as conn:
-            conn.execute(
-                pushes.update()
-                .where(pushes.c.transfer_id == tid)
-                .values(
-                    status="failed",
-                    last_error=reason,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=time.time(),
-                )
-            )
+            self._mark_failed(conn, tid, reason)
             state = conn.execute(sa.select(transfers.c.state).where(transfers.c.id == tid)).scalar()
             live = state is not None and TState(state) in (TState.STARTED, TState.SUSPENDED)
             if terminate and live:

@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.dataplane._edr import EdrService
 from connector.dataplane._flows import flows
-from connector.dataplane._push import PushService, pushes
+from connector.dataplane._push import PushService
 from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, SignalAuth, verify_signal
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
 from contracts._process import PollingThread, write_tx
@@ -515,17 +515,7 @@ class SignaledPushService(PushService):
             super()._finish_failed(tid, reason, terminate=terminate)
             return
         with write_tx(self.engine) as conn:
-            conn.execute(
-                pushes.update()
-                .where(pushes.c.transfer_id == tid)
-                .values(
-                    status="failed",
-                    last_error=reason,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=time.time(),
-                )
-            )
+            self._mark_failed(conn, tid, reason)
             if terminate:
                 self.flows.command_in(conn, tid, Command.TERMINATE, reason)
         self.flows.sent(tid, Command.TERMINATE)
