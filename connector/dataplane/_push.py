@@ -35,7 +35,7 @@ from catalog import CatalogStore
 from connector.dataplane._public import PolicyDenied, RecordCounter, enforce, usage_event
 from connector.dataplane._sources import S3Config, SourceUnavailable, open_source
 from connector.errors import DadamError, NotFoundError
-from connector.store import metadata
+from connector.store import metadata, read_only
 from contracts._process import PollingThread, write_tx
 from contracts._transfer import (
     PUSH_FORMATS,
@@ -183,7 +183,7 @@ class PushService:
     # ------------------------------------------------------------------ worker
     def _claim(self) -> list[str]:
         now = time.time()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             due = (
                 conn.execute(
                     sa.select(pushes.c.transfer_id)

@@ -51,6 +51,7 @@ from connector.dataplane._flows import flows
 from connector.dataplane._push import PushService
 from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, SignalAuth, verify_signal
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
+from connector.store import read_only
 from contracts._process import PollingThread, write_tx
 from contracts._transfer import PULL_FORMATS, PUSH_FORMATS, TransferManager, address_properties
 from contracts._transfer_states import Command, TState
@@ -404,7 +405,7 @@ class DataFlows:
     def send_callbacks(self) -> int:
         """Send due callbacks (claimed with a lease); how many were attempted."""
         now = time.time()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             due = (
                 conn.execute(
                     sa.select(flows.c.flow_id)
