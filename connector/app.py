@@ -63,6 +63,7 @@ from connector.dataplane import (
     public_router,
     token_router,
 )
+from connector.dataplane._splice import ConnectionApp
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
@@ -154,7 +155,7 @@ def create_app(
                     await rt.identity.aclose()
                 rt.close()
 
-    app = FastAPI(
+    app = ConnectionApp(
         title="dadam connector",
         version="0.1.0",
         description="Dataspace Protocol 2025-1 connector: catalog, contracts, transfers, data bank.",
@@ -240,6 +241,7 @@ def create_app(
                     account_open=prepaid_account_exists(rt),
                     s3=s3,
                     terminate=terminate,
+                    splice=settings.dataplane_splice,
                 )
             )
             app.include_router(token_router(rt.edr, identity_service.verifier.verify))

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="Base URL where the data plane calls the control plane back (signaling mode). "
         "Default: public_url + /api/signaling.",
     )
+    dataplane_splice: bool = Field(
+        True,
+        description="Relay large S3 pulls with splice(2): the bytes move between the S3 and the client "
+        "connection inside the kernel (Linux, uvicorn's httptools protocol, plain HTTP on both sides; decision "
+        "0453). false: every body streams through the event loop.",
+    )
     edr_ttl_seconds: int = Field(
         300, ge=10, le=3600, description="Lifetime of the data plane access tokens handed out in EDRs."
     )

@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -44,6 +44,15 @@ from connector.dataplane._sources import (
     s3_size,
     stream_get,
 )
+from connector.dataplane._splice import (
+    MAX_RELAYS,
+    RelayError,
+    client_connection,
+    open_upstream,
+    relay,
+    splice_supported,
+)
+from connector.dataplane._splice import pool as splice_pool
 from connector.errors import DadamError, NotFoundError, PermissionDeniedError, TokenError
 from connector.store import read_only
 from contracts._tables import negotiations
@@ -308,6 +317,104 @@ def enforce(
     return _decide(facts, store, tid, claims_for, account_open)
 
 
+class _SplicedResponse(Response):
+    """A response written by ``run(scope, receive, send)`` (the splice relay) instead of a body."""
+
+    def __init__(self, run: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
+        self.run = run
+        self.background = None
+        self.status_code = 200
+        self.raw_headers = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.run(scope, receive, send)
+
+
+class _Relays:
+    """How many splice relays run (each holds a thread of :data:`_splice.pool`)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+
+    def free(self) -> bool:
+        return self.running < MAX_RELAYS
+
+
+async def _spliced(
+    prepared: _Prepared,
+    counter: RecordCounter,
+    connection: tuple[Any, Any, int],
+    event_id: str,
+    finish: Callable[[str, int], Awaitable[None]],
+    relays: _Relays,
+    scope: Any,
+    receive: Any,
+    send: Any,
+) -> None:
+    """Serves an S3 range with the splice relay (see :mod:`connector.dataplane._splice`)."""
+    cycle, transport, fd = connection
+    loop = asyncio.get_running_loop()
+    length = prepared.end - prepared.start + 1
+    relays.running += 1
+    try:
+        try:
+            up = await loop.run_in_executor(
+                splice_pool,
+                open_upstream,
+                prepared.url,
+                {"Range": f"bytes={prepared.start}-{prepared.end}"},
+                30.0,
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) if isinstance(exc, ConnectionError) and exc.args else exc.__class__.__name__
+            await _json_error(502, "source_unavailable", f"S3 is unreachable: {reason}")(scope, receive, send)
+            return
+        if up.status not in (200, 206) or up.length != length:
+            up.close()
+            message = (
+                f"S3 answered {up.status}"
+                if up.status not in (200, 206)
+                else f"S3 answered {up.length} bytes for a range of {length}"
+            )
+            await _json_error(502, "source_unavailable", message)(scope, receive, send)
+            return
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in prepared.headers.items()]
+        content_type = prepared.media_type
+        if content_type.startswith("text/") and "charset=" not in content_type.lower():
+            content_type += "; charset=utf-8"  # as the streamed path (Starlette) labels text
+        headers.append((b"content-type", content_type.encode("latin-1")))
+        await send({"type": "http.response.start", "status": prepared.status, "headers": headers})
+        waited = 0
+        while transport.get_write_buffer_size() and waited < 30_000:  # the head leaves before the body
+            await asyncio.sleep(0.001)
+            waited += 1
+        feed = counter.feed if counter.kind != "none" else None
+        try:
+            if transport.get_write_buffer_size() or transport.is_closing():
+                raise RelayError("client", "the client took nothing for 30 s", 0)
+            sent, last = await loop.run_in_executor(splice_pool, functools.partial(relay, up, fd, feed=feed))
+        except RelayError as exc:
+            await finish("partial", exc.sent)
+            log.warning("pull %s cut off after %d of %d bytes: %s", event_id, exc.sent, length, exc.message)
+            transport.close()
+            for _ in range(100):  # the server sees the connection lost: no "incomplete response" error
+                if getattr(cycle, "disconnected", True):
+                    break
+                await asyncio.sleep(0.001)
+            return
+        finally:
+            up.close()
+        await finish("ok", sent + len(last))  # metered before the last piece leaves
+        cycle.expected_content_length -= sent  # the server only saw the last piece go out
+        await send({"type": "http.response.body", "body": last, "more_body": False})
+    finally:
+        relays.running -= 1
+
+
+def _json_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, "details": []}, status_code=status)
+
+
 def public_router(
     engine: Engine,
     store: CatalogStore,
@@ -318,14 +425,18 @@ def public_router(
     http: httpx.AsyncClient | None = None,
     s3: S3Config | None = None,
     terminate: Callable[[str, str], Any] | None = None,
+    splice: bool = True,
 ) -> APIRouter:
     """The public data endpoint (unauthenticated by DCP: the EDR token is the credential).
+
+    ``splice``: relay large S3 pulls with splice(2) where the server allows it (decision 0453).
 
     ``terminate(transfer id, reason)`` ends a transfer whose usage policy can never be satisfied again.
     """
     router = APIRouter(tags=["data plane"])
     client_http = http or httpx.AsyncClient(timeout=30.0)
     s3_clients: list[Any] = []
+    relays = _Relays()
 
     def s3_client() -> Any:
         assert s3 is not None
@@ -462,6 +573,11 @@ def public_router(
             )
             await asyncio.to_thread(_record, event)
 
+        async def finish_spliced(outcome: str, nbytes: int) -> None:
+            nonlocal sent
+            sent = nbytes
+            await finish(outcome)
+
         async def metered(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             """Relay chunks, counting bytes and records; the usage event commits before the last
             chunk leaves, so an answered request is never unmetered even if the process dies right
@@ -498,6 +614,19 @@ def public_router(
                 media_type=media_type,
             )
         if prepared.kind == "s3":
+            if (
+                splice
+                and request.method == "GET"
+                and relays.free()
+                and splice_supported(counter.kind != "none")
+            ):
+                connection = client_connection(request.scope)
+                if connection is not None:
+                    return _SplicedResponse(
+                        functools.partial(
+                            _spliced, prepared, counter, connection, event_id, finish_spliced, relays
+                        )
+                    )
             # the presigned ranged GET is streamed on the event loop as it arrives (no thread hop
             # per chunk, no re-chunking)
             try:

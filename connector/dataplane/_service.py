@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from connector.dataplane._splice import ConnectionApp
 from connector.settings import Settings
 
 __all__ = ["create_dataplane_app"]
@@ -87,7 +88,7 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
             await identity.aclose()
             runtime.close()
 
-    app = FastAPI(title="dadam data plane", version="0.1.0", lifespan=lifespan)
+    app = ConnectionApp(title="dadam data plane", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app, dsp_path=settings.dsp_path)
 
@@ -100,7 +101,7 @@ def create_dataplane_app(settings: Settings) -> FastAPI:
         public_router(
             runtime.engine, runtime.catalog_store, edr,
             claims_for=identity.partners.claims_for, account_open=prepaid_account_exists(runtime),
-            s3=s3_config(settings), terminate=terminate,
+            s3=s3_config(settings), terminate=terminate, splice=settings.dataplane_splice,
         )
     )  # fmt: skip
     app.include_router(token_router(edr, identity.verifier.verify))

@@ -50,6 +50,16 @@ def s3_nodes(s3_server: S3Config, tmp_path: Path) -> Iterator[tuple[Node, Node, 
         yield provider, consumer, s3_server
 
 
+@pytest.fixture(params=["splice", "event-loop"])
+def s3_pull_nodes(
+    request: pytest.FixtureRequest, s3_server: S3Config, tmp_path: Path
+) -> Iterator[tuple[Node, Node, S3Config]]:
+    """The nodes with large S3 pulls relayed by splice (the default) and streamed on the event loop."""
+    provider_env = _env(s3_server) | {"DADAM_DATAPLANE_SPLICE": str(request.param == "splice").lower()}
+    with connectors(tmp_path, provider_env, _env(s3_server)) as (provider, consumer):
+        yield provider, consumer, s3_server
+
+
 def _publish(provider: Node, dataset_id: str, bucket: str, key: str) -> None:
     base = next(d for d in sample_datasets() if d.id == "bom-brake-assembly-as-built")
     ds = base.model_copy(
@@ -72,9 +82,9 @@ def _agreement(provider: Node, consumer: Node, dataset_id: str) -> str:
 
 
 def test_s3_source_pull_range_missing_object_and_multipart_push(
-    s3_nodes: tuple[Node, Node, S3Config],
+    s3_pull_nodes: tuple[Node, Node, S3Config],
 ) -> None:
-    provider, consumer, s3 = s3_nodes
+    provider, consumer, s3 = s3_pull_nodes
     client = s3.client()
     bucket = f"provider-{os.getpid()}-{int(time.time())}"
     client.make_bucket(bucket)
@@ -96,10 +106,16 @@ def test_s3_source_pull_range_missing_object_and_multipart_push(
     part = httpx.get(transfer["dataAddress"]["endpoint"], headers={**auth, "Range": "bytes=1000-1999"})
     assert part.status_code == 206 and part.content == blob[1000:2000]
     assert part.headers["content-range"] == f"bytes 1000-1999/{SIZE}"
+    wide = httpx.get(
+        transfer["dataAddress"]["endpoint"], headers={**auth, "Range": f"bytes=300000-{SIZE - 1001}"}
+    )
+    assert wide.status_code == 206 and wide.content == blob[300000 : SIZE - 1000]
+    assert wide.headers["content-length"] == str(SIZE - 301000)
     beyond = httpx.get(transfer["dataAddress"]["endpoint"], headers={**auth, "Range": f"bytes={SIZE + 10}-"})
     assert beyond.status_code == 416
     events = usage_of(provider, agreement)
-    assert sorted(e["bytes"] for e in events) == [1000, SIZE]
+    assert sorted(e["bytes"] for e in events) == [1000, SIZE - 301000, SIZE]
+    assert {e["outcome"] for e in events} == {"ok"}
 
     # a source that cannot be read: 502 with the reason, nothing metered
     missing = _agreement(provider, consumer, "bom-missing-s3")
