@@ -355,7 +355,6 @@ async def _spliced(
     cycle, transport, fd = connection
     loop = asyncio.get_running_loop()
     length = prepared.end - prepared.start + 1
-    relays.running += 1
     try:
         try:
             up = await loop.run_in_executor(
@@ -622,6 +621,7 @@ def public_router(
             ):
                 connection = client_connection(request.scope)
                 if connection is not None:
+                    relays.running += 1  # taken now, given back when the relay ends
                     return _SplicedResponse(
                         functools.partial(
                             _spliced, prepared, counter, connection, event_id, finish_spliced, relays

@@ -48,6 +48,7 @@ class Source:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open: list[socket.socket] = []
+        self.relays: Any = None  # the server's relay slots (set by the fixture)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def add(
@@ -97,7 +98,7 @@ def served() -> Iterator[tuple[str, Source, list[tuple[str, int, int]]]]:
     the usage outcomes recorded: (outcome, bytes, records))."""
     source = Source()
     outcomes: list[tuple[str, int, int]] = []
-    relays = _Relays()
+    relays = source.relays = _Relays()
     app = ConnectionApp()
 
     @app.get("/pull/{name}")
@@ -113,6 +114,7 @@ def served() -> Iterator[tuple[str, Source, list[tuple[str, int, int]]]]:
         async def finish(outcome: str, nbytes: int) -> None:
             outcomes.append((outcome, nbytes, counter.total()))
 
+        relays.running += 1
         return _SplicedResponse(
             functools.partial(_spliced, prepared, counter, connection, name, finish, relays)
         )
@@ -189,6 +191,7 @@ def test_bodies_arrive_whole_on_one_kept_alive_connection_and_are_metered_ok(
         assert sock is not None  # the server kept the connection open after each response
     assert got == [big, small, b'{"ok":"yes"}', big]
     assert outcomes == [("ok", len(big), 0), ("ok", len(small), 0), ("ok", len(big), 0)]
+    assert source.relays.running == 0  # every relay gave its slot back
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
@@ -223,6 +226,7 @@ def test_a_source_that_cuts_off_is_metered_partial(
     assert len(cut.value.partial) == len(body) // 2
     _wait_for(outcomes, 1)
     assert outcomes == [("partial", len(body) // 2, 0)]
+    assert source.relays.running == 0
     assert "closed the connection before the body ended" in caplog.text
     # the server ended that connection quietly (no "incomplete response" error) and serves others
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
