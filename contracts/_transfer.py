@@ -472,6 +472,8 @@ class TransferManager:
             save_state(conn, transfers, pid, nxt, timeout_s=self._timeout(nxt),
                        error_detail=reason, **values)  # fmt: skip
             row = lock_process(conn, transfers, pid)
+            if nxt == TState.STARTED and row["role"] == "provider" and self.on_started is not None:
+                self.on_started(conn, row)  # the consumer resumed: a paused push goes again
             script = self.scripts(row["agreement_id"]) if self.scripts else None
             trigger = {"TransferStartMessage": "start"}.get(expected)
             if script and trigger and script.get(trigger) and nxt == TState.STARTED:

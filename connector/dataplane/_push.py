@@ -10,6 +10,12 @@ usage event (stable id ``<transfer>:push``: a repeated push is metered once), ma
 and completes the transfer. Failures retry with exponential backoff; a refusal by the destination
 (4xx), an exhausted retry budget or a policy that can never permit again terminate the transfer
 with the reason.
+
+A running push re-reads its transfer's state every ``check_s`` seconds (the worker poll interval):
+once the transfer is no longer STARTED (suspended, terminated, completed by the other side) the
+push stops between two chunks, closing the HTTP request or aborting the S3 multipart upload, so
+nothing half-written stays at the destination. A suspended push is paused and pushed again from the
+start on resume; an interrupted attempt records no usage event, like a failed one.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ class PushFailed(Exception):
         self.permanent = permanent
 
 
+class PushInterrupted(Exception):
+    """The transfer left STARTED while its push streamed (``state``: what it is now, None if gone)."""
+
+    def __init__(self, state: TState | None) -> None:
+        super().__init__(f"the transfer is {state.name if state is not None else 'gone'}")
+        self.state = state
+
+
 class _Reader(io.RawIOBase):
     """A file-like view of a chunk iterator (what ``minio.put_object`` reads parts from)."""
 
@@ -128,6 +142,7 @@ class PushService:
         lease_s: float = 30.0,
         poll_s: float = 0.5,
         http: httpx.Client | None = None,
+        check_s: float | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -142,6 +157,8 @@ class PushService:
         self.part_size = part_size
         self.lease_s = lease_s
         self.poll_s = poll_s
+        #: how often a running push checks that its transfer is still STARTED
+        self.check_s = poll_s if check_s is None else check_s
         self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.owner = uuid.uuid4().hex[:16]
         self._poller = PollingThread(self.run_once, "dadam-push", poll_s)
@@ -164,7 +181,12 @@ class PushService:
         elif found.status in ("paused", "pending"):  # resumed: push again from the start
             conn.execute(
                 pushes.update()
-                .where(pushes.c.transfer_id == row["id"])
+                .where(
+                    pushes.c.transfer_id == row["id"],
+                    # an attempt still streaming keeps its lease: it either never saw the
+                    # suspension and goes on, or it stops and re-queues itself (_interrupted)
+                    sa.or_(pushes.c.lease_until.is_(None), pushes.c.lease_until < now),
+                )
                 .values(status="pending", next_at=now, lease_owner=None, lease_until=None, updated_at=now)
             )
         self._poller.wake()
@@ -251,27 +273,27 @@ class PushService:
             self._finish_failed(tid, exc.message, terminate=True)
             return
         except (DadamError, NotFoundError) as exc:
-            state = self._transfer_state(tid)
-            if state == TState.SUSPENDED:
-                self._set(tid, status="paused", lease_owner=None, lease_until=None)
-            elif state is not None and state not in (TState.STARTED, TState.STARTING, TState.RESUMING):
-                self._set(tid, status="cancelled", last_error=exc.message, lease_owner=None, lease_until=None)
-            else:  # e.g. retired meanwhile: the retirement terminates the transfer itself
-                self._set(tid, status="cancelled", last_error=exc.message, lease_owner=None, lease_until=None)
+            self._interrupted(tid, exc.message)
             return
         destination: dict[str, Any] = orjson.loads(row["data_address"] or "{}")
         counter = RecordCounter(dataset.media_type or "application/octet-stream")
         sent = 0
         started = time.time()
-        last_renew = time.monotonic()
+        last_renew = last_check = time.monotonic()
 
         def on_chunk(chunk: bytes) -> None:
-            nonlocal sent, last_renew
+            nonlocal sent, last_renew, last_check
             sent += len(chunk)
             counter.feed(chunk)
-            if time.monotonic() - last_renew > self.lease_s / 3:
+            now = time.monotonic()
+            if now - last_check >= self.check_s:
+                last_check = now
+                state = self._transfer_state(tid)
+                if state != TState.STARTED:
+                    raise PushInterrupted(state)
+            if now - last_renew > self.lease_s / 3:
                 self._renew(tid)
-                last_renew = time.monotonic()
+                last_renew = now
 
         try:
             opened = open_source(dataset.data_address, s3=self.s3)
@@ -293,6 +315,10 @@ class PushService:
             return
         except SourceUnavailable as exc:
             self._retry_or_fail(tid, f"the data source failed during the push: {exc}")
+            return
+        except PushInterrupted as exc:
+            log.info("push of %s stopped after %d bytes: %s", tid, sent, exc)
+            self._interrupted(tid, str(exc), requeue=True)
             return
         finally:
             if opened.close is not None:
@@ -350,6 +376,8 @@ class PushService:
 
         try:
             response = self.http.request(method, url, content=body(), headers=headers)
+        except PushInterrupted:
+            raise
         except httpx.HTTPError as exc:
             raise PushFailed(f"push to {url} failed: {exc.__class__.__name__}: {exc}") from None
         if response.status_code >= 500 or response.status_code in (408, 429):
@@ -387,7 +415,7 @@ class PushService:
                 part_size=self.part_size,
                 content_type=media_type or "application/octet-stream",
             )
-        except SourceUnavailable:
+        except (SourceUnavailable, PushInterrupted):  # minio aborted the multipart upload first
             raise
         except Exception as exc:
             code = getattr(exc, "code", None)
@@ -402,10 +430,31 @@ class PushService:
             state = conn.execute(sa.select(transfers.c.state).where(transfers.c.id == tid)).scalar()
         return None if state is None else TState(state)
 
-    def _set(self, tid: str, **values: Any) -> None:
+    def _locked_state(self, conn: Connection, tid: str) -> TState | None:
+        """The transfer's state, its row locked until ``conn`` commits (PostgreSQL; SQLite's write
+        transaction is exclusive anyway), so a resume cannot slip between the read and the update."""
+        state = conn.execute(
+            sa.select(transfers.c.state).where(transfers.c.id == tid).with_for_update()
+        ).scalar()
+        return None if state is None else TState(state)
+
+    def _interrupted(self, tid: str, reason: str, *, requeue: bool = False) -> None:
+        """The push of ``tid`` cannot run now: paused while its transfer is suspended, else
+        cancelled; with ``requeue`` (it stopped mid-stream), queued again when the transfer runs
+        again already (a resume came in between)."""
+        now = time.time()
         with write_tx(self.engine) as conn:
+            state = self._locked_state(conn, tid)
+            if state in (TState.SUSPENDING, TState.SUSPENDED):
+                values: dict[str, Any] = {"status": "paused"}
+            elif requeue and state in (TState.STARTED, TState.STARTING, TState.RESUMING):
+                values = {"status": "pending", "next_at": now}
+            else:  # ended, or e.g. retired meanwhile: the retirement terminates the transfer itself
+                values = {"status": "cancelled", "last_error": reason}
             conn.execute(
-                pushes.update().where(pushes.c.transfer_id == tid).values(updated_at=time.time(), **values)
+                pushes.update()
+                .where(pushes.c.transfer_id == tid)
+                .values(lease_owner=None, lease_until=None, updated_at=now, **values)
             )
 
     def _retry_or_fail(self, tid: str, reason: str) -> None:

@@ -78,6 +78,11 @@ CONSUMER = "consumer"
 _INBOX_OPEN = frozenset({"PREPARED", "STARTED", "COMPLETED"})
 
 
+#: a flow's state as the transfer state the push worker reads
+_FLOW_TSTATE = {"PREPARED": TState.REQUESTED, "STARTED": TState.STARTED, "SUSPENDED": TState.SUSPENDED,
+                "COMPLETED": TState.COMPLETED, "TERMINATED": TState.TERMINATED}  # fmt: skip
+
+
 class DataFlows:
     """The data plane's flows: signal handling, push outcomes and callbacks to the control plane.
 
@@ -363,8 +368,7 @@ class DataFlows:
             state = conn.execute(sa.select(flows.c.state).where(flows.c.flow_id == tid)).scalar()
         if state is None:
             return None
-        return {"PREPARED": TState.REQUESTED, "STARTED": TState.STARTED, "SUSPENDED": TState.SUSPENDED,
-                "COMPLETED": TState.COMPLETED, "TERMINATED": TState.TERMINATED}[str(state)]  # fmt: skip
+        return _FLOW_TSTATE[str(state)]
 
     # ------------------------------------------------------------------ consumer push inbox
     def inbox_check(self, flow_id: str, authorization: str | None) -> tuple[bool, str | None]:
@@ -510,6 +514,14 @@ class SignaledPushService(PushService):
     def _transfer_state(self, tid: str) -> TState | None:
         state = self.flows.flow_tstate(tid)
         return state if state is not None else super()._transfer_state(tid)
+
+    def _locked_state(self, conn: Connection, tid: str) -> TState | None:
+        state = conn.execute(
+            sa.select(flows.c.state).where(flows.c.flow_id == tid).with_for_update()
+        ).scalar()
+        if state is None:
+            return super()._locked_state(conn, tid)
+        return _FLOW_TSTATE[str(state)]
 
     def _finish_failed(self, tid: str, reason: str, *, terminate: bool) -> None:
         if self.flows.flow_tstate(tid) is None:
