@@ -394,7 +394,9 @@ async def _spliced(
             sent, last = await loop.run_in_executor(splice_pool, functools.partial(relay, up, fd, feed=feed))
         except RelayError as exc:
             await finish("partial", exc.sent)
-            log.warning("pull %s cut off after %d of %d bytes: %s", event_id, exc.sent, length, exc.message)
+            # a client going away is routine; a source failing midway is the operator's business
+            log.log(logging.WARNING if exc.side == "source" else logging.INFO,
+                    "pull %s cut off after %d of %d bytes: %s", event_id, exc.sent, length, exc.message)  # fmt: skip
             transport.close()
             for _ in range(100):  # the server sees the connection lost: no "incomplete response" error
                 if getattr(cycle, "disconnected", True):
