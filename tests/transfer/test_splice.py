@@ -191,6 +191,9 @@ def test_bodies_arrive_whole_on_one_kept_alive_connection_and_are_metered_ok(
         assert sock is not None  # the server kept the connection open after each response
     assert got == [big, small, b'{"ok":"yes"}', big]
     assert outcomes == [("ok", len(big), 0), ("ok", len(small), 0), ("ok", len(big), 0)]
+    deadline = time.time() + 10
+    while source.relays.running and time.time() < deadline:
+        time.sleep(0.01)
     assert source.relays.running == 0  # every relay gave its slot back
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
@@ -226,6 +229,9 @@ def test_a_source_that_cuts_off_is_metered_partial(
     assert len(cut.value.partial) == len(body) // 2
     _wait_for(outcomes, 1)
     assert outcomes == [("partial", len(body) // 2, 0)]
+    deadline = time.time() + 10  # the slot is given back once the connection is closed
+    while source.relays.running and time.time() < deadline:
+        time.sleep(0.01)
     assert source.relays.running == 0
     assert "closed the connection before the body ended" in caplog.text
     # the server ended that connection quietly (no "incomplete response" error) and serves others
