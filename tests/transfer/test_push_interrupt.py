@@ -203,3 +203,120 @@ def _still_open(endpoint: SlowEndpoint) -> bool:
     before = endpoint.requests[-1][0]
     time.sleep(0.3)
     return bool(endpoint.requests[-1][0] != before)
+
+
+class SlowSource:
+    """An HTTP data source of ``SIZE`` random bytes, sent 256 KiB every 20 ms while ``slow`` is set;
+    ``sent`` counts the bytes of the request being answered."""
+
+    def __init__(self) -> None:
+        self.body = os.urandom(SIZE)
+        self.slow = threading.Event()
+        self.slow.set()
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/export.bin"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                head += piece
+            self.sent = 0
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % SIZE)  # fmt: skip
+                for at in range(0, SIZE, 256 * 1024):
+                    if self.slow.is_set():
+                        time.sleep(0.02)
+                    conn.sendall(self.body[at : at + 256 * 1024])
+                    self.sent = at + len(self.body[at : at + 256 * 1024])
+            except OSError:
+                return
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_an_s3_push_suspended_midway_leaves_no_object_and_is_pushed_whole_after_resume(
+    s3_server: Any, tmp_path: Path
+) -> None:
+    from connector.dataplane import S3Config
+
+    s3: S3Config = s3_server
+    env = {"DADAM_S3_ENDPOINT": s3.endpoint, "DADAM_S3_ACCESS_KEY": s3.access_key,
+           "DADAM_S3_SECRET_KEY": s3.secret_key, "DADAM_PUSH_PART_BYTES": str(5 * 1024 * 1024)}  # fmt: skip
+    source = SlowSource()
+    client = s3.client()
+    bucket = f"interrupted-{os.getpid()}-{int(time.time())}"
+    client.make_bucket(bucket)
+    try:
+        with connectors(tmp_path, env, env) as (provider, consumer):
+            seed_provider(provider)
+            record_partner(provider, consumer)
+            base = next(d for d in sample_datasets() if d.id == "bom-brake-assembly-as-built")
+            ds = base.model_copy(update={"id": "bom-slow-export", "media_type": "application/octet-stream",
+                                         "byte_size": None,
+                                         "data_address": DataAddress(type="http", properties={"url": source.url})})  # fmt: skip
+            with provider.client() as c:
+                r = c.post("/datasets", json=ds.model_dump(mode="json", by_alias=True))
+                assert r.status_code in (200, 201), r.text
+            found = next(
+                d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-slow-export"
+            )
+            agreement = str(negotiate(consumer, provider, found["hasPolicy"][0]["@id"])["agreement"]["@id"])
+            with consumer.client() as c:
+                r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url,
+                                               "counterPartyId": provider.did, "agreementId": agreement,
+                                               "format": "AmazonS3-PUSH",
+                                               "dataDestination": {"bucketName": bucket, "objectName": "in/x.bin"}})  # fmt: skip
+                assert r.status_code == 201, r.text
+                tid = str(r.json()["id"])
+            # more than one 5 MiB part has been read from the source, so an upload is under way
+            _wait(lambda: source.sent > 7 * 1024 * 1024, "the push to be streaming")
+            assert _uploads(client, bucket) == ["in/x.bin"]  # the listing sees an upload under way
+            _act(consumer, tid, "suspend")
+            _wait(lambda: _state(provider, _provider_tid(provider, tid))["state"] == "SUSPENDED", "SUSPENDED")
+            _wait(lambda: _settled(source), "the provider to stop reading its source")
+            assert source.sent < SIZE
+            assert not list(client.list_objects(bucket, recursive=True))
+            # the multipart upload that had begun was aborted: no parts are left behind in the bucket
+            assert _uploads(client, bucket) == []
+            source.slow.clear()
+            _act(consumer, tid, "resume")
+            done = _wait(lambda: _state(consumer, tid)["state"] in ("COMPLETED", "TERMINATED") and _state(consumer, tid),
+                         "the transfer to end", timeout=60)  # fmt: skip
+            assert done["state"] == "COMPLETED", done
+            got = client.get_object(bucket, "in/x.bin")
+            try:
+                assert got.read() == source.body
+            finally:
+                got.close()
+                got.release_conn()
+            assert [(e["bytes"], e["outcome"]) for e in usage_of(provider, agreement)] == [(SIZE, "ok")]
+    finally:
+        source.listener.close()
+
+
+def _settled(source: SlowSource) -> bool:
+    """Whether the source sent nothing more for half a second."""
+    before = source.sent
+    time.sleep(0.5)
+    return source.sent == before
+
+
+def _uploads(client: Any, bucket: str) -> list[str]:
+    """The multipart uploads still open in ``bucket`` (minio has no public call for it)."""
+    result = client._list_multipart_uploads(bucket)
+    return [u.object_name for u in result.uploads]
