@@ -87,7 +87,7 @@ from contracts._process import (
     cancel_pending,
     enqueue,
     enqueue_claimed,
-    insert_process,
+    insert_locked_process,
     lock_process,
     record_received,
     save_state,
@@ -651,10 +651,14 @@ class NegotiationManager:
             role = conn.execute(stmt, {"_pid": pid}).scalar()
         if role is None:
             raise NotFoundError(f"no negotiation {pid!r}", context={"providerPid": pid})
+        return self._remember_role(pid, Role(role))
+
+    def _remember_role(self, pid: str, role: Role) -> Role:
+        """Note the role of our pid ``pid`` (call once the row naming it is committed)."""
         if len(self._roles) > 100_000:
             self._roles.clear()
-        self._roles[pid] = Role(role)
-        return self._roles[pid]
+        self._roles[pid] = role
+        return role
 
     def dsp_get(self, role: Role, pid: str, caller: Caller | None) -> dict[str, Any]:
         """``GET /negotiations/:pid`` (provider) or ``<callback>/negotiations/:pid`` (consumer)."""
@@ -680,17 +684,15 @@ class NegotiationManager:
         own, peer = (
             ("provider_pid", "consumer_pid") if role is Role.PROVIDER else ("consumer_pid", "provider_pid")
         )
-        known = (
-            conn.execute(
-                sa.select(negotiations).where(
-                    negotiations.c.role == role.value,
-                    negotiations.c[peer] == peer_pid,
-                    negotiations.c.counterparty_id == caller.did,
-                )
-            )
-            .mappings()
-            .first()
+        find_known = cached_statement(
+            ("cn_known", role.value),
+            lambda: sa.select(negotiations).where(
+                negotiations.c.role == role.value,
+                negotiations.c[peer] == sa.bindparam("_peer_pid"),
+                negotiations.c.counterparty_id == sa.bindparam("_caller"),
+            ),
         )
+        known = conn.execute(find_known, {"_peer_pid": peer_pid, "_caller": caller.did}).mappings().first()
         if known is not None:
             if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
                 return known, self._ack(known)
@@ -701,12 +703,11 @@ class NegotiationManager:
             )
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
-        insert_process(
+        row: Row = insert_locked_process(
             conn, negotiations, pid, State.INITIAL, timeout_s=self.config.state_timeout_s, now=now,
             role=role.value, **{own: pid, peer: peer_pid},
             counterparty_address=msg.callback_address.rstrip("/"), counterparty_id=caller.did, **values,
         )  # fmt: skip
-        row: Row = lock_process(conn, negotiations, pid)
         record_received(conn, KIND, pid, msg.id, digest)
         return row, None
 
@@ -758,6 +759,7 @@ class NegotiationManager:
             row = self._set(conn, row, tr.state, fx)
             ack = self._ack(row)  # the state this message led to, before our reaction
             self._react_provider(conn, row, "request", msg, caller, fx)
+        self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
         self._publish(fx, defer=defer)
         return ack
 
@@ -792,6 +794,7 @@ class NegotiationManager:
             row = self._set(conn, row, tr.state, fx)
             ack = self._ack(row)  # OFFERED, before our reaction
             self._react_consumer(conn, row, "initial-offer", msg, fx)
+        self._remember_role(str(row["consumer_pid"]), Role.CONSUMER)
         self._publish(fx, defer=defer)
         return ack
 
@@ -1282,7 +1285,7 @@ class NegotiationManager:
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         with write_tx(self.engine) as conn:
-            insert_process(
+            row: Row = insert_locked_process(
                 conn,
                 negotiations,
                 pid,
@@ -1300,7 +1303,6 @@ class NegotiationManager:
                 callbacks=_dumps(list(callbacks)),
                 extra=_dumps({"requested": offer}),
             )
-            row: Row = lock_process(conn, negotiations, pid)
             row = self._send(conn, row, Event.SEND_REQUEST, fx)
             script = self._script(row)
             if script is not None and script.get("ack:request"):
@@ -1316,6 +1318,7 @@ class NegotiationManager:
                 )
                 row = lock_process(conn, negotiations, pid)
             view = self._view(row)
+        self._remember_role(pid, Role.CONSUMER)
         self._publish(fx)
         return view
 
@@ -1350,7 +1353,7 @@ class NegotiationManager:
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
         with write_tx(self.engine) as conn:
-            insert_process(
+            row: Row = insert_locked_process(
                 conn,
                 negotiations,
                 pid,
@@ -1368,9 +1371,9 @@ class NegotiationManager:
                 callbacks=_dumps(list(callbacks)),
                 extra=_dumps({"offered": offered, "claims": claims, "initiated": "provider"}),
             )
-            row: Row = lock_process(conn, negotiations, pid)
             row = self._send(conn, row, Event.SEND_OFFER, fx)
             view = self._view(row)
+        self._remember_role(pid, Role.PROVIDER)
         self._publish(fx)
         return view
 

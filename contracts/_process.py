@@ -90,6 +90,7 @@ __all__ = [
     "enqueue",
     "enqueue_claimed",
     "inbox",
+    "insert_locked_process",
     "insert_process",
     "is_postgres_conn",
     "lock_process",
@@ -217,22 +218,51 @@ def insert_process(
 ) -> None:
     """Insert a new process row of ``table`` in ``state``: the framework's columns are set here
     (deadline ``timeout_s`` from now), ``values`` are the table's own columns."""
-    now = time.time() if now is None else now
     stmt = cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table))
-    conn.execute(
-        stmt,
-        {
-            "id": process_id,
-            "state": int(state),
-            "state_since": now,
-            "deadline": None if timeout_s is None else now + timeout_s,
-            "pending": False,
-            "version": 0,
-            "created_at": now,
-            "updated_at": now,
-            **values,
-        },
+    conn.execute(stmt, _process_values(process_id, state, timeout_s, now, values))
+
+
+def insert_locked_process(
+    conn: Connection,
+    table: sa.Table,
+    process_id: str,
+    state: int,
+    *,
+    timeout_s: float | None,
+    now: float | None = None,
+    **values: Any,
+) -> RowMapping:
+    """:func:`insert_process`, returning the row as stored, locked until the transaction ends
+    (what :func:`lock_process` would read next, in the same round trip where the database has
+    ``INSERT ... RETURNING``: a row this transaction inserted is not visible to, nor lockable by,
+    any other transaction before the commit)."""
+    params = _process_values(process_id, state, timeout_s, now, values)
+    if not conn.dialect.insert_returning:
+        conn.execute(
+            cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table)), params
+        )
+        return lock_process(conn, table, process_id)
+    stmt = cached_statement(
+        ("insert_process_returning", table.name, id(table)), lambda: sa.insert(table).returning(*table.c)
     )
+    return conn.execute(stmt, params).mappings().one()
+
+
+def _process_values(
+    process_id: str, state: int, timeout_s: float | None, now: float | None, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {
+        "id": process_id,
+        "state": int(state),
+        "state_since": now,
+        "deadline": None if timeout_s is None else now + timeout_s,
+        "pending": False,
+        "version": 0,
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
 
 
 def save_state(
@@ -806,6 +836,16 @@ class Worker:
                     process = lock_process(conn, handler.table, message.process_id)
                 except NotFoundError:
                     process = None
+            if delivery.ok and conn.dialect.update_returning:
+                # One round trip: mark the row sent only if it is still ours and pending (else
+                # someone took over after our lease expired, and their outcome counts).
+                sent = conn.execute(
+                    cached_statement(("outbox_sent_if_ours",), _outbox_sent_if_ours),
+                    {"_id": message.id, "_owner": self.owner, "_now": now},
+                ).first()
+                if sent is not None and handler is not None and process is not None:
+                    handler.on_delivered(conn, process, message, delivery)
+                return
             current = (
                 conn.execute(
                     cached_statement(
@@ -914,6 +954,27 @@ class Worker:
                 raise
             _after_commit(handler, True)
         return count
+
+
+def _outbox_sent_if_ours() -> Any:
+    """``UPDATE dsp_outbox SET status = 'sent', attempts = attempts + 1, ...`` where the row is
+    still pending and leased to ``_owner``, ``RETURNING`` its id (no row: not ours any more)."""
+    return (
+        sa.update(outbox)
+        .where(
+            outbox.c.id == sa.bindparam("_id"),
+            outbox.c.status == "pending",
+            outbox.c.lease_owner == sa.bindparam("_owner"),
+        )
+        .values(
+            status="sent",
+            attempts=outbox.c.attempts + 1,
+            sent_at=sa.bindparam("_now"),
+            lease_owner=None,
+            lease_until=None,
+        )
+        .returning(outbox.c.id)
+    )
 
 
 def _after_commit(handler: ProcessHandler | None, committed: bool) -> None:

@@ -205,6 +205,34 @@ def test_expired_lease_is_taken_over(toy_engine: sa.Engine) -> None:
     assert _state(toy_engine, "p6")["state"] == SENT
 
 
+def test_a_delivery_counts_only_while_the_message_is_still_ours(toy_engine: sa.Engine) -> None:
+    with toy_engine.begin() as conn:
+        _new(conn, "p9")
+        enqueue(conn, "toy", "p9", "http://peer/x", {"@type": "M"})
+    w = _worker(toy_engine, ToyHandler(), [], [])
+    [msg] = w._claim()
+    with toy_engine.begin() as conn:  # our lease expired meanwhile and another worker took the row
+        conn.execute(sa.update(outbox).values(lease_owner="other", lease_until=time.time() + 30))
+    w._record(msg, Delivery(True, 200, False, "ok"))
+
+    def outbox_row() -> Any:
+        with toy_engine.connect() as conn:
+            return conn.execute(
+                sa.select(outbox.c.status, outbox.c.attempts, outbox.c.lease_owner, outbox.c.sent_at)
+            ).one()
+
+    row = outbox_row()
+    assert (row.status, row.attempts, row.lease_owner, row.sent_at) == ("pending", 0, "other", None)
+    assert _state(toy_engine, "p9")["state"] == SENDING, "the other worker's outcome counts"
+    with toy_engine.begin() as conn:  # ours again
+        conn.execute(sa.update(outbox).values(lease_owner=w.owner))
+    w._record(msg, Delivery(True, 200, False, "ok"))
+    row = outbox_row()
+    assert (row.status, row.attempts, row.lease_owner) == ("sent", 1, None)
+    assert row.sent_at is not None
+    assert _state(toy_engine, "p9")["state"] == SENT
+
+
 def test_state_timeout(toy_engine: sa.Engine) -> None:
     with toy_engine.begin() as conn:
         _new(conn, "p7", timeout_s=-1)
