@@ -48,6 +48,21 @@ def _respond(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _after_response(tasks: BackgroundTasks) -> Callable[[Callable[[], None]], None]:
+    """The manager's ``defer``: run ``fn`` after the response (the ACK) went out. ``fn`` only hands
+    claimed messages to the worker's send pool and wakes the worker (nothing blocks), so it runs on
+    the event loop: as a sync background task Starlette would first move it to a worker thread."""
+
+    def defer(fn: Callable[[], None]) -> None:
+        tasks.add_task(_call, fn)
+
+    return defer
+
+
 def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Callable[..., Any]) -> APIRouter:
     """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks)."""
     router = APIRouter(tags=["dsp-negotiation"])
@@ -57,8 +72,8 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
         request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
     ) -> Response:
         body = await _json(request)
-        # Replies are sent by a background task, i.e. after this response (the ACK) went out.
-        ack = await asyncio.to_thread(manager.provider_request, body, caller, tasks.add_task)
+        # Replies are sent after this response (the ACK) went out.
+        ack = await asyncio.to_thread(manager.provider_request, body, caller, _after_response(tasks))
         return _respond(ack, 201)
 
     @router.post("/negotiations/offers")
@@ -67,7 +82,7 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
     ) -> Response:
         """Consumer: a provider-initiated negotiation (initial ContractOfferMessage)."""
         body = await _json(request)
-        ack = await asyncio.to_thread(manager.consumer_initial_offer, body, caller, tasks.add_task)
+        ack = await asyncio.to_thread(manager.consumer_initial_offer, body, caller, _after_response(tasks))
         return _respond(ack, 201)
 
     @router.get("/negotiations/{pid}")
@@ -85,7 +100,7 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
 
             def work() -> dict[str, Any]:
                 r = role or manager.role_of(pid)
-                return manager.receive(r, endpoint, pid, body, caller, tasks.add_task)
+                return manager.receive(r, endpoint, pid, body, caller, _after_response(tasks))
 
             ack = await asyncio.to_thread(work)
             return _respond(ack)
