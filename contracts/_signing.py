@@ -153,7 +153,26 @@ def sign_agreement(signer: Signer, agreement: Mapping[str, Any]) -> str:
     return signer.sign_detached(canonical_json(agreement))
 
 
+#: Imported public keys by their JWK (canonical JSON): a peer signs many agreements with one key,
+#: and importing a JWK (base64, curve point check) costs about a third of a verification.
+_KEYS: dict[bytes, ECKey | OKPKey] = {}
+
+
 def _import_key(jwk: Mapping[str, Any]) -> ECKey | OKPKey:
+    try:
+        cache_key = orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON: let the import report what is wrong
+        return _import_key_uncached(jwk)
+    key = _KEYS.get(cache_key)
+    if key is None:
+        key = _import_key_uncached(jwk)
+        if len(_KEYS) >= 1000:
+            _KEYS.clear()
+        _KEYS[cache_key] = key
+    return key
+
+
+def _import_key_uncached(jwk: Mapping[str, Any]) -> ECKey | OKPKey:
     if jwk.get("kty") == "OKP":
         return OKPKey.import_key(dict(jwk))
     return ECKey.import_key(dict(jwk))
