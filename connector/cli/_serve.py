@@ -31,6 +31,9 @@ def serve(
     except DadamError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from connector._gc import tune_for_serving
+
+    tune_for_serving()
     uvicorn.run(
         app,
         host=host or settings.host,
