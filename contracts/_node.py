@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Header
 from joserfc.jwk import ECKey
 
+from connector._gc import tune_for_serving
 from connector.api import install_error_handlers
 from connector.errors import NotFoundError
 from connector.identity import Caller
@@ -79,8 +80,12 @@ class _HeaderAuth(httpx.Auth):
         yield request
 
 
-def _loopback_caller(x_test_caller: str | None = Header(None)) -> Caller:
+async def _loopback_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=x_test_caller or "anonymous")
+
+
+async def _allow_all() -> None:
+    """Management API access check of this test node (``dadam serve``'s checks are async too)."""
 
 
 def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
@@ -122,7 +127,7 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
     app = FastAPI()
     install_error_handlers(app, dsp_path=DSP)
     app.include_router(negotiation_dsp_router(manager, _loopback_caller), prefix=DSP)
-    app.include_router(negotiation_management_router(manager, lambda: None, lambda: None), prefix=MGMT)
+    app.include_router(negotiation_management_router(manager, _allow_all, _allow_all), prefix=MGMT)
     return app, manager
 
 
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.public_url and args.port:
         args.public_url = f"http://127.0.0.1:{args.port}"
     app, manager = build_app(args)
+    tune_for_serving()  # as dadam serve does
     if args.worker:
         manager.start()
     if args.port:
