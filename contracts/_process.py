@@ -349,7 +349,12 @@ def enqueue_claimed(
     msg, older = _enqueue(
         conn, kind, process_id, url, body, audience, 0.0, None, worker.owner, worker.lease_s
     )
-    return None if older else msg
+    if older:
+        if len(worker._queued_behind) > 10_000:  # entries whose older message another worker sent
+            worker._queued_behind.clear()
+        worker._queued_behind.add((kind, process_id))
+        return None
+    return msg
 
 
 def _enqueue(
@@ -711,6 +716,9 @@ class Worker:
             self.run_once, f"dsp-worker-{self.owner}", poll_s, error_wait_s=min(1.0, poll_s * 5)
         )
         self._postgres = is_postgres(engine)
+        #: Processes with a message that :func:`enqueue_claimed` left to the claim because an older
+        #: one was still pending: recording that older one's outcome wakes the worker.
+        self._queued_behind: set[tuple[str, str]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -825,6 +833,12 @@ class Worker:
             _after_commit(handler, False)
             raise
         _after_commit(handler, True)
+        key = (message.kind, message.process_id)
+        if key in self._queued_behind:
+            # A later message of this process waits for the claim, which skips it while this one
+            # was pending: claim it now, not at the next poll.
+            self._queued_behind.discard(key)
+            self.wake()
 
     def _record_tx(self, handler: ProcessHandler | None, message: OutboxMessage, delivery: Delivery) -> None:
         now = time.time()

@@ -233,6 +233,27 @@ def test_a_delivery_counts_only_while_the_message_is_still_ours(toy_engine: sa.E
     assert _state(toy_engine, "p9")["state"] == SENT
 
 
+def test_a_message_queued_behind_an_older_one_leaves_once_that_one_is_recorded(toy_engine: sa.Engine) -> None:
+    seen: list[dict[str, Any]] = []
+    w = _worker(toy_engine, ToyHandler(), [], seen, poll_s=30.0)
+    w.start()
+    try:
+        time.sleep(0.2)  # the first (idle) poll is over; the next one is 30 s away
+        with toy_engine.begin() as conn:
+            _new(conn, "p10")
+            first = enqueue_claimed(conn, w, "toy", "p10", "http://peer/a", {"@type": "A"})
+            second = enqueue_claimed(conn, w, "toy", "p10", "http://peer/b", {"@type": "B"})
+        assert first is not None
+        assert second is None, "left to the claim: the older message is still pending"
+        w.dispatch([first])
+        deadline = time.time() + 5
+        while len(seen) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert [s["url"] for s in seen] == ["http://peer/a", "http://peer/b"], "not at the next poll"
+    finally:
+        w.stop()
+
+
 def test_state_timeout(toy_engine: sa.Engine) -> None:
     with toy_engine.begin() as conn:
         _new(conn, "p7", timeout_s=-1)
