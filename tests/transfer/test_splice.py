@@ -329,3 +329,26 @@ def test_relay_gives_up_on_a_silent_source_with_the_reason() -> None:
     assert "sent nothing for 0.2 s" in stopped.value.message
     for s in (src_w, src_r, dst_w, dst_r):
         s.close()
+
+
+def test_concurrent_relays_each_deliver_their_own_body(
+    connect: Any, served: tuple[str, Source, list[tuple[str, int, int]]]
+) -> None:
+    _, source, outcomes = served
+    bodies = {f"b{i}": os.urandom(6 * MiB + i) for i in range(8)}
+    for name, body in bodies.items():
+        source.add(name, body)
+    got: dict[str, bytes] = {}
+    conns = {name: connect() for name in bodies}
+
+    def fetch(name: str) -> None:
+        conns[name].request("GET", f"/pull/{name}")
+        got[name] = conns[name].getresponse().read()
+
+    threads = [threading.Thread(target=fetch, args=(name,)) for name in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == bodies
+    assert sorted(outcomes) == sorted(("ok", len(b), 0) for b in bodies.values())
