@@ -1,5 +1,5 @@
-"""Garbage-collector settings for long-running server processes (``dadam serve``, ``python -m
-contracts._node``).
+"""Garbage-collector settings for long-running server processes (``dadam serve``, ``dadam
+dataplane``, ``python -m contracts._node``).
 
 A request allocates thousands of container objects; with CPython's default threshold (a
 young-generation collection every 700 net allocations) the collector ran about 7 times per

@@ -62,6 +62,9 @@ def dataplane(
     except DadamError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from connector._gc import tune_for_serving
+
+    tune_for_serving()
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=log_level,
                 access_log=False, lifespan="on")  # fmt: skip
 
