@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -390,8 +391,13 @@ async def _spliced(
         feed = counter.feed if counter.kind != "none" else None
         try:
             if transport.get_write_buffer_size() or transport.is_closing():
+                up.close()
                 raise RelayError("client", "the client took nothing for 30 s", 0)
-            sent, last = await loop.run_in_executor(splice_pool, functools.partial(relay, up, fd, feed=feed))
+            # the relay thread writes to its own duplicate of the client's socket and closes it, and
+            # the S3 connection, itself when it ends: were this task cancelled and the server to
+            # close its descriptor meanwhile, that number could name another file by then
+            own = os.dup(fd)
+            sent, last = await loop.run_in_executor(splice_pool, _relay_and_close, up, own, feed)
         except RelayError as exc:
             await finish("partial", exc.sent)
             # a client going away is routine; a source failing midway is the operator's business
@@ -403,13 +409,20 @@ async def _spliced(
                     break
                 await asyncio.sleep(0.001)
             return
-        finally:
-            up.close()
         await finish("ok", sent + len(last))  # metered before the last piece leaves
         cycle.expected_content_length -= sent  # the server only saw the last piece go out
         await send({"type": "http.response.body", "body": last, "more_body": False})
     finally:
         relays.running -= 1
+
+
+def _relay_and_close(up: Any, client_fd: int, feed: Callable[[bytes], object] | None) -> tuple[int, bytes]:
+    """:func:`relay` on a worker thread, which then closes the S3 connection and ``client_fd``."""
+    try:
+        return relay(up, client_fd, feed=feed)
+    finally:
+        os.close(client_fd)
+        up.close()
 
 
 def _json_error(status: int, code: str, message: str) -> JSONResponse:
