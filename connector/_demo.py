@@ -226,10 +226,8 @@ def negotiate(consumer: Node, provider: Node, offer_id: str, timeout: float = 60
     raise DemoError(f"negotiation {nid} did not finish within {timeout:.0f} s (last state {state})")
 
 
-def pull(
-    consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0, request_id: str | None = None
-) -> tuple[bytes, dict[str, Any]]:
-    """The consumer requests an HttpData-PULL transfer, waits for the EDR and fetches the data with it."""
+def start_pull(consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The consumer requests an HttpData-PULL transfer and waits until it is STARTED with an EDR."""
     with consumer.client() as c:
         started = _check(
             c.post(
@@ -241,16 +239,22 @@ def pull(
         )  # fmt: skip
         tid = quote(str(started["id"]), safe="")
         deadline = time.monotonic() + timeout
-        view = started
+        view: dict[str, Any] = started
         while time.monotonic() < deadline:
             view = _check(c.get(f"/transfers/{tid}"), "transfer status")
             if view["state"] == "STARTED" and view.get("dataAddress"):
-                break
+                return view
             if view["state"] == "TERMINATED":
                 raise DemoError(f"transfer terminated: {view.get('errorDetail')}")
             time.sleep(0.1)
-        else:
-            raise DemoError(f"transfer did not start within {timeout:.0f} s (last state {view['state']})")
+    raise DemoError(f"transfer did not start within {timeout:.0f} s (last state {view['state']})")
+
+
+def pull(
+    consumer: Node, provider: Node, agreement_id: str, timeout: float = 60.0, request_id: str | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """The consumer requests an HttpData-PULL transfer, waits for the EDR and fetches the data with it."""
+    view = start_pull(consumer, provider, agreement_id, timeout)
     address = view["dataAddress"]
     props = {p["name"]: p["value"] for p in address.get("endpointProperties", [])}
     headers = {"Authorization": f"Bearer {props['authorization']}"}
@@ -262,18 +266,27 @@ def pull(
     return data.content, view
 
 
-def settle(consumer: Node, provider: Node, agreement_id: str, transfer: dict[str, Any], request_id: str,
-           size: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Receipt issued and signed by the provider, checked and countersigned by the consumer, settled."""
-    provider_pid = str(transfer["providerPid"])
-    now = time.time()
-    own_event = {
-        "id": f"{provider_pid}:{request_id}", "agreement_id": agreement_id, "transfer_id": provider_pid,
-        "dataset_id": "pcf-brake-disc-bd330v", "category": "carbon", "bytes": size, "records": 1, "calls": 1,
-        "started_at": now, "ended_at": now, "outcome": "ok", "consumer": consumer.did, "provider": provider.did,
-    }  # fmt: skip
+def fetch_through_consumer(
+    consumer: Node, provider: Node, agreement_id: str, request_id: str, timeout: float = 60.0
+) -> tuple[bytes, dict[str, Any]]:
+    """Like :func:`pull`, but the application asks its own connector (``GET <mgmt>/transfers/{id}/data``),
+    which fetches with the EDR and meters the request on the consumer's side."""
+    view = start_pull(consumer, provider, agreement_id, timeout)
     with consumer.client() as c:
-        _check(c.post("/bank/usage", json=[own_event]), "consumer-side metering")
+        data = c.get(
+            f"/transfers/{quote(str(view['id']), safe='')}/data", headers={"X-Request-Id": request_id}
+        )
+    if data.status_code != 200:
+        raise DemoError(f"data request answered {data.status_code}: {data.text[:500]}")
+    return data.content, view
+
+
+def settle(
+    consumer: Node, provider: Node, agreement_id: str, transfer: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Receipt issued and signed by the provider, checked against the consumer connector's own
+    metering of the request (its fetch route recorded it) and countersigned, then settled."""
+    provider_pid = str(transfer["providerPid"])
     price = {"payAmount": "0.50", "currency": "EUR", "unitOfCount": "call"}
     with provider.client() as p:
         receipt = _check(
@@ -482,15 +495,18 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                     _check(p.post("/bank/deposits", json={"party": consumer.did, "amount": 2000,
                                                           "ref": "demo-deposit-1"}), "deposit")  # fmt: skip
                 request_id = str(uuid.uuid4())
-                data, transfer = pull(consumer, provider, str(agreement["@id"]), request_id=request_id)
+                data, transfer = fetch_through_consumer(consumer, provider, str(agreement["@id"]), request_id)
                 events = usage_of(provider, str(agreement["@id"]))
                 metered = sum(e["bytes"] for e in events)
                 records = sum(e["records"] for e in events)
+                own = usage_of(consumer, str(agreement["@id"]))
                 console.print(
-                    f"[bold]6[/] consumer pulled {len(data)} bytes of {pcf['@id']} with the EDR of transfer "
-                    f"{transfer['id']}; provider metered {len(events)} request(s), {metered} bytes, {records} records"
+                    f"[bold]6[/] consumer fetched {len(data)} bytes of {pcf['@id']} through its connector, which "
+                    f"used the EDR of transfer {transfer['id']}; provider metered {len(events)} request(s), "
+                    f"{metered} bytes, {records} records; consumer metered {len(own)} request(s), "
+                    f"{sum(e['bytes'] for e in own)} bytes, {sum(e['records'] for e in own)} records"
                 )
-                if metered != len(data):
+                if metered != len(data) or [e["id"] for e in own] != [e["id"] for e in events]:
                     raise DemoError(f"metered {metered} bytes but the consumer received {len(data)}")
                 with provider.client() as p:
                     prepaid = _check(
@@ -500,9 +516,7 @@ def run_demo(*, serve: bool = False, workdir: Path | None = None) -> int:
                     f"   data bank: {prepaid['debits_pending']} cents reserved at transfer start from the "
                     f"consumer's prepaid balance of {prepaid['balance']} cents"
                 )
-                result, statement = settle(
-                    consumer, provider, str(agreement["@id"]), transfer, request_id, len(data)
-                )
+                result, statement = settle(consumer, provider, str(agreement["@id"]), transfer)
                 r = result["receipt"]["receipt"]
                 console.print(
                     f"[bold]7[/] receipt {result['receipt']['id']}: {r['calls']} call(s), {r['bytes']} bytes, "

@@ -63,6 +63,7 @@ from connector.dataplane import (
     public_router,
     token_router,
 )
+from connector.dataplane._fetch import consumer_fetch_router
 from connector.dataplane._splice import ConnectionApp
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
@@ -71,7 +72,7 @@ from contracts import NegotiationManager, negotiation_dsp_router, negotiation_ma
 from contracts._transfer import TransferManager
 from contracts._transfer_api import transfer_dsp_router, transfer_management_router
 from contracts._transfer_states import Command
-from metering import Ledger, Settlement, bank_router
+from metering import Ledger, Settlement, bank_router, record_usage_events
 from metering._api import bank_peer_router, settlement_router
 from usage_policy._api import policy_router
 
@@ -208,13 +209,32 @@ def create_app(
                 return None  # signaling mode: the data plane's `prepare` answers its push inbox (0452)
             return consumer_destination(fmt, requested, public_url=settings.dataplane_url, s3=s3)
 
+        edr_refresher = EdrRefresher(
+            rt.engine, auth_for=identity_service.auth_for if identity_service else None
+        )
         app.include_router(
             transfer_management_router(
                 rt.transfers,
                 auth.require_read,
                 auth.require_write,
                 destination_for=destination_for,
-                edr=EdrRefresher(rt.engine, auth_for=identity_service.auth_for if identity_service else None),
+                edr=edr_refresher,
+            ),
+            prefix=settings.management_path,
+        )
+        usage_engine = rt.bank.engine if isinstance(rt.bank, Ledger) else rt.engine
+
+        def record_own_usage(events: Any) -> None:
+            with usage_engine.begin() as conn:
+                record_usage_events(conn, events)
+
+        app.include_router(
+            consumer_fetch_router(
+                rt.engine,
+                edr_refresher,
+                auth.require_read,
+                consumer_did=settings.did,
+                record=record_own_usage,
             ),
             prefix=settings.management_path,
         )

@@ -125,6 +125,12 @@ def _permanent(decision: Any) -> bool:
     return True
 
 
+def _category(dataset: Any) -> str:
+    """The usage category of a dataset (what its usage events are filed under)."""
+    category = str(getattr(dataset.category, "value", dataset.category))
+    return category if category in CATEGORIES else "other"
+
+
 def usage_event(
     event_id: str,
     row: Any,
@@ -136,10 +142,9 @@ def usage_event(
     provider: str,
 ) -> UsageEvent:
     """The usage event of one served request or push."""
-    category = str(getattr(dataset.category, "value", dataset.category))
     return UsageEvent(
         id=event_id, agreement_id=row["agreement_id"], transfer_id=row["id"], dataset_id=dataset.id,
-        category=category if category in CATEGORIES else "other", bytes=sent, records=records,
+        category=_category(dataset), bytes=sent, records=records,
         calls=1, started_at=started, ended_at=time.time(), outcome=outcome,
         consumer=row["counterparty_id"] or "", provider=provider,
     )  # fmt: skip
@@ -519,7 +524,8 @@ def public_router(
             return _error(exc.status_hint if exc.status_hint != 500 else 400, exc.code, exc.message)
         start, end = span or (0, size - 1)
         length = max(end - start + 1, 0)
-        headers = {"Cache-Control": "no-store", "Accept-Ranges": "bytes", "Content-Length": str(length)}
+        headers = {"Cache-Control": "no-store", "Accept-Ranges": "bytes", "Content-Length": str(length),
+                   "X-Dadam-Category": _category(dataset)}  # fmt: skip
         status = 200
         if span is not None:
             status = 206
@@ -679,7 +685,9 @@ def public_router(
                     await upstream.aclose()
 
             return StreamingResponse(
-                metered(upstream_chunks()), media_type=upstream.headers.get("content-type", media_type)
+                metered(upstream_chunks()),
+                media_type=upstream.headers.get("content-type", media_type),
+                headers={"Cache-Control": "no-store", "X-Dadam-Category": _category(dataset)},
             )
         return _error(501, "unsupported_source", f"{address.type} sources are not served by this data plane")
 

@@ -30,8 +30,9 @@ def test_demo_runs_end_to_end_and_stops_its_connectors(tmp_path: Path) -> None:
     assert "connectors stopped" in out
     assert "contract negotiated for offer pcf-members:pcf-brake-disc-bd330v:" in out
     assert "(signed by both)" in out
-    assert "consumer pulled 2503 bytes of pcf-brake-disc-bd330v" in out
+    assert "consumer fetched 2503 bytes of pcf-brake-disc-bd330v through its connector" in out
     assert "provider metered 1 request(s), 2503 bytes" in out
+    assert "consumer metered 1 request(s), 2503 bytes, 1 records" in out  # by its connector, not by hand
     assert "500 cents reserved at transfer start" in out
     assert "checked against its own metering and countersigned; settlement: settled 50 EUR cents" in out
     assert "prepaid balance 1950 cents" in out
