@@ -5,7 +5,6 @@ pass through, an expired token is refreshed and the request retried, and every f
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -13,7 +12,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 import sqlalchemy as sa
-from transfer_nodes import bom_agreement, connectors
+from transfer_nodes import bom_agreement, connectors, transfer_view, wait_until
 
 from catalog.samples import sample_datasets
 from connector._demo import Node, start_pull, stop_node, usage_of
@@ -102,20 +101,14 @@ def test_fetch_failures_say_why_and_meter_nothing(nodes: tuple[Node, Node]) -> N
         beyond = c.get(f"/transfers/{tid}/data", headers={"Range": "bytes=99999999-"})
         assert beyond.status_code == 416
         c.post(f"/transfers/{tid}/suspend", json={"reason": "pause"})
-        for _ in range(100):
-            if c.get(f"/transfers/{tid}").json()["state"] == "SUSPENDED":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: transfer_view(consumer, view["id"])["state"] == "SUSPENDED", "SUSPENDED")
         suspended = c.get(f"/transfers/{tid}/data")
         assert (
             suspended.status_code == 409
             and "not a started HttpData-PULL transfer" in suspended.json()["message"]
         )
         c.post(f"/transfers/{tid}/resume")
-        for _ in range(100):
-            if c.get(f"/transfers/{tid}").json()["state"] == "STARTED":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: transfer_view(consumer, view["id"])["state"] == "STARTED", "STARTED again")
         assert usage_of(consumer, agreement) == []
         stop_node(provider)
         down = c.get(f"/transfers/{tid}/data")

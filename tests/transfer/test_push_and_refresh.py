@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from transfer_nodes import BACKENDS, backend_env, bom_agreement, connectors
+from transfer_nodes import BACKENDS, backend_env, bom_agreement, connectors, request_transfer
 
 from catalog.samples import sample_datasets
 from connector._demo import (
@@ -38,14 +38,6 @@ def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node
         yield pair
 
 
-def start(consumer: Node, provider: Node, agreement_id: str, fmt: str, **extra: Any) -> str:
-    with consumer.client() as c:
-        r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
-                                       "agreementId": agreement_id, "format": fmt, **extra})  # fmt: skip
-        assert r.status_code == 201, r.text
-        return str(r.json()["id"])
-
-
 def wait_state(node: Node, tid: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     view: dict[str, Any] = {}
@@ -61,7 +53,7 @@ def wait_state(node: Node, tid: str, *states: str, timeout: float = 30.0) -> dic
 def test_http_push_into_the_consumer_inbox_metered_once(nodes: tuple[Node, Node]) -> None:
     provider, consumer = nodes
     agreement = bom_agreement(provider, consumer)
-    tid = start(consumer, provider, agreement, "HttpData-PUSH")
+    tid = request_transfer(consumer, provider, agreement, "HttpData-PUSH")
     done = wait_state(consumer, tid, "COMPLETED", "TERMINATED")
     assert done["state"] == "COMPLETED", done
     source = next(d for d in sample_datasets() if d.id == "bom-brake-assembly-as-built")
@@ -89,7 +81,7 @@ def test_push_to_a_dead_endpoint_retries_then_terminates_with_the_reason(nodes: 
     provider, consumer = nodes
     agreement = bom_agreement(provider, consumer)
     dead = f"http://127.0.0.1:{free_port()}/incoming"
-    tid = start(consumer, provider, agreement, "HttpData-PUSH", dataDestination={"endpoint": dead})
+    tid = request_transfer(consumer, provider, agreement, "HttpData-PUSH", dataDestination={"endpoint": dead})
     view = wait_state(consumer, tid, "TERMINATED", "COMPLETED")
     assert view["state"] == "TERMINATED"
     assert "push to " + dead in view["errorDetail"] and "gave up after 2 attempts" in view["errorDetail"]

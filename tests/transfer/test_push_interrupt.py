@@ -15,7 +15,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from transfer_nodes import BACKENDS, backend_env, connectors
+from transfer_nodes import (
+    BACKENDS,
+    backend_env,
+    connectors,
+    request_transfer,
+    serve_connections,
+    transfer_view,
+    wait_until,
+)
 
 from catalog import DataAddress
 from catalog.samples import sample_datasets
@@ -32,17 +40,8 @@ class SlowEndpoint:
         self.slow = threading.Event()
         self.slow.set()
         self.requests: list[list[Any]] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/incoming"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+        self.listener, port = serve_connections(self._read)
+        self.url = f"http://127.0.0.1:{port}/incoming"
 
     def _read(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -111,21 +110,6 @@ def _large_agreement(provider: Node, consumer: Node, tmp_path: Path) -> str:
     return str(negotiate(consumer, provider, found["hasPolicy"][0]["@id"])["agreement"]["@id"])
 
 
-def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _state(node: Node, tid: str) -> dict[str, Any]:
-    with node.client() as c:
-        view: dict[str, Any] = c.get(f"/transfers/{quote(tid, safe='')}").json()
-        return view
-
-
 def _act(node: Node, tid: str, action: str) -> None:
     with node.client() as c:
         r = c.post(f"/transfers/{quote(tid, safe='')}/{action}", json={"reason": f"test {action}"})
@@ -144,29 +128,29 @@ def test_a_push_suspended_midway_stops_and_is_pushed_whole_after_resume(
 ) -> None:
     provider, consumer = nodes
     agreement = _large_agreement(provider, consumer, tmp_path)
-    with consumer.client() as c:
-        r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
-                                       "agreementId": agreement, "format": "HttpData-PUSH",
-                                       "dataDestination": {"endpoint": endpoint.url}})  # fmt: skip
-        assert r.status_code == 201, r.text
-        tid = str(r.json()["id"])
-    _wait(lambda: endpoint.requests and endpoint.requests[0][0] > 1024 * 1024, "the push to be streaming")
+    tid = request_transfer(
+        consumer, provider, agreement, "HttpData-PUSH", dataDestination={"endpoint": endpoint.url}
+    )
+    wait_until(
+        lambda: endpoint.requests and endpoint.requests[0][0] > 1024 * 1024, "the push to be streaming"
+    )
     _act(consumer, tid, "suspend")
-    _wait(
-        lambda: _state(provider, _provider_tid(provider, tid))["state"] == "SUSPENDED", "provider SUSPENDED"
+    wait_until(
+        lambda: transfer_view(provider, _provider_tid(provider, tid))["state"] == "SUSPENDED",
+        "provider SUSPENDED",
     )
     # the provider gives up the request: the endpoint sees it end, short of the whole body
-    _wait(lambda: endpoint.requests[0][0] < SIZE and not _still_open(endpoint), "the first push to stop")
+    wait_until(lambda: endpoint.requests[0][0] < SIZE and not _still_open(endpoint), "the first push to stop")
     first = endpoint.requests[0]
     assert first[1] is False and first[0] < SIZE
     time.sleep(1.0)  # nothing more is pushed while suspended
     assert len(endpoint.requests) == 1
-    assert _state(consumer, tid)["state"] == "SUSPENDED"
+    assert transfer_view(consumer, tid)["state"] == "SUSPENDED"
     assert usage_of(provider, agreement) == []
 
     endpoint.slow.clear()
     _act(consumer, tid, "resume")
-    done = _wait(lambda: _state(consumer, tid)["state"] in ("COMPLETED", "TERMINATED") and _state(consumer, tid),
+    done = wait_until(lambda: transfer_view(consumer, tid)["state"] in ("COMPLETED", "TERMINATED") and transfer_view(consumer, tid),
                  f"the transfer to end {endpoint.requests} {provider.log_tail()}", timeout=60)  # fmt: skip
     assert done["state"] == "COMPLETED", done
     assert [r[1] for r in endpoint.requests] == [False, True]  # pushed again, from the start, once
@@ -179,22 +163,22 @@ def test_a_push_terminated_midway_stops_and_meters_nothing(
 ) -> None:
     provider, consumer = nodes
     agreement = _large_agreement(provider, consumer, tmp_path)
-    with consumer.client() as c:
-        r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
-                                       "agreementId": agreement, "format": "HttpData-PUSH",
-                                       "dataDestination": {"endpoint": endpoint.url}})  # fmt: skip
-        assert r.status_code == 201, r.text
-        tid = str(r.json()["id"])
-    _wait(lambda: endpoint.requests and endpoint.requests[0][0] > 1024 * 1024, "the push to be streaming")
-    _act(consumer, tid, "terminate")
-    _wait(
-        lambda: _state(provider, _provider_tid(provider, tid))["state"] == "TERMINATED", "provider TERMINATED"
+    tid = request_transfer(
+        consumer, provider, agreement, "HttpData-PUSH", dataDestination={"endpoint": endpoint.url}
     )
-    _wait(lambda: not _still_open(endpoint), "the push to stop")
+    wait_until(
+        lambda: endpoint.requests and endpoint.requests[0][0] > 1024 * 1024, "the push to be streaming"
+    )
+    _act(consumer, tid, "terminate")
+    wait_until(
+        lambda: transfer_view(provider, _provider_tid(provider, tid))["state"] == "TERMINATED",
+        "provider TERMINATED",
+    )
+    wait_until(lambda: not _still_open(endpoint), "the push to stop")
     endpoint.slow.clear()
     time.sleep(1.0)
     assert len(endpoint.requests) == 1 and endpoint.requests[0][1] is False
-    assert _state(consumer, tid)["state"] == "TERMINATED"
+    assert transfer_view(consumer, tid)["state"] == "TERMINATED"
     assert usage_of(provider, agreement) == []
 
 
@@ -214,17 +198,8 @@ class SlowSource:
         self.slow = threading.Event()
         self.slow.set()
         self.sent = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/export.bin"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        self.listener, port = serve_connections(self._answer)
+        self.url = f"http://127.0.0.1:{port}/export.bin"
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -276,26 +251,24 @@ def test_an_s3_push_suspended_midway_leaves_no_object_and_is_pushed_whole_after_
                 d for d in fetch_catalog(consumer, provider)["dataset"] if d["@id"] == "bom-slow-export"
             )
             agreement = str(negotiate(consumer, provider, found["hasPolicy"][0]["@id"])["agreement"]["@id"])
-            with consumer.client() as c:
-                r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url,
-                                               "counterPartyId": provider.did, "agreementId": agreement,
-                                               "format": "AmazonS3-PUSH",
-                                               "dataDestination": {"bucketName": bucket, "objectName": "in/x.bin"}})  # fmt: skip
-                assert r.status_code == 201, r.text
-                tid = str(r.json()["id"])
+            tid = request_transfer(consumer, provider, agreement, "AmazonS3-PUSH",
+                                   dataDestination={"bucketName": bucket, "objectName": "in/x.bin"})  # fmt: skip
             # more than one 5 MiB part has been read from the source, so an upload is under way
-            _wait(lambda: source.sent > 7 * 1024 * 1024, "the push to be streaming")
+            wait_until(lambda: source.sent > 7 * 1024 * 1024, "the push to be streaming")
             assert _uploads(client, bucket) == ["in/x.bin"]  # the listing sees an upload under way
             _act(consumer, tid, "suspend")
-            _wait(lambda: _state(provider, _provider_tid(provider, tid))["state"] == "SUSPENDED", "SUSPENDED")
-            _wait(lambda: _settled(source), "the provider to stop reading its source")
+            wait_until(
+                lambda: transfer_view(provider, _provider_tid(provider, tid))["state"] == "SUSPENDED",
+                "SUSPENDED",
+            )
+            wait_until(lambda: _settled(source), "the provider to stop reading its source")
             assert source.sent < SIZE
             assert not list(client.list_objects(bucket, recursive=True))
             # the multipart upload that had begun was aborted: no parts are left behind in the bucket
             assert _uploads(client, bucket) == []
             source.slow.clear()
             _act(consumer, tid, "resume")
-            done = _wait(lambda: _state(consumer, tid)["state"] in ("COMPLETED", "TERMINATED") and _state(consumer, tid),
+            done = wait_until(lambda: transfer_view(consumer, tid)["state"] in ("COMPLETED", "TERMINATED") and transfer_view(consumer, tid),
                          "the transfer to end", timeout=60)  # fmt: skip
             assert done["state"] == "COMPLETED", done
             got = client.get_object(bucket, "in/x.bin")

@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from transfer_nodes import serve_connections
 
 from connector.dataplane._public import _Prepared, _Relays, _spliced, _SplicedResponse
 from connector.dataplane._records import RecordCounter
@@ -45,11 +46,9 @@ class Source:
 
     def __init__(self) -> None:
         self.bodies: dict[str, tuple[str, bytes, str]] = {}
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.open: list[socket.socket] = []
         self.relays: Any = None  # the server's relay slots (set by the fixture)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.listener, self.port = serve_connections(self._answer)
 
     def add(
         self, name: str, body: bytes, media_type: str = "application/octet-stream", mode: str = "ok"
@@ -58,14 +57,6 @@ class Source:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         head = b""

@@ -4,8 +4,10 @@ a separate data plane (``dadam dataplane``) and a consumer, on SQLite or Postgre
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -183,3 +185,30 @@ def bom_agreement(provider: Node, consumer: Node) -> str:
     formats = {d["format"] for d in bom["distribution"]}
     assert {"HttpData-PUSH", "AmazonS3-PUSH", "HttpData-PULL"} <= formats
     return str(negotiate(consumer, provider, bom["hasPolicy"][0]["@id"])["agreement"]["@id"])
+
+
+def serve_connections(handle: Callable[[socket.socket], None]) -> tuple[socket.socket, int]:
+    """A loopback listener whose every connection ``handle(conn)`` takes on a thread of its own
+    (scripted HTTP peers); (the listener, its port). Closing the listener ends the accept loop."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, int(listener.getsockname()[1])
+
+
+def request_transfer(consumer: Node, provider: Node, agreement_id: str, fmt: str, **extra: Any) -> str:
+    """The consumer asks ``provider`` for a transfer of format ``fmt`` (``extra``: e.g.
+    ``dataDestination``); the consumer's transfer id."""
+    with consumer.client() as c:
+        r = c.post("/transfers", json={"counterPartyAddress": provider.dsp_url, "counterPartyId": provider.did,
+                                       "agreementId": agreement_id, "format": fmt, **extra})  # fmt: skip
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
