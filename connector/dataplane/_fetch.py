@@ -37,6 +37,7 @@ from connector.store import read_only
 from contracts._tables import negotiations
 from contracts._transfer_states import TState
 from metering import UsageEvent
+from metering._usage import CATEGORIES
 
 __all__ = ["consumer_fetch_router"]
 
@@ -44,7 +45,6 @@ __all__ = ["consumer_fetch_router"]
 PASSED_ON = ("content-type", "content-length", "content-range", "accept-ranges", "cache-control")
 #: the most of a provider's error body passed on
 ERROR_BODY = 64 * 1024
-CATEGORIES = {"carbon", "process", "supply-chain"}
 
 
 def consumer_fetch_router(

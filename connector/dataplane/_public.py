@@ -60,6 +60,7 @@ from contracts._tables import negotiations
 from contracts._transfer import retirements, transfers
 from contracts._transfer_states import TState
 from metering import UsageEvent, record_usage_events, usage_so_far
+from metering._usage import CATEGORIES
 
 __all__ = ["PolicyDenied", "RecordCounter", "public_router", "usage_event"]
 
@@ -68,7 +69,6 @@ log = logging.getLogger("dadam.dataplane")
 CHUNK = 64 * 1024
 #: an S3 range up to this size is read whole in the request's one thread hop and metered there
 SMALL_BODY = 256 * 1024
-CATEGORIES = {"carbon", "process", "supply-chain"}
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
