@@ -100,7 +100,15 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL, e.g. postgresql://user:pw@host/db. Default: SQLite file in data_dir.",
     )
-    db_pool_size: int = Field(10, ge=1, description="Connection pool size (PostgreSQL).")
+    db_pool_size: int = Field(
+        20,
+        ge=1,
+        description=(
+            "PostgreSQL connections of one process: opened as needed, then kept open; never more "
+            "(a request waits up to 30 s for a free one). Replicas x this must stay under the "
+            "server's max_connections."
+        ),
+    )
 
     # --- data plane ---------------------------------------------------------------------------
     dataplane_embedded: bool = Field(

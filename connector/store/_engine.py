@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,39 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+#: A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 5.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it sat idle for a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: one more round trip per transaction
+    (about a third of the statements of a negotiation). A connection in steady use is known to be
+    alive; one that sat idle (the server restarted, a proxy dropped it) is pinged, and a dead one
+    is replaced before anyone uses it. A connection that dies while in use fails that
+    transaction as before, and SQLAlchemy then drops the rest of the pool.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["dadam_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("dadam_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            if dbapi_conn.info.transaction_status != 0:  # psycopg: IDLE
+                dbapi_conn.rollback()
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise sa.exc.DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+
 @contextlib.contextmanager
 def read_only(engine: Engine) -> Iterator[sa.Connection]:
     """A connection for reads only (``engine.connect()`` otherwise takes SQLite's write lock).
@@ -94,7 +128,7 @@ def read_only(engine: Engine) -> Iterator[sa.Connection]:
         yield conn.execution_options(**{_READ_ONLY: True})
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
+def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engine:
     """An engine for ``url`` (SQLite file or PostgreSQL), configured for dadam's access patterns."""
     url = normalize_url(url)
     try:
@@ -109,17 +143,22 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engin
         _sqlite_setup(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return sa.create_engine(
+        engine = sa.create_engine(
             url,
             echo=echo,
+            # A fixed pool: a thread that finds every connection busy waits for one (up to 30 s).
+            # With overflow, connections beyond pool_size were closed again at check-in, so under
+            # load the pool opened and closed about 20 connections a second, each a new
+            # PostgreSQL backend (fork, authentication, catalog caches) costing server CPU.
             pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_pre_ping=True,
+            max_overflow=0,
             # psycopg prepares a statement after five executions and PostgreSQL may then keep a
             # generic plan made while a table was nearly empty (a sequential scan for ``id = ANY``):
             # ledger batches ran 3-4x slower once tables grew. Custom plans cost a little planning.
             connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
         )
+        _ping_when_idle(engine)
+        return engine
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
 
 

@@ -85,3 +85,86 @@ def test_a_read_only_connection_neither_waits_for_nor_blocks_the_writer(engine: 
         writer.close()
     with read_only(engine) as conn:
         assert conn.exec_driver_sql("select n from rt").scalar_one() == 2
+
+
+def test_postgres_pool_keeps_its_connections_under_load(pg_url: str) -> None:
+    """More threads than connections: they wait for one, and no connection is opened and closed
+    again per request (each would be a new PostgreSQL backend)."""
+    eng = create_engine(pg_url, pool_size=4)
+    pids: set[int] = set()
+    lock = threading.Lock()
+
+    def use() -> None:
+        for _ in range(20):
+            with eng.begin() as conn:
+                pid = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+                conn.execute(sa.text("select pg_sleep(0.001)"))
+            with lock:
+                pids.add(pid)
+
+    threads = [threading.Thread(target=use) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert 1 <= len(pids) <= 4, f"{len(pids)} backends served 240 transactions of a pool of 4"
+    finally:
+        eng.dispose()
+
+
+def test_postgres_idle_connection_that_died_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection whose backend went away while idle (server restart, proxy timeout) is
+    found dead by the idle ping and replaced: the caller's transaction succeeds."""
+    from connector.store import _engine
+
+    eng = create_engine(pg_url, pool_size=1)
+    admin = create_engine(pg_url, pool_size=1)
+    try:
+        with eng.connect() as conn:
+            old = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:
+            conn.execute(sa.text("select pg_terminate_backend(:p)"), {"p": old})
+            conn.commit()
+        monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)
+        with eng.begin() as conn:
+            new = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+        assert new != old
+    finally:
+        eng.dispose()
+        admin.dispose()
+
+
+def test_postgres_connection_in_steady_use_is_not_pinged(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping round trip before each transaction while the connection is in use; one after it
+    sat idle (what the server saw last on that backend tells)."""
+    from connector.store import _engine
+
+    eng = create_engine(pg_url, pool_size=1)
+    admin = create_engine(pg_url, pool_size=1)
+
+    def last_query(pid: int) -> str:
+        with admin.connect() as conn:
+            return str(
+                conn.execute(
+                    sa.text("select query from pg_stat_activity where pid = :p"), {"p": pid}
+                ).scalar_one()
+            )
+
+    try:
+        with eng.begin() as conn:
+            pid = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+            conn.execute(sa.text("select 'marker'"))
+        after_checkin = last_query(pid)
+        with eng.connect():
+            assert last_query(pid) == after_checkin  # checked out again at once: nothing sent
+        monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)
+        with eng.connect():
+            assert last_query(pid) == "ROLLBACK"  # idle "long enough": pinged (and rolled back)
+    finally:
+        eng.dispose()
+        admin.dispose()
