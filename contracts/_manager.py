@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -89,6 +90,7 @@ from contracts._process import (
     enqueue_claimed,
     insert_locked_process,
     lock_process,
+    on_commit,
     record_received,
     save_state,
     write_tx,
@@ -263,7 +265,6 @@ class NegotiationConfig:
 class _Effects:
     """Collected during a transaction, acted on after commit."""
 
-    changed: list[dict[str, Any]] = field(default_factory=list)
     wake: bool = False
     #: Messages leased to our worker, to send right after the commit.
     dispatch: list[OutboxMessage] = field(default_factory=list)
@@ -416,6 +417,11 @@ class NegotiationManager:
             for key in list(self._seen)[: len(self._seen) // 2]:
                 del self._seen[key]
 
+    def _announce(self, ev: dict[str, Any]) -> None:
+        """A state change this process committed: to the SSE listeners (see :func:`on_commit`)."""
+        self._note_seen(str(ev["id"]), float(ev["updatedAt"]))
+        self._deliver([ev])
+
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
             listeners = list(self._listeners)
@@ -443,11 +449,8 @@ class NegotiationManager:
                 go()
             else:
                 defer(go)
-        if not fx.changed:
-            return
-        for ev in fx.changed:
-            self._note_seen(str(ev["id"]), float(ev["updatedAt"]))
-        self._deliver(list(fx.changed))
+        # State changes reach the listeners from on_commit callbacks registered by _set: in
+        # commit order, also when several threads' changes were committed together.
 
     # -- state changes -----------------------------------------------------------------------
     def _set(
@@ -494,7 +497,7 @@ class NegotiationManager:
             new["error_detail"] = reason
         if state != row["state"] or reason:
             ev = self._view(new)
-            fx.changed.append(ev)
+            on_commit(conn, functools.partial(self._announce, ev))
             for url in _loads(new["callbacks"]) or []:
                 enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
                 fx.wake = True

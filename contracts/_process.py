@@ -56,13 +56,12 @@ the outbox rows it produces commit together or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -73,7 +72,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from connector.errors import NotFoundError, StoreError
-from connector.store import is_postgres, metadata
+from connector.store import is_postgres, metadata, on_commit, write_tx
 
 __all__ = [
     "Delivery",
@@ -94,6 +93,7 @@ __all__ = [
     "insert_process",
     "is_postgres_conn",
     "lock_process",
+    "on_commit",
     "outbox",
     "pending_outbox",
     "process_columns",
@@ -435,28 +435,6 @@ def _outbox_insert() -> Any:
     }
     select = sa.select(*(v.label(k) for k, v in values.items())).where(earlier)
     return sa.insert(outbox).from_select(list(values), select).returning(c.lease_owner)
-
-
-_WRITE_LOCKS: dict[int, threading.Lock] = {}
-_WRITE_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def write_tx(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()``; on SQLite, threads of this process also queue on a Python lock first.
-
-    SQLite allows one writer; threads that collide on ``BEGIN IMMEDIATE`` wait in SQLite's busy
-    handler, which sleeps in steps of up to 100 ms. Queueing on a lock instead keeps the wait
-    as short as the transaction ahead. (Other processes still use the busy handler.)
-    """
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            yield conn
-        return
-    with _WRITE_LOCKS_GUARD:
-        lock = _WRITE_LOCKS.setdefault(id(engine), threading.Lock())
-    with lock, engine.begin() as conn:
-        yield conn
 
 
 def pending_outbox(conn: Connection, kind: str, process_id: str) -> list[RowMapping]:

@@ -41,8 +41,8 @@ from catalog import CatalogStore
 from connector.dataplane._public import PolicyDenied, RecordCounter, enforce, usage_event
 from connector.dataplane._sources import S3Config, SourceUnavailable, open_source
 from connector.errors import DadamError, NotFoundError
-from connector.store import metadata, read_only
-from contracts._process import PollingThread, write_tx
+from connector.store import metadata, read_only, write_tx
+from contracts._process import PollingThread
 from contracts._transfer import (
     PUSH_FORMATS,
     TransferManager,

@@ -51,8 +51,8 @@ from connector.dataplane._flows import flows
 from connector.dataplane._push import PushService
 from connector.dataplane._signal_auth import CONTROL_PLANE, DATA_PLANE, SignalAuth, verify_signal
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
-from connector.store import read_only
-from contracts._process import PollingThread, write_tx
+from connector.store import read_only, write_tx
+from contracts._process import PollingThread
 from contracts._transfer import PULL_FORMATS, PUSH_FORMATS, TransferManager, address_properties
 from contracts._transfer_states import Command, TState
 

@@ -3,6 +3,8 @@
 * SQLite (default, file under ``data_dir``) runs in WAL mode; write transactions start with
   ``BEGIN IMMEDIATE`` so there is exactly one writer at a time and no lock-upgrade deadlocks;
   :func:`read_only` connections start a deferred ``BEGIN`` and read a snapshot without waiting.
+  :func:`write_tx` writes: on SQLite the threads of a process queue on a Python lock and share
+  commits (group commit); :func:`on_commit` runs work after the commit, in commit order.
 * PostgreSQL is used when ``DADAM_DATABASE_URL`` is a ``postgresql://`` URL (psycopg 3); workers
   claim rows with ``SELECT ... FOR UPDATE SKIP LOCKED``.
 * Tables are SQLAlchemy Core :class:`~sqlalchemy.Table` objects on the shared :data:`metadata`;
@@ -22,6 +24,7 @@ from connector.store._engine import (
     normalize_url,
     read_only,
 )
+from connector.store._tx import on_commit, write_tx
 
 __all__ = [
     "MIGRATION_PACKAGES",
@@ -31,5 +34,7 @@ __all__ = [
     "metadata",
     "migrate",
     "normalize_url",
+    "on_commit",
     "read_only",
+    "write_tx",
 ]
