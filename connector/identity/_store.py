@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import NotFoundError, ValidationError
-from connector.store import metadata, read_only
+from connector.store import metadata, read_only, write_tx
 
 __all__ = [
     "MemoryReplayStore",
@@ -77,7 +77,7 @@ class SqlReplayStore:
         key = f"{issuer}|{jti}"[:512]
         self._count += 1
         try:
-            with self._engine.begin() as conn:
+            with write_tx(self._engine) as conn:
                 if self._count % self._prune_every == 0:
                     conn.execute(
                         token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
