@@ -1,8 +1,17 @@
 """Contract negotiation benchmark: two connectors on loopback, PostgreSQL and SQLite.
 
-For each backend, one provider process and one consumer process (``python -m contracts._node``:
-DSP + management API + outbox worker, each with its own database) negotiate the full DSP flow
-(request -> signed agreement -> countersigned verification -> finalized). Measured in one run:
+For each backend, one provider process and one consumer process, each with its own database,
+negotiate the full DSP flow (request -> signed agreement -> countersigned verification ->
+finalized). Two stacks:
+
+* ``--stack node`` (default): ``python -m contracts._node`` (DSP + management API + outbox worker).
+  The caller's DID comes from a header and every offer is open: the negotiation machinery alone.
+* ``--stack serve``: two ``dadam serve`` processes as the demo starts them. Every DSP message
+  carries a DCP self-issued token that the receiver verifies (did:web key, replay store in the
+  database); the provider resolves the offer in its catalog and evaluates the sample Catena-X
+  policy against the consumer's recorded claims.
+
+Measured in one run:
 
 * full negotiation latency p50 / p95 (start request on the consumer's management API until the
   consumer's server-sent event says FINALIZED), one negotiation at a time (goal p50 <= 50 ms);
@@ -10,13 +19,14 @@ DSP + management API + outbox worker, each with its own database) negotiate the 
   on 2 cores);
 * the floor: p50 of one trivial management-API round trip on the same server (ratio = latency
   p50 / floor p50);
-* CPU milliseconds per finalized negotiation in the provider and the consumer process (Linux
-  /proc), and of one trivial management request, so the throughput ceiling of 2 cores shows
-  beside the measured rate.
+* during the throughput run, CPU milliseconds per finalized negotiation (Linux /proc) of the
+  provider, the consumer, this load generator and (PostgreSQL) the server's processes, and the
+  fraction of the machine's cores that was busy; ``cpu_bound_per_s_on_2_cores`` is
+  2000 / (provider + consumer CPU ms), what 2 cores could do for the connectors alone.
 
 Run: ``.venv/bin/python bench/negotiation.py`` (about 1-2 min; ``--backends sqlite`` to skip
-PostgreSQL). PostgreSQL comes from ``DADAM_TEST_PG_URL`` (default 127.0.0.1:5432, user postgres).
-The last line is one JSON object.
+PostgreSQL, ``--stack serve`` for the deployed connector). PostgreSQL comes from
+``DADAM_TEST_PG_URL`` (default 127.0.0.1:5432, user postgres). The last line is one JSON object.
 """
 
 from __future__ import annotations
