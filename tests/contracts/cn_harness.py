@@ -136,6 +136,9 @@ class Node:
 
     def stop(self) -> None:
         self.manager.stop()
+        # its keep-alive connections to the peer, else closed by the garbage collector later,
+        # as a ResourceWarning charged to whichever test runs then
+        self.manager.http.close()
         self.server.should_exit = True
         self.thread.join(10)
         self.engine.dispose()
