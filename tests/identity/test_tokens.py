@@ -154,6 +154,20 @@ def test_sql_replay_store_is_shared_between_replicas(engine: sa.Engine) -> None:
     assert replica_b.add("did:web:other", "jti-1", exp) is True  # ids are per issuer
 
 
+def test_sql_replay_store_forgets_expired_ids_and_still_rejects_live_ones(engine: sa.Engine) -> None:
+    from connector.identity._store import token_replay_table
+
+    store = SqlReplayStore(engine, prune_every=3)
+    now = int(time.time())
+    assert store.add(CONSUMER, "old", now - 10) is True
+    assert store.add(CONSUMER, "live", now + 60) is True
+    assert store.add(CONSUMER, "third", now + 60) is True  # the 3rd add prunes first
+    with engine.connect() as conn:
+        keys = set(conn.execute(sa.select(token_replay_table.c.token_key)).scalars())
+    assert keys == {f"{CONSUMER}|live", f"{CONSUMER}|third"}
+    assert store.add(CONSUMER, "live", now + 60) is False
+
+
 def test_partner_claims_are_validated(engine: sa.Engine) -> None:
     from connector.errors import ValidationError
 
