@@ -107,7 +107,12 @@ class _GroupWriter:
             raise
         # The first body runs in the transaction itself; later ones in a savepoint each, so a
         # body that fails takes only its own changes back.
-        savepoint = batch.conn.begin_nested() if batch.members else None
+        try:
+            savepoint = batch.conn.begin_nested() if batch.members else None
+        except BaseException:
+            batch.error = StoreError("a shared SQLite transaction could not open a savepoint")
+            self._end_locked(batch, commit=False)
+            raise
         registered = len(batch.callbacks)
         try:
             yield batch.conn

@@ -160,3 +160,22 @@ def test_postgres_write_tx_is_a_plain_transaction_with_on_commit(pg_url: str) ->
             on_commit(conn, lambda: None)  # a plain connection: nothing would ever call it
     finally:
         eng.dispose()
+
+
+def test_a_savepoint_that_cannot_open_fails_the_batch_and_frees_the_writer(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer lock is released whatever fails, so the next writer is not stuck behind it."""
+    q = _Queued(engine)
+
+    def broken(self: sa.Connection) -> None:
+        raise sa.exc.OperationalError("SAVEPOINT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(sa.Connection, "begin_nested", broken)
+    q.run("a", {"b": {}})
+    assert q.outcome["a"].startswith("StoreError"), q.outcome
+    assert "OperationalError" in q.outcome["b"], q.outcome
+    monkeypatch.undo()
+    with write_tx(engine) as conn:
+        conn.execute(sa.insert(ITEM).values(name="after"))
+    assert _names(engine) == {"after"}
