@@ -152,10 +152,6 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engin
             # PostgreSQL backend (fork, authentication, catalog caches) costing server CPU.
             pool_size=pool_size,
             max_overflow=0,
-            # psycopg prepares a statement after five executions and PostgreSQL may then keep a
-            # generic plan made while a table was nearly empty (a sequential scan for ``id = ANY``):
-            # ledger batches ran 3-4x slower once tables grew. Custom plans cost a little planning.
-            connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
         )
         _ping_when_idle(engine)
         return engine
