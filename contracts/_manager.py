@@ -431,7 +431,8 @@ class NegotiationManager:
                     loop.call_soon_threadsafe(_offer, q, ev)
 
     def _publish(self, fx: _Effects, *, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
-        """After a commit: send claimed messages, wake the worker, notify listeners.
+        """After a commit: send claimed messages and wake the worker (the SSE listeners were
+        notified by the commit itself, see :func:`connector.store.on_commit`).
 
         ``defer`` postpones the sending (the HTTP edge passes "after the response was sent", so
         our reply never overtakes the ACK of the message that caused it).

@@ -76,28 +76,23 @@ class SqlReplayStore:
     def add(self, issuer: str, jti: str, expires_at: int) -> bool:
         key = f"{issuer}|{jti}"[:512]
         self._count += 1
-        prune = self._count % self._prune_every == 0
-        insert = token_replay_table.insert().values(token_key=key, expires_at=expires_at)
+        # PostgreSQL: autocommit, one round trip per statement and no BEGIN or COMMIT (this runs
+        # for every DSP message received). SQLite: the process's group-committed writer.
+        tx = (
+            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            if is_postgres(self._engine)
+            else write_tx(self._engine)
+        )
         try:
-            if is_postgres(self._engine):
-                # One statement, one round trip: no BEGIN and COMMIT around it (this runs for
-                # every DSP message received).
-                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    if prune:
-                        conn.execute(self._prune())
-                    conn.execute(insert)
-            else:
-                with write_tx(self._engine) as conn:
-                    if prune:
-                        conn.execute(self._prune())
-                    conn.execute(insert)
+            with tx as conn:
+                if self._count % self._prune_every == 0:
+                    conn.execute(
+                        token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
+                    )
+                conn.execute(token_replay_table.insert().values(token_key=key, expires_at=expires_at))
         except sa.exc.IntegrityError:
             return False
         return True
-
-    @staticmethod
-    def _prune() -> sa.Delete:
-        return token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
 
 
 _CLAIM_LISTS = ("memberships", "framework_agreements", "credentials", "bpn_groups", "groups")
