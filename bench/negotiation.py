@@ -55,6 +55,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 # this folder holds catalog.py (another benchmark): it must not hide the catalog package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+#: the connectors' outbox sender (``--sender``)
+SENDER = "direct"
 PG_ADMIN_URL = os.environ.get("DADAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -190,9 +192,9 @@ class NodePair:
     header (no tokens), every offer is open: the negotiation machinery alone."""
 
     def __init__(self, make_db: Any, tmp: Path) -> None:
-        self.provider = Node("provider", make_db(), tmp)
+        self.provider = Node("provider", make_db(), tmp, "--sender", SENDER)
         try:
-            self.consumer = Node("consumer", make_db(), tmp)
+            self.consumer = Node("consumer", make_db(), tmp, "--sender", SENDER)
         except BaseException:
             self.provider.stop()
             raise
@@ -224,8 +226,13 @@ class ServePair:
         from connector import _demo
 
         self._demo = _demo
-        self.provider = _demo.start_node("provider", tmp / "provider", env={"DADAM_DATABASE_URL": make_db()})
-        self.consumer = _demo.start_node("consumer", tmp / "consumer", env={"DADAM_DATABASE_URL": make_db()})
+        env = {"DADAM_DSP_SENDER": SENDER}
+        self.provider = _demo.start_node(
+            "provider", tmp / "provider", env={"DADAM_DATABASE_URL": make_db(), **env}
+        )
+        self.consumer = _demo.start_node(
+            "consumer", tmp / "consumer", env={"DADAM_DATABASE_URL": make_db(), **env}
+        )
         try:
             _demo.wait_ready(self.provider)
             _demo.wait_ready(self.consumer)
@@ -372,7 +379,15 @@ def main() -> None:
         default="node",
         help="node: the contracts test node (no tokens, open offers); serve: dadam serve as deployed",
     )
+    ap.add_argument(
+        "--sender",
+        choices=("direct", "httpx"),
+        default="direct",
+        help="how the connectors send DSP messages (DADAM_DSP_SENDER; decision 0404)",
+    )
     args = ap.parse_args()
+    global SENDER
+    SENDER = args.sender
     results = {}
     admin = sa.create_engine(
         PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"

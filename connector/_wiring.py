@@ -92,6 +92,7 @@ def build_negotiations(runtime: Runtime, **overrides: Any) -> NegotiationManager
         "signer": IdentitySigner(identity.identity),
         "keys": DidWebKeyResolver(allow_http=settings.did_web_allow_http),
         "auth_for": auth_for,
+        "direct_http": settings.dsp_sender == "direct",
         "claims_for": identity.partners.claims_for,
         "retry": RetryPolicy(limit=settings.send_retry_limit, base_s=settings.send_retry_base_ms / 1000),
         "lease_s": float(settings.lease_seconds),

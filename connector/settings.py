@@ -165,6 +165,11 @@ class Settings(BaseSettings):
 
     # --- processes ----------------------------------------------------------------------------
     catalog_page_size: int = Field(50, ge=1, le=1000, description="Default datasets per catalog page.")
+    dsp_sender: Literal["direct", "httpx"] = Field(
+        "direct",
+        description="How DSP messages are sent: `direct` (http.client keep-alive connections, "
+        "falling back to httpx for proxies) or `httpx` (always httpx). See decision 0404.",
+    )
     send_retry_limit: int = Field(
         7, ge=0, description="Send attempts to a peer before a process is TERMINATED."
     )

@@ -95,6 +95,7 @@ from contracts._process import (
     save_state,
     write_tx,
 )
+from contracts._sender import DirectSender
 from contracts._signing import (
     KeyResolver,
     Signer,
@@ -290,7 +291,13 @@ def _extra_with(row: Row, **values: Any) -> str:
 
 
 class NegotiationManager:
-    """Drives provider and consumer negotiations (see the module docstring)."""
+    """Drives provider and consumer negotiations (see the module docstring).
+
+    Outbox messages go out on ``http.client`` keep-alive connections (:class:`DirectSender`)
+    unless ``http`` is given (tests give a client for its transport) or ``direct_http=False``;
+    either way ``http`` (or a default httpx client) serves proxies, auth without
+    ``request_headers`` and the other requests of the manager.
+    """
 
     kind = KIND
     table = negotiations
@@ -315,6 +322,7 @@ class NegotiationManager:
         poll_s: float = 0.2,
         concurrency: int = 8,
         direct_dispatch: bool = True,
+        direct_http: bool | None = None,
         claims_for: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self.engine = engine
@@ -332,10 +340,15 @@ class NegotiationManager:
         self.http = http or httpx.Client(timeout=10.0)
         self.auth_for = auth_for
         self.scripts = scripts
+        sender: HttpSender | DirectSender = HttpSender(self.http, auth_for)
+        # Our own client (not one given for its transport): send on http.client (decision 0404).
+        if direct_http if direct_http is not None else http is None:
+            sender = DirectSender(HttpSender(self.http, auth_for), timeout_s=10.0)
+        self.sender = sender
         self.worker = Worker(
             engine,
             [self],
-            HttpSender(self.http, auth_for),
+            sender,
             owner=worker_owner,
             retry=retry,
             lease_s=lease_s,
@@ -357,6 +370,8 @@ class NegotiationManager:
 
     def stop(self) -> None:
         self.worker.stop()
+        if isinstance(self.sender, DirectSender):
+            self.sender.close()
 
     # -- observers (SSE) ---------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:

@@ -75,8 +75,11 @@ class _HeaderAuth(httpx.Auth):
     def __init__(self, did: str) -> None:
         self.did = did
 
+    def request_headers(self, url: str, body: bytes) -> dict[str, str]:
+        return {"X-Test-Caller": self.did}
+
     def auth_flow(self, request: httpx.Request) -> Any:
-        request.headers["X-Test-Caller"] = self.did
+        request.headers.update(self.request_headers(str(request.url), request.content))
         yield request
 
 
@@ -116,6 +119,7 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
             timeout=10.0, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
         ),
         auth_for=lambda _aud: _HeaderAuth(args.did),
+        direct_http=args.sender == "direct",
         retry=RetryPolicy(limit=args.retry_limit, base_s=args.retry_base),
         lease_s=args.lease,
         batch_size=args.batch,
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--migrate", action="store_true")
     p.add_argument(
         "--no-dispatch", action="store_true", help="API only: leave every send to the worker processes"
+    )
+    p.add_argument(
+        "--sender", choices=("direct", "httpx"), default="direct", help="outbox sender (decision 0404)"
     )
     p.add_argument("--key-file", required=True)
     p.add_argument("--keys-dir", required=True)

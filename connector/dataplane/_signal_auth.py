@@ -96,7 +96,11 @@ class SignalAuth(httpx.Auth):
     def __repr__(self) -> str:
         return f"SignalAuth(issuer={self.issuer!r}, secret=**********)"
 
+    def request_headers(self, url: str, body: bytes) -> dict[str, str]:
+        """The headers to add for a request to ``url`` with ``body`` (also for non-httpx senders)."""
+        token = sign_signal(self._secret, issuer=self.issuer, audience=httpx.URL(url).path, body=body)
+        return {"Authorization": f"Bearer {token}"}
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = sign_signal(self._secret, issuer=self.issuer, audience=request.url.path, body=request.content)
-        request.headers["Authorization"] = f"Bearer {token}"
+        request.headers.update(self.request_headers(str(request.url), request.content))
         yield request

@@ -40,10 +40,14 @@ class DspTokenAuth(httpx.Auth):
         self._audience = audience
         self._ttl = ttl_seconds
 
+    def request_headers(self, url: str, body: bytes) -> dict[str, str]:
+        """The headers to add (also for senders that do not use httpx)."""
+        return {
+            "Authorization": "Bearer " + self._identity.issue_token(self._audience, ttl_seconds=self._ttl)
+        }
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = "Bearer " + self._identity.issue_token(
-            self._audience, ttl_seconds=self._ttl
-        )
+        request.headers.update(self.request_headers(str(request.url), request.content))
         yield request
 
 
