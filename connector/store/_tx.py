@@ -13,6 +13,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -78,6 +79,30 @@ class _Batch:
         self.conn.info[_AFTER_COMMIT] = self.callbacks
 
 
+class _Savepoint:
+    """A savepoint for one member of a batch, on the driver connection.
+
+    Members run one after another, so one name serves all. SQLAlchemy's ``begin_nested()``
+    costs about 60 us per SAVEPOINT/RELEASE pair (its nested-transaction bookkeeping), the
+    driver's own statements about 1 us; the enclosing transaction stays SQLAlchemy's.
+    """
+
+    __slots__ = ("_raw",)
+    NAME = "dadam_member"
+
+    def __init__(self, conn: Connection) -> None:
+        raw: Any = conn.connection.driver_connection
+        self._raw = raw
+        raw.execute(f"SAVEPOINT {self.NAME}")
+
+    def release(self) -> None:
+        self._raw.execute(f"RELEASE {self.NAME}")
+
+    def rollback(self) -> None:
+        self._raw.execute(f"ROLLBACK TO {self.NAME}")
+        self._raw.execute(f"RELEASE {self.NAME}")
+
+
 class _GroupWriter:
     """Group commit for one SQLite engine (see :func:`write_tx`)."""
 
@@ -108,7 +133,7 @@ class _GroupWriter:
         # The first body runs in the transaction itself; later ones in a savepoint each, so a
         # body that fails takes only its own changes back.
         try:
-            savepoint = batch.conn.begin_nested() if batch.members else None
+            savepoint = _Savepoint(batch.conn) if batch.members else None
         except BaseException:
             batch.error = StoreError("a shared SQLite transaction could not open a savepoint")
             self._end_locked(batch, commit=False)
@@ -117,7 +142,7 @@ class _GroupWriter:
         try:
             yield batch.conn
             if savepoint is not None:
-                savepoint.commit()
+                savepoint.release()
         except BaseException:
             if savepoint is None:
                 self._end_locked(batch, commit=False)  # nobody else is in it: roll it all back

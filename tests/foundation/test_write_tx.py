@@ -3,15 +3,17 @@ stays its own, and nobody leaves ``write_tx`` before the commit that holds its c
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from connector.store import create_engine, on_commit, write_tx
+from connector.store import _tx, create_engine, on_commit, write_tx
 from connector.store._tx import _WRITERS
 
 META = sa.MetaData()
@@ -168,10 +170,10 @@ def test_a_savepoint_that_cannot_open_fails_the_batch_and_frees_the_writer(
     """The writer lock is released whatever fails, so the next writer is not stuck behind it."""
     q = _Queued(engine)
 
-    def broken(self: sa.Connection) -> None:
-        raise sa.exc.OperationalError("SAVEPOINT", {}, Exception("disk I/O error"))
+    def broken(self: Any, conn: sa.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(sa.Connection, "begin_nested", broken)
+    monkeypatch.setattr(_tx._Savepoint, "__init__", broken)
     q.run("a", {"b": {}})
     assert q.outcome["a"].startswith("StoreError"), q.outcome
     assert "OperationalError" in q.outcome["b"], q.outcome
