@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 #: the connectors' outbox sender (``--sender``)
 SENDER = "direct"
+#: the DSP fast lane (``--no-fast-lane`` turns it off)
+FAST_LANE = True
 PG_ADMIN_URL = os.environ.get("DADAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -192,9 +194,10 @@ class NodePair:
     header (no tokens), every offer is open: the negotiation machinery alone."""
 
     def __init__(self, make_db: Any, tmp: Path) -> None:
-        self.provider = Node("provider", make_db(), tmp, "--sender", SENDER)
+        extra = ["--sender", SENDER, *([] if FAST_LANE else ["--no-fast-lane"])]
+        self.provider = Node("provider", make_db(), tmp, *extra)
         try:
-            self.consumer = Node("consumer", make_db(), tmp, "--sender", SENDER)
+            self.consumer = Node("consumer", make_db(), tmp, *extra)
         except BaseException:
             self.provider.stop()
             raise
@@ -226,7 +229,7 @@ class ServePair:
         from connector import _demo
 
         self._demo = _demo
-        env = {"DADAM_DSP_SENDER": SENDER}
+        env = {"DADAM_DSP_SENDER": SENDER, "DADAM_DSP_FAST_LANE": str(FAST_LANE).lower()}
         self.provider = _demo.start_node(
             "provider", tmp / "provider", env={"DADAM_DATABASE_URL": make_db(), **env}
         )
@@ -385,9 +388,15 @@ def main() -> None:
         default="direct",
         help="how the connectors send DSP messages (DADAM_DSP_SENDER; decision 0404)",
     )
+    ap.add_argument(
+        "--no-fast-lane",
+        action="store_true",
+        help="serve DSP POSTs through FastAPI only (DADAM_DSP_FAST_LANE=false; decision 0405)",
+    )
     args = ap.parse_args()
-    global SENDER
+    global SENDER, FAST_LANE
     SENDER = args.sender
+    FAST_LANE = not args.no_fast_lane
     results = {}
     admin = sa.create_engine(
         PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -49,6 +49,7 @@ from connector._wiring import (
 from connector.api import (
     ApiKeyAuth,
     BodyLimitMiddleware,
+    DspFastLane,
     anonymous_caller,
     dsp_catalog_router,
     install_error_handlers,
@@ -68,7 +69,12 @@ from connector.dataplane._splice import ConnectionApp
 from connector.identity import IdentityService, did_router, partners_router
 from connector.runtime import Runtime
 from connector.settings import Settings
-from contracts import NegotiationManager, negotiation_dsp_router, negotiation_management_router
+from contracts import (
+    NegotiationManager,
+    negotiation_dsp_router,
+    negotiation_fast_routes,
+    negotiation_management_router,
+)
 from contracts._transfer import TransferManager
 from contracts._transfer_api import transfer_dsp_router, transfer_management_router
 from contracts._transfer_states import Command
@@ -95,6 +101,15 @@ def _identity_dependencies(runtime: Runtime) -> tuple[Callable[..., Any] | None,
     if hasattr(identity, "ManagementAuth"):
         auth = identity.ManagementAuth(runtime.settings)
     return caller, auth
+
+
+def _token_caller(verifier: Any) -> Callable[[Mapping[str, str]], Awaitable[Any]]:
+    """The fast lane's ``authenticate``: what ``dsp_caller_dependency(verifier)`` does."""
+
+    async def authenticate(headers: Mapping[str, str]) -> Any:
+        return await verifier.verify(headers.get("authorization"))
+
+    return authenticate
 
 
 def create_app(
@@ -164,6 +179,21 @@ def create_app(
     )
     app.state.runtime = rt
     install_error_handlers(app, dsp_path=settings.dsp_path)
+    verifier = getattr(rt.identity, "verifier", None) if isinstance(rt.identity, IdentityService) else None
+    if (
+        settings.dsp_fast_lane
+        and dsp_caller is None
+        and verifier is not None
+        and isinstance(rt.negotiations, NegotiationManager)
+    ):
+        # inside the body limit (added next, so it wraps this one): decision 0405
+        app.add_middleware(
+            DspFastLane,
+            prefix=settings.dsp_path,
+            routes=negotiation_fast_routes(rt.negotiations),
+            authenticate=_token_caller(verifier),
+            dsp_path=settings.dsp_path,
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dsp_path=settings.dsp_path)
 
     app.include_router(version_router(settings.dsp_path))

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
 
     # --- processes ----------------------------------------------------------------------------
     catalog_page_size: int = Field(50, ge=1, le=1000, description="Default datasets per catalog page.")
+    dsp_fast_lane: bool = Field(
+        True,
+        description="Serve the DSP negotiation POST endpoints in a lean ASGI layer in front of the "
+        "framework (same handlers and errors, less CPU per message). See decision 0405.",
+    )
     dsp_sender: Literal["direct", "httpx"] = Field(
         "direct",
         description="How DSP messages are sent: `direct` (http.client keep-alive connections, "

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from contracts._api import negotiation_dsp_router, negotiation_management_router
+from contracts._api import negotiation_dsp_router, negotiation_fast_routes, negotiation_management_router
 from contracts._manager import (
     NegotiationConfig,
     NegotiationManager,
@@ -66,6 +66,7 @@ __all__ = [
     "export_agreement",
     "handle",
     "negotiation_dsp_router",
+    "negotiation_fast_routes",
     "negotiation_management_router",
     "parse_message",
     "verify_export",

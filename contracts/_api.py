@@ -17,19 +17,23 @@ The routers are factories so the application decides prefixes and authentication
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from connector.api._fastlane import FastRoute, Handler
 from connector.errors import ValidationError
 from connector.identity import Caller
 from contracts._manager import NegotiationManager
 from contracts._negotiation_states import Role
 
-__all__ = ["negotiation_dsp_router", "negotiation_management_router"]
+__all__ = ["negotiation_dsp_router", "negotiation_fast_routes", "negotiation_management_router"]
+
+#: ``defer(fn)``: run ``fn`` after the reply (the ACK) went out.
+Defer = Callable[[Callable[[], None]], None]
 
 
 async def _json(request: Request) -> Any:
@@ -63,9 +67,51 @@ def _after_response(tasks: BackgroundTasks) -> Callable[[Callable[[], None]], No
     return defer
 
 
+#: The DSP POST endpoints of a negotiation with a pid: endpoint name and the role it addresses
+#: (None: either, the pid decides).
+_PID_POSTS: list[tuple[str, str, Role | None]] = [
+    ("/negotiations/{pid}/request", "request", Role.PROVIDER),
+    ("/negotiations/{pid}/agreement/verification", "verification", Role.PROVIDER),
+    ("/negotiations/{pid}/offers", "offers", Role.CONSUMER),
+    ("/negotiations/{pid}/agreement", "agreement", Role.CONSUMER),
+    ("/negotiations/{pid}/events", "events", None),
+    ("/negotiations/{pid}/termination", "termination", None),
+]
+
+
+def _pid_post(manager: NegotiationManager, endpoint: str, role: Role | None) -> Handler:
+    def handle(params: Mapping[str, str], body: Any, caller: Any, defer: Defer) -> tuple[int, Any]:
+        pid = params["pid"]
+        return 200, manager.receive(role or manager.role_of(pid), endpoint, pid, body, caller, defer)
+
+    return handle
+
+
+def negotiation_fast_routes(manager: NegotiationManager) -> list[FastRoute]:
+    """The DSP POST endpoints of :func:`negotiation_dsp_router` for :class:`~connector.api.DspFastLane`
+    (decision 0405): the same handlers, without FastAPI's request path. Every handler runs in a
+    worker thread; what it defers (the reply to the peer) runs after the ACK went out."""
+
+    def initial_request(params: Mapping[str, str], body: Any, caller: Any, defer: Defer) -> tuple[int, Any]:
+        return 201, manager.provider_request(body, caller, defer)
+
+    def initial_offer(params: Mapping[str, str], body: Any, caller: Any, defer: Defer) -> tuple[int, Any]:
+        return 201, manager.consumer_initial_offer(body, caller, defer)
+
+    return [
+        FastRoute("/negotiations/request", initial_request),
+        FastRoute("/negotiations/offers", initial_offer),
+        *(FastRoute(path, _pid_post(manager, endpoint, role)) for path, endpoint, role in _PID_POSTS),
+    ]
+
+
 def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Callable[..., Any]) -> APIRouter:
-    """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks)."""
+    """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks).
+
+    The POST endpoints call the handlers of :func:`negotiation_fast_routes`; an app that puts
+    :class:`~connector.api.DspFastLane` in front serves them there without this router."""
     router = APIRouter(tags=["dsp-negotiation"])
+    fast = {r.path: r.handler for r in negotiation_fast_routes(manager)}
 
     @router.post("/negotiations/request")
     async def initial_request(
@@ -73,8 +119,9 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
     ) -> Response:
         body = await _json(request)
         # Replies are sent after this response (the ACK) went out.
-        ack = await asyncio.to_thread(manager.provider_request, body, caller, _after_response(tasks))
-        return _respond(ack, 201)
+        handler = fast["/negotiations/request"]
+        status, ack = await asyncio.to_thread(handler, {}, body, caller, _after_response(tasks))
+        return _respond(ack, status)
 
     @router.post("/negotiations/offers")
     async def initial_offer(
@@ -82,8 +129,9 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
     ) -> Response:
         """Consumer: a provider-initiated negotiation (initial ContractOfferMessage)."""
         body = await _json(request)
-        ack = await asyncio.to_thread(manager.consumer_initial_offer, body, caller, _after_response(tasks))
-        return _respond(ack, 201)
+        handler = fast["/negotiations/offers"]
+        status, ack = await asyncio.to_thread(handler, {}, body, caller, _after_response(tasks))
+        return _respond(ack, status)
 
     @router.get("/negotiations/{pid}")
     async def get_negotiation(pid: str, caller: Caller = Depends(caller_dependency)) -> Response:
@@ -92,29 +140,18 @@ def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Calla
 
         return _respond(await asyncio.to_thread(work))
 
-    def _post(endpoint: str, role: Role | None) -> Callable[..., Any]:
-        async def handler(
+    def _post(handle: Handler) -> Callable[..., Any]:
+        async def endpoint(
             pid: str, request: Request, tasks: BackgroundTasks, caller: Caller = Depends(caller_dependency)
         ) -> Response:
             body = await _json(request)
+            status, ack = await asyncio.to_thread(handle, {"pid": pid}, body, caller, _after_response(tasks))
+            return _respond(ack, status)
 
-            def work() -> dict[str, Any]:
-                r = role or manager.role_of(pid)
-                return manager.receive(r, endpoint, pid, body, caller, _after_response(tasks))
+        return endpoint
 
-            ack = await asyncio.to_thread(work)
-            return _respond(ack)
-
-        return handler
-
-    router.add_api_route("/negotiations/{pid}/request", _post("request", Role.PROVIDER), methods=["POST"])
-    router.add_api_route(
-        "/negotiations/{pid}/agreement/verification", _post("verification", Role.PROVIDER), methods=["POST"]
-    )
-    router.add_api_route("/negotiations/{pid}/offers", _post("offers", Role.CONSUMER), methods=["POST"])
-    router.add_api_route("/negotiations/{pid}/agreement", _post("agreement", Role.CONSUMER), methods=["POST"])
-    router.add_api_route("/negotiations/{pid}/events", _post("events", None), methods=["POST"])
-    router.add_api_route("/negotiations/{pid}/termination", _post("termination", None), methods=["POST"])
+    for path, _endpoint, _role in _PID_POSTS:
+        router.add_api_route(path, _post(fast[path]), methods=["POST"])
     return router
 
 

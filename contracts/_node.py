@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,11 +30,11 @@ from fastapi import FastAPI, Header
 from joserfc.jwk import ECKey
 
 from connector._gc import tune_for_serving
-from connector.api import install_error_handlers
+from connector.api import DspFastLane, install_error_handlers
 from connector.errors import NotFoundError
 from connector.identity import Caller
 from connector.store import create_engine, migrate
-from contracts._api import negotiation_dsp_router, negotiation_management_router
+from contracts._api import negotiation_dsp_router, negotiation_fast_routes, negotiation_management_router
 from contracts._manager import NegotiationConfig, NegotiationManager
 from contracts._process import RetryPolicy
 from contracts._signing import LocalKeySigner
@@ -87,6 +88,11 @@ async def _loopback_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=x_test_caller or "anonymous")
 
 
+async def _loopback_authenticate(headers: Mapping[str, str]) -> Caller:
+    """:func:`_loopback_caller` for the fast lane."""
+    return Caller(did=headers.get("x-test-caller") or "anonymous")
+
+
 async def _allow_all() -> None:
     """Management API access check of this test node (``dadam serve``'s checks are async too)."""
 
@@ -131,6 +137,14 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
     app = FastAPI()
     install_error_handlers(app, dsp_path=DSP)
     app.include_router(negotiation_dsp_router(manager, _loopback_caller), prefix=DSP)
+    if not args.no_fast_lane:
+        app.add_middleware(
+            DspFastLane,
+            prefix=DSP,
+            routes=negotiation_fast_routes(manager),
+            authenticate=_loopback_authenticate,
+            dsp_path=DSP,
+        )
     app.include_router(negotiation_management_router(manager, _allow_all, _allow_all), prefix=MGMT)
     return app, manager
 
@@ -147,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--no-dispatch", action="store_true", help="API only: leave every send to the worker processes"
     )
+    p.add_argument("--no-fast-lane", action="store_true", help="serve DSP POSTs through FastAPI only")
     p.add_argument(
         "--sender", choices=("direct", "httpx"), default="direct", help="outbox sender (decision 0404)"
     )

@@ -27,6 +27,7 @@ from connector.api._errors import (
     install_error_handlers,
     problem_body,
 )
+from connector.api._fastlane import DspFastLane, FastRoute
 from connector.api._management import management_router
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "ApiKeyAuth",
     "BodyLimitMiddleware",
     "DspArea",
+    "DspFastLane",
+    "FastRoute",
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
     "anonymous_caller",

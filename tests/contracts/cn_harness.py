@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI, Header, Request, Response
 
-from connector.api import install_error_handlers
+from connector.api import DspFastLane, install_error_handlers
 from connector.identity import Caller
 from connector.store import create_engine, migrate
 from contracts import (
@@ -39,6 +39,7 @@ from contracts import (
     RetryPolicy,
     StaticKeyResolver,
     negotiation_dsp_router,
+    negotiation_fast_routes,
     negotiation_management_router,
 )
 
@@ -98,6 +99,11 @@ def fake_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=did, claims=CLAIMS.get(did, {}))
 
 
+async def fake_authenticate(headers: Mapping[str, str]) -> Caller:
+    """:func:`fake_caller` for the DSP fast lane."""
+    return fake_caller(headers.get("x-test-caller"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,7 +161,10 @@ def make_node(
     retry: RetryPolicy | None = None,
     scripts: Callable[[str | None], Any] | None = None,
     http: httpx.Client | None = None,
+    fast_lane: bool = True,
 ) -> Node:
+    """A node; ``fast_lane`` serves the DSP POSTs in :class:`~connector.api.DspFastLane`, as
+    ``dadam serve`` does (False: through FastAPI only)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     did = f"did:web:127.0.0.1%3A{port}:{name}"
@@ -181,6 +190,11 @@ def make_node(
     install_error_handlers(app, dsp_path=DSP)
     app.include_router(negotiation_dsp_router(manager, fake_caller), prefix=DSP)
     app.include_router(negotiation_management_router(manager, lambda: None, lambda: None), prefix=MGMT)
+    if fast_lane:
+        routes = negotiation_fast_routes(manager)
+        app.add_middleware(
+            DspFastLane, prefix=DSP, routes=routes, authenticate=fake_authenticate, dsp_path=DSP
+        )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none")
     )

@@ -1,0 +1,149 @@
+"""A fast lane for the hot DSP POST endpoints (decision 0405).
+
+Why: a DSP message costs its receiver the FastAPI request path (routing over every route of the
+app, dependency solving, background tasks, five middleware layers): a yappi profile of the
+negotiation bench put it at 20-26 % of a connector's CPU, more than the state change itself.
+
+:class:`DspFastLane` is a pure ASGI middleware. A ``POST`` whose path matches one of its
+:class:`FastRoute` patterns is served here: authenticate from the headers, read the JSON body,
+run the route's handler in a worker thread, send the JSON reply, then run what the handler
+deferred (sending the reply to the peer's message). Everything else, and every route when no
+``authenticate`` is given, goes to the application unchanged. The handlers are the very functions
+the FastAPI routes call, and errors are rendered by the same :func:`error_response`, so a client
+cannot tell the two paths apart (``tests/connector/test_serve_fast_lane.py`` compares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from connector.api._errors import error_response
+from connector.errors import DadamError, ValidationError
+
+__all__ = ["DspFastLane", "FastRoute", "Handler"]
+
+log = logging.getLogger("dadam.api")
+
+#: ``handler(path parameters, JSON body, caller, defer) -> (status, JSON reply)``; runs in a
+#: worker thread. ``defer(fn)`` registers ``fn`` to run on the event loop after the reply went out.
+Handler = Callable[[Mapping[str, str], Any, Any, Callable[[Callable[[], None]], None]], tuple[int, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """``POST <prefix><path>``; ``path`` as in FastAPI (``/negotiations/{pid}/request``)."""
+
+    path: str
+    handler: Handler
+
+
+class DspFastLane:
+    """Serves the given POST routes under ``prefix`` without the framework (see the module doc).
+
+    ``authenticate(headers)`` returns the caller (raising a :class:`DadamError` to refuse);
+    header names are lower-case, values decoded as latin-1, as in ASGI.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        prefix: str,
+        routes: list[FastRoute],
+        authenticate: Callable[[Mapping[str, str]], Awaitable[Any]],
+        dsp_path: str,
+    ) -> None:
+        self.app = app
+        self.dsp_path = dsp_path
+        self.authenticate = authenticate
+        self._exact: dict[str, Handler] = {}
+        self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+        for r in routes:
+            path = prefix.rstrip("/") + r.path
+            if "{" not in path:
+                self._exact[path] = r.handler
+            else:
+                regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
+                self._patterns.append((re.compile(regex + r"\Z"), r.handler))
+
+    def _match(self, path: str) -> tuple[Handler, dict[str, str]] | None:
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler, {}
+        for pattern, h in self._patterns:
+            m = pattern.match(path)
+            if m is not None:
+                return h, m.groupdict()
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        found = self._match(_route_path(scope))
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        handler, params = found
+        deferred: list[Callable[[], None]] = []
+        try:
+            headers: dict[str, str] = {}
+            for k, v in scope["headers"]:  # the first of repeated headers, as Starlette's get()
+                headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+            caller = await self.authenticate(headers)
+            body = await _read_json(receive)
+            status, reply = await asyncio.to_thread(handler, params, body, caller, deferred.append)
+        except Exception as exc:
+            if not isinstance(exc, DadamError):
+                log.exception("unhandled error serving POST %s", scope["path"])
+            await error_response(exc, path=scope["path"], dsp_path=self.dsp_path)(scope, receive, send)
+            return
+        out = orjson.dumps(reply)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-length", str(len(out)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+        for fn in deferred:
+            try:
+                fn()
+            except Exception:
+                log.exception("deferred work after POST %s failed", scope["path"])
+
+
+def _route_path(scope: Scope) -> str:
+    """The path routes match against: without the ``root_path`` prefix, as Starlette's router."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
+async def _read_json(receive: Receive) -> Any:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ValidationError("the client went away before sending the whole body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError("request body is not JSON", errors=[str(exc)]) from None

@@ -1,0 +1,137 @@
+"""``dadam serve``'s DSP fast lane (decision 0405): on by default, behind the body limit, with
+the same token checks and error answers as the FastAPI routes (DADAM_DSP_FAST_LANE=false)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from connector_testing import CTX, DSP, TestClient
+from pydantic import SecretStr
+
+from connector.api._fastlane import DspFastLane, FastRoute
+from connector.app import create_app
+from connector.settings import Settings
+
+
+def _answers(tmp_path: Path, sqlite_url: str, fast: bool) -> list[tuple[int, Any]]:
+    settings = Settings(
+        public_url="http://127.0.0.1:8181",
+        data_dir=tmp_path / ("fast" if fast else "framework"),
+        database_url=SecretStr(sqlite_url.replace(".db", f"-{fast}.db")),
+        max_body_bytes=4096,
+        dsp_fast_lane=fast,
+    )
+    request = {
+        "@context": CTX,
+        "@type": "ContractRequestMessage",
+        "consumerPid": "urn:uuid:c1",
+        "offer": {"@id": "x", "permission": [{"action": "use"}]},
+        "callbackAddress": "http://127.0.0.1:9/cb",
+    }
+    out = []
+    with TestClient(create_app(settings)) as c:
+        for path, headers, body in [
+            ("/negotiations/request", {}, request),
+            ("/negotiations/request", {"Authorization": "Bearer not-a-jwt"}, request),
+            ("/negotiations/urn:uuid:p1/termination", {"Authorization": "Basic abc"}, request),
+            ("/negotiations/request", {}, {**request, "padding": "x" * 5000}),  # over the body limit
+        ]:
+            r = c.post(f"{DSP}{path}", json=body, headers=headers)
+            out.append((r.status_code, r.json()))
+    return out
+
+
+def test_serve_fast_lane_refuses_as_the_framework_does(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[str] = []
+    match = DspFastLane._match
+
+    def counting(self: DspFastLane, path: str) -> Any:
+        found = match(self, path)
+        if found is not None:
+            served.append(path)
+        return found
+
+    monkeypatch.setattr(DspFastLane, "_match", counting)
+    framework = _answers(tmp_path, sqlite_url, fast=False)
+    assert served == []
+    fast = _answers(tmp_path, sqlite_url, fast=True)
+    # the oversize body never reaches the lane: the body limit wraps it
+    assert served == [f"{DSP}/negotiations/request"] * 2 + [f"{DSP}/negotiations/urn:uuid:p1/termination"]
+    assert fast == framework
+    assert [s for s, _ in fast] == [401, 401, 401, 413]
+    assert all(body["@type"] == "ContractNegotiationError" for _, body in fast)
+
+
+def _lane() -> tuple[DspFastLane, list[str]]:
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # the framework behind the lane
+        calls.append(f"app {scope['method']} {scope['path']}")
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def handler(params: Any, body: Any, caller: Any, defer: Any) -> tuple[int, Any]:
+        if body.get("boom"):
+            raise RuntimeError("handler bug")
+        defer(lambda: calls.append("deferred"))
+        calls.append(f"handler {params['pid']} {caller} {body['n']}")
+        return 200, {"ok": params["pid"]}
+
+    async def authenticate(headers: Any) -> str:
+        return headers.get("x-who", "nobody")
+
+    lane = DspFastLane(
+        app,
+        prefix="/dsp",
+        routes=[FastRoute("/negotiations/{pid}/termination", handler)],
+        authenticate=authenticate,
+        dsp_path="/dsp",
+    )
+    return lane, calls
+
+
+def _call(lane: DspFastLane, method: str, path: str, body: bytes, root_path: str = "") -> tuple[int, bytes]:
+    sent: list[dict[str, Any]] = []
+    chunks = [body[:3], body[3:]]  # a body in two pieces
+
+    async def receive() -> dict[str, Any]:
+        piece = chunks.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": root_path,
+             "headers": [(b"x-who", b"did:web:a"), (b"x-who", b"did:web:b")]}  # fmt: skip
+    asyncio.run(lane(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_lane_matches_posts_on_its_routes_only_and_defers_after_the_reply() -> None:
+    lane, calls = _lane()
+    assert _call(lane, "POST", "/dsp/negotiations/p%201/termination", b'{"n": 1}') == (200, b'{"ok":"p%201"}')
+    # the first of repeated headers, as Starlette; deferred work after the reply
+    assert calls == ["handler p%201 did:web:a 1", "deferred"]
+    calls.clear()
+    assert _call(lane, "GET", "/dsp/negotiations/p1/termination", b"")[0] == 299
+    assert _call(lane, "POST", "/dsp/negotiations/p1/termination/", b"{}")[0] == 299
+    assert _call(lane, "POST", "/dsp/negotiations/a/b/termination", b"{}")[0] == 299
+    assert _call(lane, "POST", "/other/negotiations/p1/termination", b"{}")[0] == 299
+    assert len(calls) == 4 and all(c.startswith("app ") for c in calls)
+    # behind a proxy prefix (ASGI root_path), as Starlette's router matches
+    assert _call(lane, "POST", "/proxy/dsp/negotiations/p2/termination", b'{"n": 2}', "/proxy")[0] == 200
+
+
+def test_lane_errors_are_dsp_errors(caplog: pytest.LogCaptureFixture) -> None:
+    lane, calls = _lane()
+    status, body = _call(lane, "POST", "/dsp/negotiations/p1/termination", b"{nope")
+    assert status == 400 and b"request body is not JSON" in body
+    status, body = _call(lane, "POST", "/dsp/negotiations/p1/termination", b'{"boom": true}')
+    assert status == 500 and b"ContractNegotiationError" in body
+    assert "unhandled error serving POST /dsp/negotiations/p1/termination" in caplog.text
+    assert calls == []  # nothing deferred when the handler failed
