@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -39,7 +40,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from connector.errors import ConflictError, DadamError, NotFoundError, ValidationError
 from contracts._process import (
@@ -136,7 +137,7 @@ class DataPlaneSignals:
         """Pull START / RESUME (TransferManager._command): the data plane first, the DSP message after."""
         self._enqueue(conn, row, "resume" if resume and self.has_flow(conn, row["id"]) else "start")
 
-    def on_started(self, conn: Connection, row: RowMapping) -> None:
+    def on_started(self, conn: Connection, row: Mapping[Any, Any]) -> None:
         """A provider transfer became STARTED (the consumer acknowledged our start): push flows start now."""
         if row["format"] not in PUSH_FORMATS:
             return
@@ -175,7 +176,7 @@ class DataPlaneSignals:
 
     # ------------------------------------------------------------------ worker callbacks
     def on_delivered(
-        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, delivery: Delivery
     ) -> None:
         signal = _SIGNALS.get(message.message_type)
         state = TState(process["state"])
@@ -195,7 +196,7 @@ class DataPlaneSignals:
             return
         self.manager.dataflow_started(conn, process, address)
 
-    def _prepared(self, conn: Connection, process: RowMapping, delivery: Delivery) -> None:
+    def _prepared(self, conn: Connection, process: Mapping[Any, Any], delivery: Delivery) -> None:
         """The consumer's data plane prepared the flow: send the TransferRequestMessage, a push's
         with the destination the data plane answered."""
         if TState(process["state"]) != TState.REQUESTING or process["role"] != "consumer":
@@ -210,7 +211,9 @@ class DataPlaneSignals:
                 conn, process, f"the data plane answered prepare without a usable destination: {detail}"
             )
 
-    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+    def on_failed(
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, reason: str
+    ) -> None:
         signal = _SIGNALS.get(message.message_type, message.message_type)
         if TState(process["state"]) in TERMINAL:
             log.warning(
@@ -219,10 +222,10 @@ class DataPlaneSignals:
             return
         self._end(conn, process, f"data plane signal {signal} failed: {reason}")
 
-    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+    def on_timeout(self, conn: Connection, process: Mapping[Any, Any]) -> None:
         self.manager.on_timeout(conn, process)  # the same table: the transfer's own timeout
 
-    def _end(self, conn: Connection, process: RowMapping, reason: str) -> None:
+    def _end(self, conn: Connection, process: Mapping[Any, Any], reason: str) -> None:
         self.manager.end_in(conn, process, reason)
         with self._ended_lock:
             self._ended.append(process["id"])

@@ -56,7 +56,7 @@ from connector.errors import (
     ValidationError,
 )
 from connector.identity import Caller
-from connector.store import read_only
+from connector.store import read_only, run
 from contracts._messages import (
     AgreementMessage,
     AgreementVerificationMessage,
@@ -631,7 +631,7 @@ class NegotiationManager:
             return stmt.with_for_update() if for_update else stmt
 
         stmt = cached_statement(("cn_find", role.value, for_update), build)
-        row = conn.execute(stmt, {"_pid": pid}).mappings().first()
+        row = run(conn, stmt, {"_pid": pid}).first()
         ctx = {"providerPid" if role is Role.PROVIDER else "consumerPid": pid}
         if row is None:
             raise NotFoundError(f"no negotiation {pid!r}", context=ctx)
@@ -667,7 +667,7 @@ class NegotiationManager:
             ),
         )
         with write_tx(self.engine) as conn:  # SQLite: every transaction takes the write lock
-            role = conn.execute(stmt, {"_pid": pid}).scalar()
+            role = run(conn, stmt, {"_pid": pid}).scalar()
         if role is None:
             raise NotFoundError(f"no negotiation {pid!r}", context={"providerPid": pid})
         return self._remember_role(pid, Role(role))
@@ -711,7 +711,7 @@ class NegotiationManager:
                 negotiations.c.counterparty_id == sa.bindparam("_caller"),
             ),
         )
-        known = conn.execute(find_known, {"_peer_pid": peer_pid, "_caller": caller.did}).mappings().first()
+        known = run(conn, find_known, {"_peer_pid": peer_pid, "_caller": caller.did}).first()
         if known is not None:
             if msg.id and record_received(conn, KIND, known["id"], msg.id, digest) == "duplicate":
                 return known, self._ack(known)

@@ -72,7 +72,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from connector.errors import NotFoundError, StoreError
-from connector.store import is_postgres, metadata, on_commit, write_tx
+from connector.store import is_postgres, metadata, on_commit, run, write_tx
 
 __all__ = [
     "Delivery",
@@ -173,7 +173,7 @@ def process_table(
     )
 
 
-def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMapping:
+def lock_process(conn: Connection, table: sa.Table, process_id: str) -> Mapping[Any, Any]:
     """The row of ``process_id``, locked until the transaction ends; NotFoundError if absent."""
     pg = is_postgres_conn(conn)
 
@@ -182,7 +182,7 @@ def lock_process(conn: Connection, table: sa.Table, process_id: str) -> RowMappi
         return stmt.with_for_update() if pg else stmt
 
     stmt = cached_statement(("lock", table.name, id(table), pg), build)
-    row = conn.execute(stmt, {"_pid": process_id}).mappings().first()
+    row = run(conn, stmt, {"_pid": process_id}).first()
     if row is None:
         raise NotFoundError(f"no process {process_id!r}", context={"table": table.name})
     return row
@@ -219,7 +219,7 @@ def insert_process(
     """Insert a new process row of ``table`` in ``state``: the framework's columns are set here
     (deadline ``timeout_s`` from now), ``values`` are the table's own columns."""
     stmt = cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table))
-    conn.execute(stmt, _process_values(process_id, state, timeout_s, now, values))
+    run(conn, stmt, _process_values(process_id, state, timeout_s, now, values))
 
 
 def insert_locked_process(
@@ -231,21 +231,23 @@ def insert_locked_process(
     timeout_s: float | None,
     now: float | None = None,
     **values: Any,
-) -> RowMapping:
+) -> Mapping[Any, Any]:
     """:func:`insert_process`, returning the row as stored, locked until the transaction ends
     (what :func:`lock_process` would read next, in the same round trip where the database has
     ``INSERT ... RETURNING``: a row this transaction inserted is not visible to, nor lockable by,
     any other transaction before the commit)."""
     params = _process_values(process_id, state, timeout_s, now, values)
     if not conn.dialect.insert_returning:
-        conn.execute(
-            cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table)), params
+        run(
+            conn,
+            cached_statement(("insert_process", table.name, id(table)), lambda: sa.insert(table)),
+            params,
         )
         return lock_process(conn, table, process_id)
     stmt = cached_statement(
         ("insert_process_returning", table.name, id(table)), lambda: sa.insert(table).returning(*table.c)
     )
-    return conn.execute(stmt, params).mappings().one()
+    return run(conn, stmt, params).one()
 
 
 def _process_values(
@@ -304,7 +306,7 @@ def save_state(
         )
 
     stmt = cached_statement(("save_state", table.name, id(table), names), build)
-    res = conn.execute(stmt, {"_pid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
+    res = run(conn, stmt, {"_pid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
     if res.rowcount != 1:
         raise StoreError(
             f"process {process_id!r} vanished while it was locked", context={"table": table.name}
@@ -376,7 +378,8 @@ def _enqueue(
     # One round trip: the next sequence number of the process and whether an older message is
     # still pending (then the new row is not leased, so per-process order holds) are computed by
     # the INSERT ... SELECT itself. The caller holds the process row's lock.
-    row = conn.execute(
+    row = run(
+        conn,
         cached_statement(("outbox_add",), _outbox_insert),
         {
             "_id": mid,
@@ -392,7 +395,7 @@ def _enqueue(
             "_now": now,
         },
     ).one()
-    older = owner is not None and row.lease_owner is None
+    older = owner is not None and row["lease_owner"] is None
     msg = OutboxMessage(
         id=mid,
         kind=kind,
@@ -468,7 +471,7 @@ def record_received(
     dialect = conn.dialect.name
     if dialect in ("postgresql", "sqlite"):  # one round trip when the id is new
         add = cached_statement(("inbox_add_new", dialect), lambda: _insert_new(dialect))
-        if conn.execute(add, values).first() is not None:
+        if run(conn, add, values).first() is not None:
             return "new"
     find = cached_statement(
         ("inbox_find",),
@@ -599,14 +602,16 @@ class ProcessHandler(Protocol):
     terminal_states: frozenset[int]
 
     def on_delivered(
-        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, delivery: Delivery
     ) -> None:
         """The peer acknowledged ``message`` (2xx): enter the state the message leads to."""
 
-    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+    def on_failed(
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, reason: str
+    ) -> None:
         """``message`` cannot be delivered (4xx, or retries exhausted): usually -> TERMINATED."""
 
-    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+    def on_timeout(self, conn: Connection, process: Mapping[Any, Any]) -> None:
         """The process stayed in its state past ``deadline``: usually -> TERMINATED."""
 
     # Optional: ``after_commit(committed: bool) -> None`` is called after each callback's
@@ -831,7 +836,8 @@ class Worker:
             if delivery.ok and conn.dialect.update_returning:
                 # One round trip: mark the row sent only if it is still ours and pending (else
                 # someone took over after our lease expired, and their outcome counts).
-                sent = conn.execute(
+                sent = run(
+                    conn,
                     cached_statement(("outbox_sent_if_ours",), _outbox_sent_if_ours),
                     {"_id": message.id, "_owner": self.owner, "_now": now},
                 ).first()

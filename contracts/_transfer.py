@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import LocalProtocolError, NotFoundError, RemoteProtocolError, ValidationError
 from connector.identity import Caller
@@ -192,7 +192,7 @@ class TransferManager:
         script_delay_s: float = 0.7,
         before_start: Callable[[str, str, str], str | None] | None = None,
         after_end: Callable[[str], None] | None = None,
-        on_started: Callable[[Connection, RowMapping], None] | None = None,
+        on_started: Callable[[Connection, Mapping[Any, Any]], None] | None = None,
         formats_for: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
         self.engine = engine
@@ -276,7 +276,7 @@ class TransferManager:
         with read_only(self.engine) as conn:
             return [self.view(r) for r in conn.execute(stmt).mappings()]
 
-    def _row_for_pid(self, conn: Connection, pid: str) -> RowMapping:
+    def _row_for_pid(self, conn: Connection, pid: str) -> Mapping[Any, Any]:
         """Our transfer named by ``pid`` (our own pid on either side), locked."""
         row = conn.execute(sa.select(transfers.c.id).where(transfers.c.id == pid)).first()
         if row is None:
@@ -299,7 +299,7 @@ class TransferManager:
             return self._ack(row)
 
     # ------------------------------------------------------------------ provider: request
-    def agreement(self, conn: Connection, agreement_id: str) -> RowMapping | None:
+    def agreement(self, conn: Connection, agreement_id: str) -> Mapping[Any, Any] | None:
         return (
             conn.execute(
                 sa.select(negotiations).where(
@@ -702,7 +702,7 @@ class TransferManager:
 
     # ------------------------------------------------------------------ worker callbacks
     def on_delivered(
-        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, delivery: Delivery
     ) -> None:
         state = TState(process["state"])
         if message.message_type == "TransferRequestMessage":
@@ -763,7 +763,9 @@ class TransferManager:
                     conn, lock_process(conn, transfers, process["id"]), rest, delay=self.script_delay_s
                 )
 
-    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+    def on_failed(
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, reason: str
+    ) -> None:
         if TState(process["state"]) in TERMINAL:
             return
         detail = f"{message.message_type} could not be delivered: {reason}"
@@ -771,7 +773,7 @@ class TransferManager:
             self.dataplane.follow(conn, process, TState.TERMINATED, detail)
         save_state(conn, transfers, process["id"], TState.TERMINATED, timeout_s=None, error_detail=detail)
 
-    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+    def on_timeout(self, conn: Connection, process: Mapping[Any, Any]) -> None:
         state = TState(process["state"])
         detail = f"timed out in state {state.name} after {self.state_timeout_s:.0f} s"
         if self.dataplane is not None:

@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
 
 from catalog import CatalogStore
 from connector.dataplane._public import PolicyDenied, RecordCounter, enforce, usage_event
@@ -165,7 +165,7 @@ class PushService:
         transfers_manager.on_started = self.queue
 
     # ------------------------------------------------------------------ queueing
-    def queue(self, conn: Connection, row: RowMapping) -> None:
+    def queue(self, conn: Connection, row: Mapping[Any, Any]) -> None:
         """TransferManager.on_started: a provider push transfer became STARTED (start or resume)."""
         if row["format"] not in PUSH_FORMATS:
             return

@@ -311,7 +311,7 @@ class DataFlows:
 
     def _queue_push(self, conn: Connection, flow_id: str, ttype: str) -> None:
         if ttype in PUSH_FORMATS and self.pushes is not None:
-            self.pushes.queue(conn, {"id": flow_id, "format": ttype})  # type: ignore[arg-type]
+            self.pushes.queue(conn, {"id": flow_id, "format": ttype})
 
     def _wake_pushes(self) -> None:
         if self.pushes is not None:

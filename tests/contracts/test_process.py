@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from contracts._process import (
     Delivery,
@@ -38,14 +39,16 @@ class ToyHandler:
     terminal_states = frozenset({FAILED, TIMED_OUT})
 
     def on_delivered(
-        self, conn: Connection, process: RowMapping, message: OutboxMessage, delivery: Delivery
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, delivery: Delivery
     ) -> None:
         save_state(conn, TOY, process["id"], SENT, timeout_s=60, note=f"acked {message.message_type}")
 
-    def on_failed(self, conn: Connection, process: RowMapping, message: OutboxMessage, reason: str) -> None:
+    def on_failed(
+        self, conn: Connection, process: Mapping[Any, Any], message: OutboxMessage, reason: str
+    ) -> None:
         save_state(conn, TOY, process["id"], FAILED, timeout_s=None, error_detail=reason)
 
-    def on_timeout(self, conn: Connection, process: RowMapping) -> None:
+    def on_timeout(self, conn: Connection, process: Mapping[Any, Any]) -> None:
         save_state(conn, TOY, process["id"], TIMED_OUT, timeout_s=None, error_detail="timed out")
 
 
@@ -85,7 +88,7 @@ def _worker(
     return Worker(engine, [handler], HttpSender(client), retry=RetryPolicy(limit=3, base_s=0.0), **kw)
 
 
-def _state(engine: sa.Engine, pid: str) -> RowMapping:
+def _state(engine: sa.Engine, pid: str) -> Mapping[Any, Any]:
     with engine.connect() as conn:
         return conn.execute(sa.select(TOY).where(TOY.c.id == pid)).mappings().one()
 
