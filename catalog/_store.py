@@ -20,12 +20,14 @@ from sqlalchemy.engine import Connection, Engine
 from catalog import _tables as t
 from catalog._models import Category, ContractDefinition, Dataset, PolicyDefinition
 from connector.errors import ConflictError, NotFoundError, StoreError, ValidationError
-from connector.store import read_only
+from connector.store import read_only, run
 
 __all__ = ["CatalogStore", "Page"]
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
+#: the catalog revision, read before every offer lookup (prebuilt for connector.store.run)
+_REVISION = sa.select(t.revision.c.value).where(t.revision.c.id == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ class CatalogStore:
     def revision(self) -> int:
         """The catalog revision: changes whenever anything in the catalog changed."""
         with read_only(self.engine) as conn:
-            value = conn.execute(sa.select(t.revision.c.value).where(t.revision.c.id == 1)).scalar()
+            value = run(conn, _REVISION, {}).scalar()  # once per offer lookup: decision 0406
             conn.rollback()
         if value is None:
             raise StoreError("catalog_revision row is missing: was the database migrated?")

@@ -554,7 +554,35 @@ def parse_policy(data: Mapping[str, Any] | Sequence[Any], *, require_action: boo
     ODRL requires every rule to name its action. ``require_action=False`` accepts rules
     without one (the SolidLab test suite has such policies); the evaluator then treats such
     a rule as being about every action, and says so in the explanation.
+
+    Parsed policies are remembered by content (the last 1,024): a connector parses the same
+    offer for every negotiation. A policy is parsed from a private copy of ``data``, so later
+    changes to ``data`` cannot reach it; the result is shared between callers and immutable
+    (frozen dataclasses, tuples): keep it so.
     """
+    try:
+        key: bytes | None = orjson.dumps(data) + (b"1" if require_action else b"0")
+    except TypeError:  # not plain JSON (e.g. non-string keys): parse it as it is, uncached
+        key = None
+    if key is None:
+        return _parse_policy(data, require_action)
+    hit = _PARSED.get(key)
+    if hit is not None:
+        return hit
+    policy = _parse_policy(orjson.loads(key[:-1]), require_action)
+    if key is not None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = policy
+    return policy
+
+
+#: parse_policy's memory: canonical JSON of the input (+ require_action) -> parsed policy
+_PARSED: dict[bytes, Policy] = {}
+_PARSED_MAX = 1024
+
+
+def _parse_policy(data: Mapping[str, Any] | Sequence[Any], require_action: bool) -> Policy:
     from usage_policy._expanded import is_expanded, to_compact
 
     if is_expanded(data):

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import NotFoundError, ValidationError
-from connector.store import is_postgres, metadata, read_only, write_tx
+from connector.store import is_postgres, metadata, read_only, run, write_tx
 
 __all__ = [
     "MemoryReplayStore",
@@ -65,6 +65,10 @@ class MemoryReplayStore:
             return True
 
 
+#: one per received DSP message: prebuilt for connector.store.run (decision 0406)
+_REPLAY_ADD = token_replay_table.insert()
+
+
 class SqlReplayStore:
     """Replay store in the database: N replicas sharing PostgreSQL reject a token used on any of them."""
 
@@ -89,7 +93,7 @@ class SqlReplayStore:
                     conn.execute(
                         token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
                     )
-                conn.execute(token_replay_table.insert().values(token_key=key, expires_at=expires_at))
+                run(conn, _REPLAY_ADD, {"token_key": key, "expires_at": expires_at})
         except sa.exc.IntegrityError:
             return False
         return True

@@ -3,6 +3,7 @@ usage limits and the explanation a user reads."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -392,10 +393,12 @@ def test_policy_obligation_violation_denies() -> None:
 
 
 def test_compiled_policies_are_cached_by_content() -> None:
+    import dataclasses
+
     from usage_policy import compile_policy
 
     a = templates.cx_pcf_usage_policy("x")
-    b = templates.cx_pcf_usage_policy("x")
+    b = dataclasses.replace(a)  # an equal policy, another object (parse_policy would share one)
     assert a is not b and a.digest == b.digest
     assert compile_policy(a).permissions is compile_policy(b).permissions
     assert compile_policy(a) is compile_policy(a)
@@ -513,3 +516,28 @@ def test_failures_lists_only_what_went_wrong() -> None:
         ),
     )
     assert ok.permitted and ok.failures() == []
+
+
+def test_parsed_policies_are_shared_by_content_and_immune_to_later_changes() -> None:
+    from usage_policy import parse_policy
+
+    data: dict[str, Any] = {
+        "@type": "Offer",
+        "permission": [
+            {
+                "action": "use",
+                "constraint": [{"leftOperand": "purpose", "operator": "eq", "rightOperand": "a"}],
+            }
+        ],
+    }
+    first = parse_policy(data)
+    assert parse_policy(json.loads(json.dumps(data))) is first  # same content: parsed once
+    data["permission"][0]["constraint"][0]["rightOperand"] = "b"  # the caller changes its dict
+    assert first.permissions[0].constraints[0].right == "a"  # the shared result did not change
+    assert parse_policy(data).permissions[0].constraints[0].right == "b"
+    # failures are not remembered: the same bad input fails again, with the same reason
+    from connector.errors import PolicyError
+
+    for _ in range(2):
+        with pytest.raises(PolicyError):
+            parse_policy({"@type": "Offer", "permission": "nope"})
