@@ -73,11 +73,11 @@ class _Plan:
         self.results: tuple[Callable[[Any], Any] | None, ...] | None = None
         self.has_rows = bool(keys)
 
-    def processors(self, dialect: Any, description: Any) -> tuple[Callable[[Any], Any] | None, ...]:
+    def processors(self, dialect: Any, cursor: Any) -> tuple[Callable[[Any], Any] | None, ...]:
         if self.results is None:
-            procs = tuple(
-                t.result_processor(dialect, d[1]) for t, d in zip(self.types, description, strict=True)
-            )
+            # cursor.description only here: psycopg builds it anew on every access
+            pairs = zip(self.types, cursor.description, strict=True)
+            procs = tuple(t.result_processor(dialect, d[1]) for t, d in pairs)
             self.results = procs if any(procs) else ()
         return self.results
 
@@ -138,20 +138,32 @@ def run(conn: Connection, stmt: Any, params: Mapping[str, Any]) -> DirectResult:
         if name in values:
             values[name] = proc(values[name])
     args: Any = tuple(values[n] for n in plan.names) if plan.names is not None else values
-    raw: Any = conn.connection.dbapi_connection
-    cursor = raw.cursor()
+    cursor = _cursor(conn)
     try:
-        try:
-            cursor.execute(plan.sql, args)
-            rows = cursor.fetchall() if plan.has_rows else []
-        except conn.dialect.loaded_dbapi.Error as exc:
-            _raise(conn, plan.sql, args, exc, cursor)
-        procs = plan.processors(conn.dialect, cursor.description) if plan.has_rows else ()
-        if procs:
-            rows = [tuple(p(v) if p else v for p, v in zip(procs, r, strict=True)) for r in rows]
-        return DirectResult(plan.keys, rows, cursor.rowcount)
-    finally:
-        cursor.close()
+        cursor.execute(plan.sql, args)
+        rows = cursor.fetchall() if plan.has_rows else []
+    except conn.dialect.loaded_dbapi.Error as exc:
+        _raise(conn, plan.sql, args, exc, cursor)
+    procs = plan.processors(conn.dialect, cursor) if plan.has_rows else ()
+    if procs:
+        rows = [tuple(p(v) if p else v for p, v in zip(procs, r, strict=True)) for r in rows]
+    return DirectResult(plan.keys, rows, cursor.rowcount)
+
+
+def _cursor(conn: Connection) -> Any:
+    """A cursor of the connection's DBAPI connection, made once and kept with it (the pool's
+    per-connection ``info``): creating a psycopg cursor costs more than running a statement."""
+    proxied = conn.connection
+    raw = proxied.dbapi_connection
+    kept = proxied.info.get(_CURSOR)
+    if kept is not None and kept[0] is raw:
+        return kept[1]
+    cursor = raw.cursor()  # type: ignore[union-attr]
+    proxied.info[_CURSOR] = (raw, cursor)
+    return cursor
+
+
+_CURSOR = "dadam_direct_cursor"
 
 
 def _raise(conn: Connection, sql: str, args: Any, exc: Any, cursor: Any) -> None:
