@@ -24,6 +24,11 @@ def test_jcs_sorts_by_utf16_code_units_and_escapes_minimally() -> None:
     keys = list(json.loads(out))
     assert keys == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
     assert canonical_json({"a": 'x\n\u0001"\\/'}) == b'{"a":"x\\n\\u0001\\"\\\\/"}'
+    # ASCII names (sorted without the UTF-16 key), nested, and a mix in one object
+    nested = {"b": {"z": 1, "Z": 2, "_": 3}, "B": [{"y": 1, "a": 2}], "\u00e9": 0, "a": None}
+    assert (
+        canonical_json(nested) == '{"B":[{"a":2,"y":1}],"a":null,"b":{"Z":2,"_":3,"z":1},"\u00e9":0}'.encode()
+    )
 
 
 @pytest.mark.parametrize(
