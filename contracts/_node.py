@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -176,11 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=16)
     args = p.parse_args(argv)
-    # SQLite: many short transactions behind one lock: hand the GIL over sooner than every 5 ms,
-    # so a thread holding the writer lock is not parked behind runnable threads. PostgreSQL has
-    # no such lock, and the default interval costs about 20% less CPU per negotiation there.
-    if args.db.startswith("sqlite"):
-        sys.setswitchinterval(0.0005)
+    # The interpreter's default GIL switch interval (5 ms), as dadam serve: a 0.5 ms interval
+    # on SQLite was slower in 3 of 3 alternating bench pairs once writes were group-committed
+    # (206/210/213 against 212/218/230 negotiations/s).
     if not args.public_url and args.port:
         args.public_url = f"http://127.0.0.1:{args.port}"
     app, manager = build_app(args)
