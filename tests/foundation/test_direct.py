@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from connector.store import create_engine, run
+from connector.store import create_engine, migrate, run
 from connector.store._direct import _PLANS
 
 META = sa.MetaData()
@@ -144,3 +145,26 @@ def _lose_connection(things: sa.Engine) -> None:
         assert conn.invalidated
     with things.connect() as conn:  # the pool hands out a working connection
         assert run(conn, SELECT, {"_id": "a"}).first() is None
+
+
+@pytest.mark.postgres
+def test_catalog_revision_read_is_one_round_trip_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    """Read before every offer lookup: autocommit, no BEGIN and ROLLBACK round trips (libpq trace)."""
+    from catalog._store import CatalogStore
+
+    eng = create_engine(pg_url)
+    try:
+        migrate(eng)
+        store = CatalogStore(eng)
+        assert store.revision() == 0
+        with eng.connect() as conn:  # the pooled connection the next read will use
+            raw: Any = conn.connection.dbapi_connection
+        trace = tmp_path / "libpq.trace"
+        with trace.open("w") as f:
+            raw.pgconn.trace(f.fileno())
+            assert store.revision() == 0
+            raw.pgconn.untrace()
+        sent = [line.split("\t")[3] for line in trace.read_text().splitlines() if "\tF\t" in line]
+        assert sent.count("Sync") + sent.count("Query") == 1, sent  # one request, one answer
+    finally:
+        eng.dispose()
