@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,10 +50,9 @@ _USER_AGENT = "dadam-connector"
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-@runtime_checkable
 class HeaderAuth(Protocol):
     """An auth that knows its headers before the request is sent (what :class:`DirectSender`
-    needs; DSP token auth and data-plane signaling auth are such)."""
+    needs, found by the method's name; DSP token auth and data-plane signaling auth are such)."""
 
     def request_headers(self, url: str, body: bytes) -> Mapping[str, str]: ...
 
@@ -119,7 +118,6 @@ class DirectSender:
         self._clock = clock
         self._lock = threading.Lock()
         self._origins: dict[tuple[str, str, int], _Origin] = {}
-        self._urls: dict[str, tuple[_Origin, str] | None] = {}
         #: connections opened so far (for tests and diagnostics)
         self.opened = 0
 
@@ -128,7 +126,6 @@ class DirectSender:
         where = self._where(message.url)
         auth_for = self.fallback.auth_for
         auth = auth_for(message.audience) if auth_for is not None else None
-        # duck-typed HeaderAuth (isinstance with a runtime protocol costs more than the lookup)
         headers_for = getattr(auth, "request_headers", None) if auth is not None else None
         if where is None or where[0].proxied or (auth is not None and headers_for is None):
             return self.fallback.send(message)
@@ -177,30 +174,24 @@ class DirectSender:
 
     # -- connections -------------------------------------------------------------------------
     def _where(self, url: str) -> tuple[_Origin, str] | None:
-        """The origin of ``url`` and the request target; None when the fallback must send it."""
-        try:
-            return self._urls[url]
-        except KeyError:
-            pass
-        where: tuple[_Origin, str] | None = None
+        """The origin of ``url`` and the request target; None when the fallback must send it.
+        (Not cached by URL: DSP URLs name the negotiation, so nearly every one is new.)"""
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
-            parts = None
-        if parts is not None and parts.scheme in ("http", "https") and parts.hostname:
-            port = port or (443 if parts.scheme == "https" else 80)
-            key = (parts.scheme, parts.hostname, port)
+            return None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        port = port or (443 if parts.scheme == "https" else 80)
+        key = (parts.scheme, parts.hostname, port)
+        origin = self._origins.get(key)
+        if origin is None:
             with self._lock:
-                origin = self._origins.get(key)
-                if origin is None:
-                    origin = self._origins[key] = _Origin(parts.scheme, parts.hostname, port, parts.netloc)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            where = (origin, target)
-        if len(self._urls) > 10_000:  # process URLs are per peer: this only bounds a misuse
-            self._urls.clear()
-        self._urls[url] = where
-        return where
+                origin = self._origins.setdefault(
+                    key, _Origin(parts.scheme, parts.hostname, port, parts.netloc)
+                )
+        return origin, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def _checkout(self, origin: _Origin) -> tuple[http.client.HTTPConnection, bool]:
         now = self._clock()

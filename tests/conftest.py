@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -115,3 +116,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield config
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fast_lane_served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the DSP fast lane (decision 0405) matched during the test, in order."""
+    from connector.api._fastlane import DspFastLane
+
+    served: list[str] = []
+    match = DspFastLane._match
+
+    def counting(self: DspFastLane, path: str) -> Any:
+        found = match(self, path)
+        if found is not None:
+            served.append(path)
+        return found
+
+    monkeypatch.setattr(DspFastLane, "_match", counting)
+    return served

@@ -570,10 +570,9 @@ def parse_policy(data: Mapping[str, Any] | Sequence[Any], *, require_action: boo
     if hit is not None:
         return hit
     policy = _parse_policy(orjson.loads(key[:-1]), require_action)
-    if key is not None:
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[key] = policy
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = policy
     return policy
 
 

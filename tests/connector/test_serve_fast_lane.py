@@ -45,18 +45,9 @@ def _answers(tmp_path: Path, sqlite_url: str, fast: bool) -> list[tuple[int, Any
 
 
 def test_serve_fast_lane_refuses_as_the_framework_does(
-    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sqlite_url: str, fast_lane_served: list[str]
 ) -> None:
-    served: list[str] = []
-    match = DspFastLane._match
-
-    def counting(self: DspFastLane, path: str) -> Any:
-        found = match(self, path)
-        if found is not None:
-            served.append(path)
-        return found
-
-    monkeypatch.setattr(DspFastLane, "_match", counting)
+    served = fast_lane_served
     framework = _answers(tmp_path, sqlite_url, fast=False)
     assert served == []
     fast = _answers(tmp_path, sqlite_url, fast=True)

@@ -331,6 +331,23 @@ class Tck:
     def post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         return self.http.post(url, json={"@context": CTX, "@id": str(uuid.uuid4()), **body})
 
+    def request_negotiation(self, provider: Node, offer_id: str, dataset: str) -> tuple[str, str]:
+        """Send an initial ContractRequestMessage for ``offer_id`` (open policy on ``dataset``);
+        (providerPid, consumerPid) of the new negotiation."""
+        cpid = str(uuid.uuid4())
+        offer = {"@id": offer_id, "@type": "Offer", "target": dataset, "permission": [{"action": "use"}]}
+        r = self.post(
+            f"{provider.dsp}/negotiations/request",
+            {
+                "@type": "ContractRequestMessage",
+                "consumerPid": cpid,
+                "offer": offer,
+                "callbackAddress": self.url,
+            },
+        )
+        assert r.status_code == 201, r.text
+        return r.json()["providerPid"], cpid
+
 
 @contextlib.contextmanager
 def database_factory(backend: str, folder: Path) -> Iterator[Callable[[], str]]:

@@ -16,7 +16,6 @@ import orjson
 import pytest
 from cn_harness import OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
 
-from connector.api._fastlane import DspFastLane
 from contracts import StaticKeyResolver
 
 OFFER_ID = "cd1:ds1:v1"
@@ -102,18 +101,9 @@ def test_fast_lane_answers_as_the_framework_does(
     keys: StaticKeyResolver,
     nodes: list[Node],
     tck: Tck,
-    monkeypatch: pytest.MonkeyPatch,
+    fast_lane_served: list[str],
 ) -> None:
-    served: list[str] = []
-    match = DspFastLane._match
-
-    def counting(self: DspFastLane, path: str) -> Any:
-        found = match(self, path)
-        if found is not None:
-            served.append(path)
-        return found
-
-    monkeypatch.setattr(DspFastLane, "_match", counting)
+    served = fast_lane_served
     framework = _conversation(_provider(db_urls, keys, nodes, fast=False), tck)
     assert served == []
     fast = _conversation(_provider(db_urls, keys, nodes, fast=True), tck)
@@ -130,16 +120,6 @@ def test_tck_caller_is_who_the_fast_lane_sees(
     db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], tck: Tck
 ) -> None:
     provider = _provider(db_urls, keys, nodes, fast=True)
-    cpid = str(uuid.uuid4())
-    r = tck.post(
-        f"{provider.dsp}/negotiations/request",
-        {
-            "@type": "ContractRequestMessage",
-            "consumerPid": cpid,
-            "offer": {"@id": OFFER_ID, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]},
-            "callbackAddress": tck.url,
-        },
-    )
-    assert r.status_code == 201, r.text
+    tck.request_negotiation(provider, OFFER_ID, "ds1")
     view = provider.manager.list_negotiations(role="provider")[0]
     assert view["counterPartyId"] == TCK_DID

@@ -41,18 +41,7 @@ def provider(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[No
 
 
 def _crq(tck: Tck, provider: Node) -> tuple[str, str]:
-    cpid = str(uuid.uuid4())
-    r = tck.post(
-        f"{provider.dsp}/negotiations/request",
-        {
-            "@type": "ContractRequestMessage",
-            "consumerPid": cpid,
-            "offer": {"@id": OFFER_ID, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]},
-            "callbackAddress": tck.url,
-        },
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["providerPid"], cpid
+    return tck.request_negotiation(provider, OFFER_ID, "ds1")
 
 
 def _state(provider: Node, ppid: str) -> tuple[str, int]:
