@@ -22,7 +22,13 @@ Measured in one run:
 * during the throughput run, CPU milliseconds per finalized negotiation (Linux /proc) of the
   provider, the consumer, this load generator and (PostgreSQL) the server's processes, and the
   fraction of the machine's cores that was busy; ``cpu_bound_per_s_on_2_cores`` is
-  2000 / (provider + consumer CPU ms), what 2 cores could do for the connectors alone.
+  2000 / (provider + consumer CPU ms), what 2 cores could do for the connectors alone;
+* ``calibration_python_ms``: CPU ms of a fixed pure-Python workload in this process, to compare
+  figures taken on different machines (or days: the development machines are shared VMs whose
+  speed has differed by 2.5x between sessions) as ratios.
+
+To compare two versions of the code, ``bench/negotiation_ab.py`` runs both at once and
+alternates the load between them (one run here: ratios within 2-3 % for identical code).
 
 Run: ``.venv/bin/python bench/negotiation.py`` (about 1-2 min; ``--backends sqlite`` to skip
 PostgreSQL, ``--stack serve`` for the deployed connector). PostgreSQL comes from
@@ -80,7 +86,9 @@ def cpu_ms_per(pid: int, before: float | None, n: int) -> float | None:
 
 
 def postgres_cpu_s() -> float | None:
-    """CPU seconds used so far by all local processes named ``postgres`` (server and backends)."""
+    """CPU seconds used so far by the local PostgreSQL server: every process named ``postgres``
+    (user + system), plus, for the postmaster, what its exited children used (cutime + cstime):
+    a backend that exits during a run (a pool closing) keeps counting."""
     total, seen = 0.0, False
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -92,9 +100,20 @@ def postgres_cpu_s() -> float | None:
         if head.split("(", 1)[1] != "postgres":
             continue
         fields = tail.split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])
+        if fields[1] == "1" or _parent_name(int(fields[1])) != "postgres":  # the postmaster
+            ticks += int(fields[13]) + int(fields[14])
+        total += ticks / os.sysconf("SC_CLK_TCK")
         seen = True
     return total if seen else None
+
+
+def _parent_name(pid: int) -> str | None:
+    try:
+        head = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[0]
+    except OSError:
+        return None
+    return head.split("(", 1)[1]
 
 
 def machine_busy() -> tuple[float, float] | None:
@@ -400,9 +419,29 @@ def run_backend(
             pair.stop()
 
 
+def calibration_ms() -> float:
+    """CPU ms of a fixed pure-Python workload (dicts, strings, JSON), median of 5: how fast this
+    machine runs Python today. Figures of two machines (or two days on a shared one) compare as
+    "CPU ms per negotiation / calibration_ms"."""
+    doc = {"@id": "urn:uuid:0", "state": "REQUESTED", "items": list(range(20))}
+    times = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for i in range(20_000):
+            d = dict(doc, n=i)
+            json.loads(json.dumps(d))
+            f"{i}:{d['state'].lower()}".split(":")
+        times.append(time.process_time() - t0)
+    return round(statistics.median(times) * 1000, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", default="postgres,sqlite")
+    ap.add_argument(
+        "--backends",
+        default="postgres,sqlite",
+        help="comma-separated: postgres (or postgresql), sqlite",
+    )
     ap.add_argument("--latency-n", type=int, default=100)
     ap.add_argument("--throughput-n", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -424,6 +463,12 @@ def main() -> None:
         help="serve DSP POSTs through FastAPI only (DADAM_DSP_FAST_LANE=false; decision 0405)",
     )
     args = ap.parse_args()
+    aliases = {"postgres": "postgres", "postgresql": "postgres", "sqlite": "sqlite"}
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in aliases]
+    if unknown or not backends:
+        ap.error(f"--backends: unknown {', '.join(unknown) or '(empty)'}; use postgres, sqlite")
+    backends = [aliases[b] for b in backends]
     global SENDER, FAST_LANE
     SENDER = args.sender
     FAST_LANE = not args.no_fast_lane
@@ -445,7 +490,7 @@ def main() -> None:
         return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
 
     try:
-        for backend in args.backends.split(","):
+        for backend in backends:
             make = make_pg if backend == "postgres" else make_sqlite
             results[backend] = run_backend(
                 backend, args.stack, make, args.latency_n, args.throughput_n, args.concurrency
@@ -456,7 +501,12 @@ def main() -> None:
                 for name in created:
                     conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-    summary: dict[str, Any] = {"bench": "negotiation", "stack": args.stack, "cores": os.cpu_count()}
+    summary: dict[str, Any] = {
+        "bench": "negotiation",
+        "stack": args.stack,
+        "cores": os.cpu_count(),
+        "calibration_python_ms": calibration_ms(),
+    }
     for b, r in results.items():
         for k, v in r.items():
             if k not in ("backend", "stack"):

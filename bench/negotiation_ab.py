@@ -1,0 +1,150 @@
+"""A/B of the negotiation machinery: this checkout against another one, interleaved.
+
+``bench/negotiation.py`` run twice (old code, new code) compares two runs minutes apart; on a
+shared 2-core machine their figures move by 10-30 % between runs, more than most changes do.
+Here both node stacks (``python -m contracts._node``, as ``bench/negotiation.py --stack node``
+starts them) run at the same time, one pair from each checkout, and load alternates between
+them in short batches, so slow and fast moments of the machine fall on both alike. Per batch:
+negotiations per second (``--concurrency`` in flight), and CPU ms per negotiation of the
+provider, the consumer and (PostgreSQL) the server. The median of each over the rounds is
+compared as new / old.
+
+Run: ``.venv/bin/python bench/negotiation_ab.py OLD_CHECKOUT`` where OLD_CHECKOUT is a
+directory with the other code, e.g. ``git worktree add /tmp/old HEAD~1``. The last line is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import negotiation as nb  # the benchmark next to this file
+import sqlalchemy as sa
+
+
+def batch(
+    pair: nb.NodePair, fin: nb.Finalized, tag: str, n: int, concurrency: int, *, pg: bool
+) -> dict[str, float]:
+    """``n`` negotiations with ``concurrency`` in flight; rate and CPU ms per negotiation."""
+
+    def pg_cpu() -> float | None:
+        return nb.postgres_cpu_s() if pg else None
+
+    cpu0 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
+    t0 = time.perf_counter()
+    local = threading.local()
+    starters: list[nb.Starter] = []
+    ids: list[str] = []
+
+    def one(i: int) -> None:
+        starter = getattr(local, "starter", None)
+        if starter is None:
+            starter = local.starter = nb.Starter(pair)
+            starters.append(starter)
+        nid = starter(f"{tag}-{i}")
+        ids.append(nid)
+        fin.wait(nid, timeout=120)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - t0
+    for s in starters:
+        s.close()
+    cpu1 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
+    finalized = sum(1 for nid in ids if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
+    if finalized != n:
+        raise RuntimeError(f"{n - finalized} of {n} negotiations did not finalize")
+    res = {"per_s": n / elapsed}
+    for key, a, b in zip(("provider_ms", "consumer_ms", "postgres_ms"), cpu0, cpu1, strict=True):
+        if a is not None and b is not None:
+            res[key] = (b - a) / n * 1000
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old", type=Path, help="checkout with the code to compare against")
+    ap.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=300, help="negotiations per batch")
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    old = args.old.resolve()
+    if not (old / "contracts" / "_node.py").is_file():
+        ap.error(f"{old} is not a dadam checkout (no contracts/_node.py)")
+
+    admin = sa.create_engine(
+        nb.PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    created: list[str] = []
+    sqlite_dir = tempfile.mkdtemp(prefix="dadam-ab-")
+
+    def make_db() -> str:
+        if args.backend == "sqlite":
+            return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
+        name = f"dadam_ab_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return f"{nb.PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+    pg = args.backend == "postgres"
+    pairs: dict[str, nb.NodePair] = {}
+    here = nb.ROOT
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            for label, root in (("old", old), ("new", here)):
+                nb.ROOT = root  # Node starts ``python -m contracts._node`` in this directory
+                (Path(d) / label).mkdir()
+                pairs[label] = nb.NodePair(make_db, Path(d) / label)
+            nb.ROOT = here
+            fins = {k: nb.Finalized(p.mgmt, p.headers) for k, p in pairs.items()}
+            for label, pair in pairs.items():  # warm-up: connections, prepared statements, caches
+                batch(pair, fins[label], f"warm-{label}", 100, args.concurrency, pg=pg)
+            rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+            for r in range(args.rounds):
+                order = ("old", "new") if r % 2 == 0 else ("new", "old")
+                for label in order:
+                    res = batch(
+                        pairs[label], fins[label], f"r{r}-{label}", args.batch, args.concurrency, pg=pg
+                    )
+                    rows[label].append(res)
+                    shown = " ".join(f"{k} {v:.2f}" for k, v in res.items())
+                    print(f"round {r + 1}/{args.rounds} {label}: {shown}", flush=True)
+            for f in fins.values():
+                f.stop = True
+    finally:
+        nb.ROOT = here
+        for pair in pairs.values():
+            pair.stop()
+        if created:
+            with admin.connect() as conn:
+                for name in created:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    summary: dict[str, Any] = {"bench": "negotiation_ab", "backend": args.backend, "rounds": args.rounds,
+                               "batch": args.batch, "concurrency": args.concurrency}  # fmt: skip
+    for key in rows["old"][0]:
+        a = statistics.median(x[key] for x in rows["old"])
+        b = statistics.median(x[key] for x in rows["new"])
+        summary[f"old_{key}"] = round(a, 2)
+        summary[f"new_{key}"] = round(b, 2)
+        summary[f"new_over_old_{key}"] = round(b / a, 3) if a else None
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
