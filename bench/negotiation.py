@@ -249,7 +249,12 @@ class ServePair:
         from connector import _demo
 
         self._demo = _demo
-        env = {"DADAM_DSP_SENDER": SENDER, "DADAM_DSP_FAST_LANE": str(FAST_LANE).lower()}
+        env = {
+            "DADAM_DSP_SENDER": SENDER,
+            "DADAM_DSP_FAST_LANE": str(FAST_LANE).lower(),
+            # the code of ROOT (bench/negotiation_ab.py points it at another checkout)
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        }
         self.provider = _demo.start_node(
             "provider", tmp / "provider", env={"DADAM_DATABASE_URL": make_db(), **env}
         )
@@ -308,8 +313,16 @@ class Starter:
         self.headers = {"Content-Type": "application/json", **pair.headers}
 
     def __call__(self, tag: str) -> str:
-        self.conn.request("POST", self.path, json.dumps(self.pair.body(tag)), self.headers)
-        r = self.conn.getresponse()
+        body = json.dumps(self.pair.body(tag))
+        try:
+            self.conn.request("POST", self.path, body, self.headers)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server had closed the idle keep-alive connection (uvicorn: after 5 s) without
+            # reading this request: send it once more on a new connection
+            self.conn.close()
+            self.conn.request("POST", self.path, body, self.headers)
+            r = self.conn.getresponse()
         data = r.read()
         if r.status >= 400:
             raise RuntimeError(f"starting a negotiation failed with {r.status}: {data[:500]!r}")

@@ -2,7 +2,7 @@
 
 ``bench/negotiation.py`` run twice (old code, new code) compares two runs minutes apart; on a
 shared 2-core machine their figures move by 10-30 % between runs, more than most changes do.
-Here both node stacks (``python -m contracts._node``, as ``bench/negotiation.py --stack node``
+Here two pairs of connectors (``--stack node`` or ``serve``, as ``bench/negotiation.py``
 starts them) run at the same time, one pair from each checkout, and load alternates between
 them in short batches, so slow and fast moments of the machine fall on both alike. Per batch:
 negotiations per second (``--concurrency`` in flight), and CPU ms per negotiation of the
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 
 def batch(
-    pair: nb.NodePair, fin: nb.Finalized, tag: str, n: int, concurrency: int, *, pg: bool
+    pair: nb.NodePair | nb.ServePair, fin: nb.Finalized, tag: str, n: int, concurrency: int, *, pg: bool
 ) -> dict[str, float]:
     """``n`` negotiations with ``concurrency`` in flight; rate and CPU ms per negotiation."""
 
@@ -77,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old", type=Path, help="checkout with the code to compare against")
     ap.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    ap.add_argument("--stack", choices=("node", "serve"), default="node")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--batch", type=int, default=300, help="negotiations per batch")
     ap.add_argument("--concurrency", type=int, default=32)
@@ -101,14 +102,15 @@ def main() -> None:
         return f"{nb.PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
 
     pg = args.backend == "postgres"
-    pairs: dict[str, nb.NodePair] = {}
+    pairs: dict[str, nb.NodePair | nb.ServePair] = {}
+    make_pair = nb.ServePair if args.stack == "serve" else nb.NodePair
     here = nb.ROOT
     try:
         with tempfile.TemporaryDirectory() as d:
             for label, root in (("old", old), ("new", here)):
-                nb.ROOT = root  # Node starts ``python -m contracts._node`` in this directory
+                nb.ROOT = root  # the pairs run the code of this directory
                 (Path(d) / label).mkdir()
-                pairs[label] = nb.NodePair(make_db, Path(d) / label)
+                pairs[label] = make_pair(make_db, Path(d) / label)
             nb.ROOT = here
             fins = {k: nb.Finalized(p.mgmt, p.headers) for k, p in pairs.items()}
             for label, pair in pairs.items():  # warm-up: connections, prepared statements, caches
@@ -135,8 +137,9 @@ def main() -> None:
                     conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
-    summary: dict[str, Any] = {"bench": "negotiation_ab", "backend": args.backend, "rounds": args.rounds,
-                               "batch": args.batch, "concurrency": args.concurrency}  # fmt: skip
+    summary: dict[str, Any] = {"bench": "negotiation_ab", "stack": args.stack, "backend": args.backend,
+                               "rounds": args.rounds, "batch": args.batch,
+                               "concurrency": args.concurrency}  # fmt: skip
     for key in rows["old"][0]:
         a = statistics.median(x[key] for x in rows["old"])
         b = statistics.median(x[key] for x in rows["new"])

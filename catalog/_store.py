@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from catalog import _tables as t
 from catalog._models import Category, ContractDefinition, Dataset, PolicyDefinition
 from connector.errors import ConflictError, NotFoundError, StoreError, ValidationError
-from connector.store import is_postgres, read_only, run
+from connector.store import read_only, run
 
 __all__ = ["CatalogStore", "Page"]
 
@@ -76,14 +76,11 @@ class CatalogStore:
     # ------------------------------------------------------------------ revision
     def revision(self) -> int:
         """The catalog revision: changes whenever anything in the catalog changed."""
-        if is_postgres(self.engine):
-            # one statement: autocommit, one round trip instead of BEGIN, SELECT and ROLLBACK
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                value = run(conn, _REVISION, {}).scalar()  # once per offer lookup: decision 0406
-        else:
-            with read_only(self.engine) as conn:
-                value = run(conn, _REVISION, {}).scalar()
-                conn.rollback()
+        # once per offer lookup: on the driver's cursor (decision 0406); on PostgreSQL one round
+        # trip (read_only is autocommit there)
+        with read_only(self.engine) as conn:
+            value = run(conn, _REVISION, {}).scalar()
+            conn.rollback()  # SQLite: end the read now; PostgreSQL: nothing to end
         if value is None:
             raise StoreError("catalog_revision row is missing: was the database migrated?")
         return int(value)

@@ -121,11 +121,21 @@ def read_only(engine: Engine) -> Iterator[sa.Connection]:
 
     On SQLite its transaction is a deferred ``BEGIN``: it reads a consistent snapshot without
     waiting for a writer or making one wait. Do not write through it: on SQLite a deferred
-    transaction that reads and then writes can fail with SQLITE_BUSY. On PostgreSQL it is a plain
-    connection (reads never wait for writers there).
+    transaction that reads and then writes can fail with SQLITE_BUSY.
+
+    On PostgreSQL it runs in autocommit mode (reads never wait for writers there): each
+    statement is its own transaction, as each statement of a READ COMMITTED transaction has its
+    own snapshot anyway. That saves the ``BEGIN`` and ``ROLLBACK`` round trips, and keeps
+    psycopg's prepared statements: psycopg drops all of a connection's at every ``ROLLBACK``,
+    and the pollers' reads ended in one several times a second, so about half of ``dadam
+    serve``'s statements were parsed and planned anew each time (statement log, 300
+    negotiations). A write through it would commit at once: do not write through it.
     """
     with engine.connect() as conn:
-        yield conn.execution_options(**{_READ_ONLY: True})
+        if conn.dialect.name == "postgresql":
+            yield conn.execution_options(isolation_level="AUTOCOMMIT", **{_READ_ONLY: True})
+        else:
+            yield conn.execution_options(**{_READ_ONLY: True})
 
 
 def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engine:

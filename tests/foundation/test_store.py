@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -168,3 +170,42 @@ def test_postgres_connection_in_steady_use_is_not_pinged(
     finally:
         eng.dispose()
         admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_read_only_is_one_round_trip_and_keeps_prepared_statements(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL ``read_only`` is autocommit: a one-statement read is one round trip (no
+    BEGIN, no ROLLBACK), and psycopg keeps the connection's prepared statements (it drops them
+    all at a ROLLBACK). The connection goes back to the pool transactional as before."""
+    eng = create_engine(pg_url, pool_size=1)  # one pooled connection: every block below uses it
+    try:
+        with eng.begin() as conn:
+            conn.exec_driver_sql("create table ro (n integer)")
+            conn.exec_driver_sql("insert into ro values (1)")
+        with eng.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+        for _ in range(6):  # psycopg prepares a statement at its sixth execution (threshold 5)
+            with read_only(eng) as conn:
+                assert conn.execute(sa.text("select n from ro")).scalar_one() == 1
+        prepared = dict(raw._prepared._names)  # psycopg's record of what the server holds
+        assert prepared, "psycopg kept no prepared statement (it drops them all at a ROLLBACK)"
+        trace = tmp_path / "libpq.trace"
+        with trace.open("w") as f:
+            raw.pgconn.trace(f.fileno())
+            with read_only(eng) as conn:
+                assert conn.execute(sa.text("select n from ro")).scalar_one() == 1
+            raw.pgconn.untrace()
+        sent = [line.split("\t")[3] for line in trace.read_text().splitlines() if "\tF\t" in line]
+        assert sent.count("Sync") + sent.count("Query") == 1, sent  # one request, one answer
+        assert "Parse" not in sent, sent  # the prepared statement was used, not parsed again
+        assert raw._prepared._names == prepared
+        # back in the pool as it was: a plain connection's writes are in a transaction
+        with eng.connect() as conn:
+            conn.exec_driver_sql("insert into ro values (2)")
+            conn.rollback()
+        with read_only(eng) as conn:
+            assert conn.execute(sa.text("select count(*) from ro")).scalar_one() == 1
+    finally:
+        eng.dispose()
