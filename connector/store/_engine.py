@@ -162,6 +162,11 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engin
             # PostgreSQL backend (fork, authentication, catalog caches) costing server CPU.
             pool_size=pool_size,
             max_overflow=0,
+            # psycopg prepares a statement on a connection at its 6th execution there by default;
+            # with 20 pooled connections and a dozen variants of the state UPDATE, a fifth of a
+            # negotiation's statements were still parsed and planned anew (statement log, 300
+            # negotiations on dadam serve). Here: at the 2nd (a one-off statement is not).
+            connect_args={"prepare_threshold": 1},
         )
         _ping_when_idle(engine)
         return engine

@@ -209,3 +209,21 @@ def test_postgres_read_only_is_one_round_trip_and_keeps_prepared_statements(
             assert conn.execute(sa.text("select count(*) from ro")).scalar_one() == 1
     finally:
         eng.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_statements_are_prepared_at_their_second_execution(pg_url: str) -> None:
+    """A pooled connection prepares a statement the second time it runs it (psycopg's default is
+    the sixth, per connection: with a pool of 20 many hot statements were still parsed and
+    planned on every run); a statement run once is not prepared."""
+    eng = create_engine(pg_url, pool_size=1)
+    try:
+        with eng.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            conn.execute(sa.text("select 1 as once"))
+            assert not raw._prepared._names
+            for _ in range(2):
+                conn.execute(sa.text("select 2 as twice"))
+            assert len(raw._prepared._names) == 1
+    finally:
+        eng.dispose()
