@@ -727,7 +727,10 @@ class NegotiationManager:
             role=role.value, **{own: pid, peer: peer_pid},
             counterparty_address=msg.callback_address.rstrip("/"), counterparty_id=caller.did, **values,
         )  # fmt: skip
-        record_received(conn, KIND, pid, msg.id, digest)
+        if record_received(conn, KIND, pid, msg.id, digest) == "conflict":
+            # the same message id with another peer pid: not a resend (that names the same pid
+            # and was answered above); refused as any reused message id is (the insert rolls back)
+            raise ConflictError(f"message id {msg.id!r} was already used for another message", context=ctx)
         return row, None
 
     def provider_request(

@@ -62,8 +62,7 @@ def _conversation(provider: Node, tck: Tck) -> list[tuple[int, Any]]:
     posts: list[tuple[str, bytes, dict[str, str]]] = [
         # the same initial request again: the same negotiation
         (f"{provider.dsp}/negotiations/request", orjson.dumps(request), {}),
-        # same id, another consumerPid: a new negotiation (the initial request is deduplicated
-        # by the consumer's pid, not by the message id)
+        # same id, another consumerPid: refused (409), no second negotiation
         (f"{provider.dsp}/negotiations/request", orjson.dumps({**request, "consumerPid": "urn:uuid:x"}), {}),
         (f"{base}/agreement/verification", orjson.dumps({"@type": "ContractAgreementVerificationMessage", **pids}), {}),
         (f"{base}/events", orjson.dumps({"@type": "ContractNegotiationEventMessage", **pids, "eventType": "ACCEPTED"}), {}),
@@ -106,14 +105,17 @@ def test_fast_lane_answers_as_the_framework_does(
     served = fast_lane_served
     framework = _conversation(_provider(db_urls, keys, nodes, fast=False), tck)
     assert served == []
-    fast = _conversation(_provider(db_urls, keys, nodes, fast=True), tck)
+    provider = _provider(db_urls, keys, nodes, fast=True)
+    fast = _conversation(provider, tck)
     assert len(served) == 14  # every POST of the conversation went through the fast lane
     assert fast == framework
     statuses = [s for s, _ in fast]
     # what the conversation covers: both successes and every kind of refusal
-    assert statuses == [201, 201, 201, 400, 400, 400, 400, 400, 400, 404, 404, 400, 200, 400, 405, 200], fast
+    assert statuses == [201, 201, 409, 400, 400, 400, 400, 400, 400, 404, 404, 400, 200, 400, 405, 200], fast
     assert fast[0][1]["state"] == "REQUESTED" and fast[-1][1]["state"] == "TERMINATED"
-    assert all(body["@type"] == "ContractNegotiationError" for s, body in fast if s in (400, 404))
+    assert all(body["@type"] == "ContractNegotiationError" for s, body in fast if s in (400, 404, 409))
+    # the reused message id did not open a second negotiation
+    assert len(provider.manager.list_negotiations(role="provider")) == 1
 
 
 def test_tck_caller_is_who_the_fast_lane_sees(
