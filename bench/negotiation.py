@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
-import queue
 import signal
 import socket
 import statistics
@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -359,26 +360,10 @@ def run_backend(
                 t1, state = fin.wait(nid)
                 assert state == "FINALIZED", client.get(f"/negotiations/{nid}").text
                 lat.append(t1 - t0)
-            ids: queue.Queue[str] = queue.Queue()
             cpu0 = (cpu_s(pair.provider_pid), cpu_s(pair.consumer_pid))
             driver0, pg0, busy0 = time.process_time(), postgres_cpu_s(), machine_busy()
             t0 = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as pool:
-                local = threading.local()
-                starters: list[Starter] = []
-
-                def one(i: int) -> None:
-                    starter = getattr(local, "starter", None)
-                    if starter is None:
-                        starter = local.starter = Starter(pair)
-                        starters.append(starter)
-                    nid = starter(f"tp{i}")
-                    ids.put(nid)
-                    fin.wait(nid, timeout=120)
-
-                list(pool.map(one, range(n_throughput)))
-                for s in starters:
-                    s.close()
+            ids = load(pair, fin, "tp", n_throughput, concurrency)
             elapsed = time.perf_counter() - t0
             driver_cpu = round((time.process_time() - driver0) / n_throughput * 1000, 2)
             pg1, busy1 = postgres_cpu_s(), machine_busy()
@@ -394,7 +379,7 @@ def run_backend(
             )
             provider_cpu = cpu_ms_per(pair.provider_pid, cpu0[0], n_throughput)
             consumer_cpu = cpu_ms_per(pair.consumer_pid, cpu0[1], n_throughput)
-            finalized = sum(1 for nid in list(ids.queue) if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
+            finalized = sum(1 for nid in ids if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
             fin.stop = True
             lat_ms = sorted(x * 1000 for x in lat)
             p50 = statistics.median(lat_ms)
@@ -430,6 +415,58 @@ def run_backend(
             return res
         finally:
             pair.stop()
+
+
+def load(pair: NodePair | ServePair, fin: Finalized, tag: str, n: int, concurrency: int) -> list[str]:
+    """Start ``n`` negotiations with ``concurrency`` in flight (one ``Starter`` per load thread)
+    and wait for each to end; returns their ids."""
+    ids: list[str] = []
+    local = threading.local()
+    starters: list[Starter] = []
+
+    def one(i: int) -> None:
+        starter = getattr(local, "starter", None)
+        if starter is None:
+            starter = local.starter = Starter(pair)
+            starters.append(starter)
+        nid = starter(f"{tag}{i}")
+        ids.append(nid)
+        fin.wait(nid, timeout=120)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    for s in starters:
+        s.close()
+    return ids
+
+
+@contextlib.contextmanager
+def databases(prefix: str) -> Iterator[Callable[[str], str]]:
+    """A factory ``make(backend)`` of fresh database URLs (``postgres``: a new database on
+    ``DADAM_TEST_PG_URL``; ``sqlite``: a new file), all dropped or removed at the end."""
+    admin = sa.create_engine(
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    created: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as sqlite_dir:
+
+        def make(backend: str) -> str:
+            if backend == "sqlite":
+                return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
+            name = f"{prefix.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            created.append(name)
+            return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+        try:
+            yield make
+        finally:
+            if created:
+                with admin.connect() as conn:
+                    for name in created:
+                        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
 
 
 def calibration_ms() -> float:
@@ -486,34 +523,16 @@ def main() -> None:
     SENDER = args.sender
     FAST_LANE = not args.no_fast_lane
     results = {}
-    admin = sa.create_engine(
-        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    created: list[str] = []
-    sqlite_dir = tempfile.mkdtemp(prefix="dadam-bench-")
-
-    def make_pg() -> str:
-        name = f"dadam_bench_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-    def make_sqlite() -> str:
-        return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
-
-    try:
+    with databases("dadam-bench") as make:
         for backend in backends:
-            make = make_pg if backend == "postgres" else make_sqlite
             results[backend] = run_backend(
-                backend, args.stack, make, args.latency_n, args.throughput_n, args.concurrency
+                backend,
+                args.stack,
+                functools.partial(make, backend),
+                args.latency_n,
+                args.throughput_n,
+                args.concurrency,
             )
-    finally:
-        if created:
-            with admin.connect() as conn:
-                for name in created:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     summary: dict[str, Any] = {
         "bench": "negotiation",
         "stack": args.stack,

@@ -17,21 +17,18 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import negotiation as nb  # the benchmark next to this file
-import sqlalchemy as sa
 
 
 def batch(
@@ -44,24 +41,8 @@ def batch(
 
     cpu0 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
     t0 = time.perf_counter()
-    local = threading.local()
-    starters: list[nb.Starter] = []
-    ids: list[str] = []
-
-    def one(i: int) -> None:
-        starter = getattr(local, "starter", None)
-        if starter is None:
-            starter = local.starter = nb.Starter(pair)
-            starters.append(starter)
-        nid = starter(f"{tag}-{i}")
-        ids.append(nid)
-        fin.wait(nid, timeout=120)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(n)))
+    ids = nb.load(pair, fin, f"{tag}-", n, concurrency)
     elapsed = time.perf_counter() - t0
-    for s in starters:
-        s.close()
     cpu1 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
     finalized = sum(1 for nid in ids if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
     if finalized != n:
@@ -86,36 +67,21 @@ def main() -> None:
     if not (old / "contracts" / "_node.py").is_file():
         ap.error(f"{old} is not a dadam checkout (no contracts/_node.py)")
 
-    admin = sa.create_engine(
-        nb.PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    created: list[str] = []
-    sqlite_dir = tempfile.mkdtemp(prefix="dadam-ab-")
-
-    def make_db() -> str:
-        if args.backend == "sqlite":
-            return f"sqlite:///{sqlite_dir}/{uuid.uuid4().hex[:8]}.db"
-        name = f"dadam_ab_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return f"{nb.PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
     pg = args.backend == "postgres"
     pairs: dict[str, nb.NodePair | nb.ServePair] = {}
     make_pair = nb.ServePair if args.stack == "serve" else nb.NodePair
     here = nb.ROOT
-    try:
-        with tempfile.TemporaryDirectory() as d:
+    rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    with nb.databases("dadam-ab") as make, tempfile.TemporaryDirectory() as d:
+        try:  # the pairs stop before their databases are dropped
             for label, root in (("old", old), ("new", here)):
                 nb.ROOT = root  # the pairs run the code of this directory
                 (Path(d) / label).mkdir()
-                pairs[label] = make_pair(make_db, Path(d) / label)
+                pairs[label] = make_pair(functools.partial(make, args.backend), Path(d) / label)
             nb.ROOT = here
             fins = {k: nb.Finalized(p.mgmt, p.headers) for k, p in pairs.items()}
             for label, pair in pairs.items():  # warm-up: connections, prepared statements, caches
                 batch(pair, fins[label], f"warm-{label}", 100, args.concurrency, pg=pg)
-            rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
             for r in range(args.rounds):
                 order = ("old", "new") if r % 2 == 0 else ("new", "old")
                 for label in order:
@@ -127,15 +93,10 @@ def main() -> None:
                     print(f"round {r + 1}/{args.rounds} {label}: {shown}", flush=True)
             for f in fins.values():
                 f.stop = True
-    finally:
-        nb.ROOT = here
-        for pair in pairs.values():
-            pair.stop()
-        if created:
-            with admin.connect() as conn:
-                for name in created:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        finally:
+            nb.ROOT = here
+            for pair in pairs.values():
+                pair.stop()
 
     summary: dict[str, Any] = {"bench": "negotiation_ab", "stack": args.stack, "backend": args.backend,
                                "rounds": args.rounds, "batch": args.batch,

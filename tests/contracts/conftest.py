@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cn_harness import PG_ADMIN_URL, Node, database_factory
+from cn_harness import PG_ADMIN_URL, Node, Tck, database_factory
 
 from contracts import StaticKeyResolver
 
@@ -19,6 +19,14 @@ def db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable
     """A factory of fresh database URLs on one backend (each connector gets its own database)."""
     with database_factory(request.param, tmp_path) as make:
         yield make
+
+
+@pytest.fixture
+def tck() -> Iterator[Tck]:
+    """A scripted DSP counterparty of its own for the test (test_conformance shares one)."""
+    t = Tck()
+    yield t
+    t.stop()
 
 
 @pytest.fixture

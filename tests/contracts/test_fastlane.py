@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 from cn_harness import OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
 
 from contracts import StaticKeyResolver
 
 OFFER_ID = "cd1:ds1:v1"
-
-
-@pytest.fixture
-def tck() -> Iterator[Tck]:
-    t = Tck()
-    yield t
-    t.stop()
 
 
 def _provider(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], fast: bool) -> Node:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,13 +17,6 @@ from contracts._signing import sign_agreement
 from contracts._tables import negotiations
 
 OFFER_ID = "cd1:ds1:v1"
-
-
-@pytest.fixture
-def tck() -> Iterator[Tck]:
-    t = Tck()
-    yield t
-    t.stop()
 
 
 @pytest.fixture
