@@ -78,6 +78,7 @@ from contracts._negotiation_states import (
     wire_state,
 )
 from contracts._process import (
+    AckTransition,
     Delivery,
     HttpSender,
     OutboxMessage,
@@ -543,14 +544,46 @@ class NegotiationManager:
             )
             fx.wake = True
             return row
+        body = msg.to_json()
         claimed = enqueue_claimed(
-            conn, self.worker, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"]
+            conn,
+            self.worker,
+            KIND,
+            row["id"],
+            url,
+            body,
+            audience=row["counterparty_id"],
+            on_ack=self._ack_transition(role, row, str(body.get("@type", ""))),
         )
         if claimed is not None:
             fx.dispatch.append(claimed)
         else:
             fx.wake = True
         return row
+
+    def _ack_transition(self, role: Role, row: Row, message_type: str) -> AckTransition | None:
+        """What the ACK of the message just enqueued for ``row`` will do, when that is known now
+        (the worker then records it in one statement): the state change only, nothing for
+        webhooks or scripted follow-ups to do, and no peer pid to check."""
+        to = acked(role, State(row["state"]), message_type).state
+        if to == row["state"] or _loads(row["callbacks"]) or "after_ack" in (_loads(row["extra"]) or {}):
+            return None
+        fill = None
+        if role is Role.CONSUMER and not row["provider_pid"]:
+            fill = ("provider_pid", "providerPid")
+        elif role is Role.PROVIDER and not row["consumer_pid"]:
+            return None  # an ACK without consumerPid terminates: on_delivered says why
+        return AckTransition(
+            table=negotiations,
+            version=row["version"],
+            state=int(to),
+            timeout_s=None if to in TERMINAL_STATES else self.config.state_timeout_s,
+            fill=fill,
+        )
+
+    def after_ack(self, row: Row) -> None:
+        """Worker hook: a delivery was recorded through an :class:`AckTransition` (committed)."""
+        self._announce(self._view(row))
 
     @staticmethod
     def _path(role: Role, row: Row, event: Event) -> str:

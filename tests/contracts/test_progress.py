@@ -87,6 +87,66 @@ def test_webhooks_and_sse_report_every_state(
     assert calls[-1]["signedBy"] == ["provider", "consumer"]
 
 
+def test_sse_reports_every_state_without_webhooks(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    """Without webhooks, the consumer's ACK-driven states (REQUESTED, VERIFIED) are recorded in
+    one statement on PostgreSQL, not in the locking transaction (AckTransition): the SSE stream
+    still reports each of them at once. The replicas' change poll is switched off here, so the
+    events come from the process that made the change; both sides wait 0.3 s before replying so
+    every ACK is recorded before the next message arrives (the sequence is then exact)."""
+    slow = {"reply_delay_s": 0.3}
+    provider = make_node(
+        "provider",
+        db_urls(),
+        keys=keys,
+        offers=FakeOffers({OFFER_ID: ("ds1", OPEN_POLICY)}),
+        config=slow,
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys, config=slow)
+    nodes.append(consumer)
+    consumer.manager.sse_poll_s = 60.0
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    connected = threading.Event()
+
+    def follow() -> None:
+        with (
+            httpx.Client(timeout=None) as c,
+            c.stream("GET", f"{consumer.url}/mgmt/negotiations/events") as r,
+        ):
+            connected.set()
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    ev = json.loads(line[6:])
+                    events.put(ev)
+                    if ev["state"] in ("FINALIZED", "TERMINATED"):
+                        return
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    assert connected.wait(5)
+    with consumer.mgmt() as c:
+        r = c.post(
+            "/negotiations",
+            json={
+                "counterPartyAddress": provider.dsp,
+                "counterPartyId": provider.did,
+                "offer": {"@id": OFFER_ID, "target": "ds1", **OPEN_POLICY},
+            },
+        )
+    assert r.status_code == 201, r.text
+    nid = r.json()["id"]
+    consumer.wait_state(nid, {"FINALIZED"})
+    t.join(10)
+    seen = []
+    while not events.empty():
+        ev = events.get_nowait()
+        if ev["id"] == nid:
+            seen.append(ev["internalState"])
+    assert seen == ["REQUESTING", "REQUESTED", "AGREED", "VERIFYING", "VERIFIED", "FINALIZED"]
+
+
 def test_management_api_lists_with_paging_and_rejects_bad_input(
     db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
 ) -> None:
