@@ -270,6 +270,8 @@ class _Effects:
     wake: bool = False
     #: Messages leased to our worker, to send right after the commit.
     dispatch: list[OutboxMessage] = field(default_factory=list)
+    #: A state change of ``_set(defer=True)`` not yet written: (process id, save_state kwargs).
+    unsaved: tuple[str, dict[str, Any]] | None = None
 
 
 def _now_iso() -> str:
@@ -479,27 +481,47 @@ class NegotiationManager:
         *,
         reason: str | None = None,
         pending: bool = False,
+        defer: bool = False,
         **values: Any,
     ) -> Row:
+        """Move ``row`` to ``state`` (with ``values``), announce it and call its webhooks after the
+        commit; returns the row as stored. ``defer=True`` holds the UPDATE back for the next
+        ``_set`` of the row in this transaction (the reaction to a received message usually
+        changes the state again at once), or for :meth:`_flush`: call that before the
+        transaction ends or anything else reads or writes the row."""
         terminal = state in TERMINAL_STATES
         now = time.time()
         timeout_s = None if terminal else self.config.state_timeout_s
         # The note of a decision that was waiting ("waiting for manual approval") goes once the
         # decision is made; reasons of other states (e.g. TERMINATED) stay.
         decided = bool(row["pending"]) and not pending and reason is None
-        save_state(
-            conn,
-            negotiations,
-            row["id"],
-            state,
-            timeout_s=timeout_s,
-            now=now,
-            error_detail=reason,
-            clear_error=decided,
-            pending=pending,
+        write: dict[str, Any] = {
+            "state": state,
+            "timeout_s": timeout_s,
+            "now": now,
+            "error_detail": reason,
+            "clear_error": decided,
+            "pending": pending,
             **values,
-        )
-        # The row as stored now (no re-read: this transaction holds the row lock).
+        }
+        # A write held back by an earlier _set of this row (defer=True) goes out with this one:
+        # one UPDATE, one version step (already counted in ``row``).
+        carried = fx.unsaved is not None and fx.unsaved[0] == row["id"]
+        if carried:
+            assert fx.unsaved is not None
+            earlier = fx.unsaved[1]
+            fx.unsaved = None
+            if reason is None and not decided:  # this change leaves the earlier note as it was
+                write["error_detail"], write["clear_error"] = earlier["error_detail"], earlier["clear_error"]
+            write = {**earlier, **write}
+        else:
+            self._flush(conn, fx)
+        if defer:
+            fx.unsaved = (row["id"], write)
+        else:
+            save_state(conn, negotiations, row["id"], **write)
+        # The row as stored now, or as the pending write will store it (no re-read: this
+        # transaction holds the row lock).
         new = dict(row)
         new.update(values)
         new.update(
@@ -508,7 +530,7 @@ class NegotiationManager:
             deadline=None if timeout_s is None else now + timeout_s,
             pending=pending,
             updated_at=now,
-            version=row["version"] + 1,
+            version=row["version"] + (0 if carried else 1),
         )
         if reason is not None or decided:
             new["error_detail"] = reason
@@ -519,6 +541,13 @@ class NegotiationManager:
                 enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
                 fx.wake = True
         return new
+
+    def _flush(self, conn: Connection, fx: _Effects) -> None:
+        """Store a state change held back by ``_set(defer=True)``, if any."""
+        if fx.unsaved is not None:
+            pid, write = fx.unsaved
+            fx.unsaved = None
+            save_state(conn, negotiations, pid, **write)
 
     def _send(
         self,
@@ -811,9 +840,10 @@ class NegotiationManager:
             if duplicate is not None:
                 return duplicate
             tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
-            row = self._set(conn, row, tr.state, fx)
+            row = self._set(conn, row, tr.state, fx, defer=True)
             ack = self._ack(row)  # the state this message led to, before our reaction
             self._react_provider(conn, row, "request", msg, caller, fx)
+            self._flush(conn, fx)
         self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
         self._publish(fx, defer=defer)
         return ack
@@ -846,9 +876,10 @@ class NegotiationManager:
             if duplicate is not None:
                 return duplicate
             tr = handle(Role.CONSUMER, State.INITIAL, Event.RECV_INITIAL_OFFER)
-            row = self._set(conn, row, tr.state, fx)
+            row = self._set(conn, row, tr.state, fx, defer=True)
             ack = self._ack(row)  # OFFERED, before our reaction
             self._react_consumer(conn, row, "initial-offer", msg, fx)
+            self._flush(conn, fx)
         self._remember_role(str(row["consumer_pid"]), Role.CONSUMER)
         self._publish(fx, defer=defer)
         return ack
@@ -925,7 +956,8 @@ class NegotiationManager:
                 values["provider_signature"] = msg.signature
             if isinstance(msg, AgreementVerificationMessage):
                 values["consumer_signature"] = msg.signature
-            row = self._set(conn, row, tr.state, fx, reason=reason, **values)
+            # Held back: the reaction below usually changes the row again (one UPDATE for both).
+            row = self._set(conn, row, tr.state, fx, reason=reason, defer=True, **values)
             ack = self._ack(row)  # the state this message led to, before our reaction
             if role is Role.PROVIDER:
                 trigger = {
@@ -939,6 +971,7 @@ class NegotiationManager:
                 trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
                 if trigger:
                     row = self._react_consumer(conn, row, trigger, msg, fx)
+            self._flush(conn, fx)
         self._publish(fx, defer=defer)
         return ack
 
@@ -951,6 +984,7 @@ class NegotiationManager:
     def _run_script(
         self, conn: Connection, row: Row, commands: Sequence[str], fx: _Effects, delay_s: float
     ) -> Row:
+        self._flush(conn, fx)  # the script writes and reads the row itself
         for i, command in enumerate(commands):
             if command == "nothing":
                 continue

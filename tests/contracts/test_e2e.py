@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from cn_harness import CLAIMS, MEMBERS_ONLY, OPEN_POLICY, FakeOffers, Node, make_node
 
 from contracts import StaticKeyResolver, verify_export
+from contracts._tables import negotiations
 
 OFFER_ID = "cd1:ds-carbon:v1"
 
@@ -71,6 +73,41 @@ def test_negotiation_finalizes_with_both_signatures(
         f"{consumer.dsp}/negotiations/{done['consumerPid']}", headers={"X-Test-Caller": provider.did}
     )
     assert r.json()["state"] == "FINALIZED"
+
+
+def test_a_received_message_and_the_reply_to_it_are_one_row_write(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    """The state a received message leads to (e.g. REQUESTED) and the state of the reply to it
+    (AGREEING) are stored with one UPDATE; each write steps the row's version once. Both sides
+    wait before replying, so every ACK is recorded before the next message arrives and the
+    number of writes is exact."""
+    provider = make_node(
+        "provider",
+        db_urls(),
+        keys=keys,
+        offers=FakeOffers({OFFER_ID: ("ds-carbon", OPEN_POLICY)}),
+        config={"reply_delay_s": 0.3},
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys, config={"reply_delay_s": 0.3})
+    nodes.append(consumer)
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    prov_id = provider.manager.list_negotiations(role="provider")[0]["id"]
+    provider.wait_state(prov_id, {"FINALIZED"})
+
+    def version(node: Node, nid: str) -> int:
+        with node.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(negotiations.c.version).where(negotiations.c.id == nid)).scalar_one()
+            )
+
+    # provider: inserted (0), REQUESTED+AGREEING (1), AGREED (2), VERIFIED+FINALIZING (3), FINALIZED (4)
+    assert version(provider, prov_id) == 4
+    # consumer: inserted (0), REQUESTING (1), REQUESTED (2), AGREED+VERIFYING (3), VERIFIED (4), FINALIZED (5)
+    assert version(consumer, started["id"]) == 5
 
 
 def test_unsigned_provider_still_interoperates(
