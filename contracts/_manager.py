@@ -83,6 +83,7 @@ from contracts._process import (
     HttpSender,
     OutboxMessage,
     RetryPolicy,
+    StateWrite,
     Worker,
     body_digest,
     cached_statement,
@@ -549,6 +550,15 @@ class NegotiationManager:
             fx.unsaved = None
             save_state(conn, negotiations, pid, **write)
 
+    @staticmethod
+    def _take_unsaved(fx: _Effects) -> StateWrite | None:
+        """The state change held back by ``_set(defer=True)``, for the caller to store."""
+        if fx.unsaved is None:
+            return None
+        pid, write = fx.unsaved
+        fx.unsaved = None
+        return StateWrite(negotiations, pid, write)
+
     def _send(
         self,
         conn: Connection,
@@ -563,11 +573,13 @@ class NegotiationManager:
         """Apply a SEND_* event: build its message, put it in the outbox, enter the "-ING" state."""
         role = Role(row["role"])
         tr = handle(role, State(row["state"]), event)
-        row = self._set(conn, row, tr.state, fx, reason=reason, **values)
+        # The state is written with the message (one statement on PostgreSQL).
+        row = self._set(conn, row, tr.state, fx, reason=reason, defer=True, **values)
         msg = self._build(row, event, reason)
         address = row["counterparty_address"].rstrip("/")
         url = address + self._path(role, row, event)
         if delay_s > 0 or not self.direct_dispatch:
+            self._flush(conn, fx)
             enqueue(
                 conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s
             )
@@ -583,6 +595,7 @@ class NegotiationManager:
             body,
             audience=row["counterparty_id"],
             on_ack=self._ack_transition(role, row, str(body.get("@type", ""))),
+            state=self._take_unsaved(fx),
         )
         if claimed is not None:
             fx.dispatch.append(claimed)

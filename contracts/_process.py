@@ -84,6 +84,7 @@ __all__ = [
     "ProcessHandler",
     "RetryPolicy",
     "Sender",
+    "StateWrite",
     "Worker",
     "body_digest",
     "cached_statement",
@@ -287,6 +288,24 @@ def save_state(
     ``timeout_s=None`` clears the deadline (terminal states). ``error_detail`` replaces the
     stored detail; ``clear_error=True`` (without one) empties it.
     """
+    upd = _state_values(state, timeout_s, now, error_detail, clear_error, pending, values)
+    stmt = _save_statement(table, tuple(sorted(upd)))
+    res = run(conn, stmt, {"_upid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
+    if res.rowcount != 1:
+        raise StoreError(
+            f"process {process_id!r} vanished while it was locked", context={"table": table.name}
+        )
+
+
+def _state_values(
+    state: int,
+    timeout_s: float | None,
+    now: float | None,
+    error_detail: str | None,
+    clear_error: bool,
+    pending: bool,
+    values: Mapping[str, Any],
+) -> dict[str, Any]:
     now = time.time() if now is None else now
     upd: dict[str, Any] = {
         "state": int(state),
@@ -298,21 +317,31 @@ def save_state(
     }
     if error_detail is not None or clear_error:
         upd["error_detail"] = error_detail
-    names = tuple(sorted(upd))
+    return upd
+
+
+def _save_statement(table: sa.Table, names: tuple[str, ...]) -> Any:
+    """``UPDATE table SET <names> = :v_<name>, version = version + 1 WHERE id = :_upid``."""
 
     def build() -> Any:
         return (
             sa.update(table)
-            .where(table.c.id == sa.bindparam("_pid"))
+            .where(table.c.id == sa.bindparam("_upid"))
             .values({**{n: sa.bindparam(f"v_{n}") for n in names}, "version": table.c.version + 1})
         )
 
-    stmt = cached_statement(("save_state", table.name, id(table), names), build)
-    res = run(conn, stmt, {"_pid": process_id, **{f"v_{n}": v for n, v in upd.items()}})
-    if res.rowcount != 1:
-        raise StoreError(
-            f"process {process_id!r} vanished while it was locked", context={"table": table.name}
-        )
+    return cached_statement(("save_state", table.name, id(table), names), build)
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A :func:`save_state` call not made yet: ``kwargs`` are its keyword arguments (``state``
+    included). :func:`enqueue_claimed` makes it in the statement that adds the message, where
+    the database allows (PostgreSQL: one round trip fewer)."""
+
+    table: sa.Table
+    process_id: str
+    kwargs: dict[str, Any]
 
 
 def enqueue(
@@ -331,7 +360,7 @@ def enqueue(
     The id is also the message's ``@id`` when the body has none, so a resend after a crash is
     recognisable by the peer.
     """
-    return _enqueue(conn, kind, process_id, url, body, audience, delay_s, message_id, None, 0.0)[0].id
+    return _enqueue(conn, kind, process_id, url, body, audience, delay_s, message_id, None, 0.0, None)[0].id
 
 
 def enqueue_claimed(
@@ -344,15 +373,17 @@ def enqueue_claimed(
     *,
     audience: str | None = None,
     on_ack: AckTransition | None = None,
+    state: StateWrite | None = None,
 ) -> OutboxMessage | None:
     """Like :func:`enqueue`, but already leased to ``worker`` so it can be sent right after the
     commit with :meth:`Worker.dispatch` (no claim round trip, no poll delay). Returns None (and
     leaves the row to the normal claim) when an older message of the process is still pending,
     so per-process order holds. If this process dies before sending, the lease expires and any
     worker sends the row (and records it the normal way: ``on_ack`` lives only in this message).
+    ``state``: the process row's state change that goes with the message (stored first).
     """
     msg, older = _enqueue(
-        conn, kind, process_id, url, body, audience, 0.0, None, worker.owner, worker.lease_s
+        conn, kind, process_id, url, body, audience, 0.0, None, worker.owner, worker.lease_s, state
     )
     if older:
         if len(worker._queued_behind) > 10_000:  # entries whose older message another worker sent
@@ -373,6 +404,7 @@ def _enqueue(
     message_id: str | None,
     owner: str | None,
     lease_s: float,
+    state: StateWrite | None,
 ) -> tuple[OutboxMessage, bool]:
     now = time.time()
     mid = message_id or str(body.get("@id") or f"urn:uuid:{uuid.uuid4()}")
@@ -381,10 +413,24 @@ def _enqueue(
     # One round trip: the next sequence number of the process and whether an older message is
     # still pending (then the new row is not leased, so per-process order holds) are computed by
     # the INSERT ... SELECT itself. The caller holds the process row's lock.
-    row = run(
+    stmt = cached_statement(("outbox_add",), _outbox_insert)
+    moved: dict[str, Any] = {}
+    if state is not None:
+        if conn.dialect.name == "postgresql":  # one statement: UPDATE in a CTE, then INSERT
+            upd = _state_write_values(state.kwargs)
+            names = tuple(sorted(upd))
+            stmt = cached_statement(
+                ("outbox_add_moved", state.table.name, id(state.table), names),
+                lambda: _outbox_insert(_save_statement(state.table, names)),
+            )
+            moved = {"_upid": state.process_id, **{f"v_{n}": v for n, v in upd.items()}}
+        else:
+            save_state(conn, state.table, state.process_id, **state.kwargs)
+    rows = run(
         conn,
-        cached_statement(("outbox_add",), _outbox_insert),
+        stmt,
         {
+            **moved,
             "_id": mid,
             "_kind": kind,
             "_pid": process_id,
@@ -397,7 +443,13 @@ def _enqueue(
             "_lease_until": now + lease_s if owner is not None else None,
             "_now": now,
         },
-    ).one()
+    ).all()
+    if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
+        assert state is not None
+        raise StoreError(
+            f"process {state.process_id!r} vanished while it was locked", context={"table": state.table.name}
+        )
+    row = rows[0]
     older = owner is not None and row["lease_owner"] is None
     msg = OutboxMessage(
         id=mid,
@@ -412,9 +464,26 @@ def _enqueue(
     return msg, older
 
 
-def _outbox_insert() -> Any:
+_STATE_ARGS = ("state", "timeout_s", "now", "error_detail", "clear_error", "pending")
+
+
+def _state_write_values(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns a ``save_state(**kwargs)`` call sets (version aside)."""
+    return _state_values(
+        kwargs["state"],
+        kwargs["timeout_s"],
+        kwargs.get("now"),
+        kwargs.get("error_detail"),
+        kwargs.get("clear_error", False),
+        kwargs.get("pending", False),
+        {k: v for k, v in kwargs.items() if k not in _STATE_ARGS},
+    )
+
+
+def _outbox_insert(moved: Any = None) -> Any:
     """``INSERT INTO dsp_outbox ... SELECT`` over the process's earlier rows: seq = last + 1, and
-    the lease (owner, until) only when none of them is still pending."""
+    the lease (owner, until) only when none of them is still pending. ``moved``: an UPDATE of the
+    process row run first in a CTE; the row is added only if that UPDATE found its row."""
     earlier = sa.and_(outbox.c.kind == sa.bindparam("_kind"), outbox.c.process_id == sa.bindparam("_pid"))
     any_pending = sa.func.count().filter(outbox.c.status == "pending") > 0
     c = outbox.c
@@ -440,7 +509,11 @@ def _outbox_insert() -> Any:
         "created_at": bound("_now", c.created_at),
     }
     select = sa.select(*(v.label(k) for k, v in values.items())).where(earlier)
-    return sa.insert(outbox).from_select(list(values), select).returning(c.lease_owner)
+    if moved is None:
+        return sa.insert(outbox).from_select(list(values), select).returning(c.lease_owner)
+    moved_cte = moved.returning(moved.table.c.id).cte("moved")
+    select = select.having(sa.exists(sa.select(moved_cte.c.id)))
+    return sa.insert(outbox).from_select(list(values), select).add_cte(moved_cte).returning(c.lease_owner)
 
 
 def pending_outbox(conn: Connection, kind: str, process_id: str) -> list[RowMapping]:

@@ -11,12 +11,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from connector.errors import StoreError
 from contracts._process import (
     AckTransition,
     Delivery,
     HttpSender,
     OutboxMessage,
     RetryPolicy,
+    StateWrite,
     Worker,
     body_digest,
     enqueue,
@@ -385,6 +387,40 @@ def test_a_failed_delivery_ignores_the_ack_transition(toy_engine: sa.Engine) -> 
     assert handler.acked_rows == []
     row = _state(toy_engine, "a6")
     assert row["state"] == FAILED and "400" in row["error_detail"]
+
+
+def test_a_state_change_is_stored_with_its_message(toy_engine: sa.Engine) -> None:
+    """enqueue_claimed(state=...) stores the process's new state and the message together (one
+    statement on PostgreSQL); a process row that is gone adds no message and says so."""
+    w = _worker(toy_engine, ToyHandler(), [], [])
+    with toy_engine.begin() as conn:
+        _new(conn, "s1")
+        lock_process(conn, TOY, "s1")
+        msg = enqueue_claimed(
+            conn,
+            w,
+            "toy",
+            "s1",
+            "http://peer/x",
+            {"@type": "M"},
+            state=StateWrite(TOY, "s1", {"state": SENT, "timeout_s": None, "note": "with the message"}),
+        )
+    assert msg is not None
+    row = _state(toy_engine, "s1")
+    assert (row["state"], row["version"], row["note"], row["deadline"]) == (SENT, 1, "with the message", None)
+    assert _outbox_of(toy_engine, "s1").status == "pending"
+    with pytest.raises(StoreError, match="vanished"), toy_engine.begin() as conn:
+        enqueue_claimed(
+            conn,
+            w,
+            "toy",
+            "gone",
+            "http://peer/x",
+            {"@type": "M"},
+            state=StateWrite(TOY, "gone", {"state": SENT, "timeout_s": 60.0}),
+        )
+    with toy_engine.connect() as conn:
+        assert conn.execute(sa.select(outbox.c.id).where(outbox.c.process_id == "gone")).all() == []
 
 
 def test_state_timeout(toy_engine: sa.Engine) -> None:
