@@ -596,8 +596,9 @@ class AckTransition:
 
     It holds only while the process row is exactly as the enqueueing transaction left it
     (``version``): then the worker records the delivery and the new ``state`` (deadline
-    ``timeout_s`` from then; None for a terminal state) in one statement on PostgreSQL, instead
-    of a transaction that locks the row and calls ``on_delivered`` (5 round trips). ``fill`` =
+    ``timeout_s`` from then; None for a terminal state) in one statement on PostgreSQL (two on
+    SQLite), instead of a transaction that locks the row and calls ``on_delivered`` (5 round
+    trips on PostgreSQL, and the handler's Python work). ``fill`` =
     (column, key): the column takes the ACK body's string under ``key`` (the consumer learns the
     provider's pid from the first ACK); without that string the normal path runs. If the row
     changed meanwhile, or the message is no longer leased to this worker, nothing is written and
@@ -927,9 +928,9 @@ class Worker:
             self.wake()
 
     def _record_ack(self, handler: ProcessHandler | None, message: OutboxMessage, delivery: Delivery) -> bool:
-        """The one-statement path of :class:`AckTransition` (PostgreSQL). True: recorded."""
+        """The short path of :class:`AckTransition`. True: recorded."""
         ack = message.on_ack
-        if ack is None or not delivery.ok or not self._postgres or handler is None:
+        if ack is None or not delivery.ok or handler is None:
             return False
         now = time.time()
         params: dict[str, Any] = {
@@ -948,12 +949,26 @@ class Worker:
                 return False
             params["_fill"] = value
         fill = None if ack.fill is None else ack.fill[0]
+        pg = self._postgres
         stmt = cached_statement(
-            ("ack_transition", ack.table.name, id(ack.table), fill), lambda: _ack_statement(ack.table, fill)
+            ("ack_transition", ack.table.name, id(ack.table), fill, pg),
+            lambda: _ack_statement(ack.table, fill, pg),
         )
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = run(conn, stmt, params).first()
+        if pg:  # one statement, its own transaction
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                row = run(conn, stmt, params).first()
+        else:
+            # SQLite: two statements in the process's group-committed writer (which holds the
+            # database's write lock: nothing changes between them), no row lock read, no handler.
+            with write_tx(self.engine) as conn:
+                row = run(conn, stmt, params).first()
+                if row is not None:
+                    run(
+                        conn,
+                        cached_statement(("outbox_sent_if_ours",), _outbox_sent_if_ours),
+                        {"_id": message.id, "_owner": self.owner, "_now": now},
+                    )
         if row is None:
             return False  # the row moved on, or the lease is gone: the locking path decides
         hook = getattr(handler, "after_ack", None)
@@ -1116,10 +1131,40 @@ def _outbox_sent_if_ours() -> Any:
     )
 
 
-def _ack_statement(table: sa.Table, fill: str | None) -> Any:
-    """One atomic statement: lock the process row if it still has ``_version``; only then mark
-    the outbox row sent if it is still pending and ours; only then store the new state. Either
-    all of it happens or nothing (no row returned)."""
+def _ack_statement(table: sa.Table, fill: str | None, pg: bool) -> Any:
+    """PostgreSQL: one atomic statement: lock the process row if it still has ``_version``; only
+    then mark the outbox row sent if it is still pending and ours; only then store the new
+    state. Either all of it happens or nothing (no row returned).
+
+    SQLite (no UPDATE in a CTE): store the new state if the row has ``_version`` and the outbox
+    row is pending and ours; the caller then marks the outbox row sent in the same transaction.
+    """
+    values: dict[str, Any] = {
+        "state": sa.bindparam("_state", type_=table.c.state.type),
+        "state_since": sa.bindparam("_now"),
+        "deadline": sa.bindparam("_deadline", type_=table.c.deadline.type),
+        "pending": False,
+        "updated_at": sa.bindparam("_now"),
+        "version": table.c.version + 1,
+    }
+    if fill is not None:
+        values[fill] = sa.bindparam("_fill", type_=table.c[fill].type)
+    if not pg:
+        ours = sa.select(outbox.c.id).where(
+            outbox.c.id == sa.bindparam("_id"),
+            outbox.c.status == "pending",
+            outbox.c.lease_owner == sa.bindparam("_owner"),
+        )
+        return (
+            sa.update(table)
+            .where(
+                table.c.id == sa.bindparam("_pid"),
+                table.c.version == sa.bindparam("_version"),
+                sa.exists(ours),
+            )
+            .values(values)
+            .returning(*table.c)
+        )
     p = (
         sa.select(table.c.id)
         .where(table.c.id == sa.bindparam("_pid"), table.c.version == sa.bindparam("_version"))
@@ -1144,16 +1189,6 @@ def _ack_statement(table: sa.Table, fill: str | None) -> Any:
         .returning(outbox.c.id)
         .cte("sent")
     )
-    values: dict[str, Any] = {
-        "state": sa.bindparam("_state", type_=table.c.state.type),
-        "state_since": sa.bindparam("_now"),
-        "deadline": sa.bindparam("_deadline", type_=table.c.deadline.type),
-        "pending": False,
-        "updated_at": sa.bindparam("_now"),
-        "version": table.c.version + 1,
-    }
-    if fill is not None:
-        values[fill] = sa.bindparam("_fill", type_=table.c[fill].type)
     return (
         sa.update(table)
         .where(table.c.id == sa.bindparam("_pid"), sa.exists(sa.select(sent.c.id)))

@@ -308,8 +308,8 @@ def test_an_ack_transition_records_the_delivery_without_the_locking_path(
     toy_engine: sa.Engine, tmp_path: Any
 ) -> None:
     """A message enqueued with an AckTransition: its 2xx moves the process to the state decided
-    at enqueue time. On PostgreSQL that is one statement (one round trip, no BEGIN/COMMIT) and
-    on_delivered does not run; on SQLite on_delivered records it as before. Same result."""
+    at enqueue time, without on_delivered. On PostgreSQL that is one statement (one round trip,
+    no BEGIN/COMMIT)."""
     handler = AckHandler()
     w = _worker(toy_engine, handler, [], [])
     msg = _claimed_with_ack(toy_engine, w, "a1")
@@ -324,11 +324,10 @@ def test_an_ack_transition_records_the_delivery_without_the_locking_path(
             raw.pgconn.untrace()
         sent = [line.split("\t")[3] for line in trace.read_text().splitlines() if "\tF\t" in line]
         assert sent.count("Sync") + sent.count("Query") == 1, sent
-        assert handler.delivered == [] and [r["id"] for r in handler.acked_rows] == ["a1"]
-        assert handler.acked_rows[0]["state"] == SENT and handler.acked_rows[0]["version"] == 1
     else:
         w._record(msg, Delivery(True, 200, False, "ok"))
-        assert handler.delivered == [msg.id] and handler.acked_rows == []
+    assert handler.delivered == [] and [r["id"] for r in handler.acked_rows] == ["a1"]
+    assert handler.acked_rows[0]["state"] == SENT and handler.acked_rows[0]["version"] == 1
     row = _state(toy_engine, "a1")
     assert (row["state"], row["version"]) == (SENT, 1)
     assert row["deadline"] == pytest.approx(time.time() + 60, abs=5)
@@ -371,8 +370,7 @@ def test_an_ack_transition_fills_a_column_from_the_ack_body(toy_engine: sa.Engin
     w._record(msg, Delivery(True, 200, False, "ok", response_json={"peerPid": "urn:peer:1"}))
     row = _state(toy_engine, "a4")
     assert row["state"] == SENT
-    if toy_engine.dialect.name == "postgresql":
-        assert row["note"] == "urn:peer:1" and handler.delivered == []
+    assert row["note"] == "urn:peer:1" and handler.delivered == []
     # no such string in the ACK: on_delivered decides (here: the toy's own note)
     msg = _claimed_with_ack(toy_engine, w, "a5", fill=("note", "peerPid"))
     w._record(msg, Delivery(True, 200, False, "ok", response_json={"other": 1}))

@@ -90,8 +90,8 @@ def test_webhooks_and_sse_report_every_state(
 def test_sse_reports_every_state_without_webhooks(
     db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
 ) -> None:
-    """Without webhooks, the consumer's ACK-driven states (REQUESTED, VERIFIED) are recorded in
-    one statement on PostgreSQL, not in the locking transaction (AckTransition): the SSE stream
+    """Without webhooks, the consumer's ACK-driven states (REQUESTED, VERIFIED) are recorded
+    without the handler's locking transaction (AckTransition): the SSE stream
     still reports each of them at once. The replicas' change poll is switched off here, so the
     events come from the process that made the change; both sides wait 0.3 s before replying so
     every ACK is recorded before the next message arrives (the sequence is then exact)."""
