@@ -56,7 +56,7 @@ from connector.errors import (
     ValidationError,
 )
 from connector.identity import Caller
-from connector.store import read_only, run
+from connector.store import autocommit_tx, is_postgres, read_only, run
 from contracts._messages import (
     AgreementMessage,
     AgreementVerificationMessage,
@@ -83,6 +83,7 @@ from contracts._process import (
     HttpSender,
     OutboxMessage,
     RetryPolicy,
+    StaleWrite,
     StateWrite,
     Worker,
     body_digest,
@@ -94,6 +95,7 @@ from contracts._process import (
     lock_process,
     on_commit,
     record_received,
+    save_guarded,
     save_state,
     write_tx,
 )
@@ -273,6 +275,11 @@ class _Effects:
     dispatch: list[OutboxMessage] = field(default_factory=list)
     #: A state change of ``_set(defer=True)`` not yet written: (process id, save_state kwargs).
     unsaved: tuple[str, dict[str, Any]] | None = None
+    #: Optimistic receive: (version read, (kind, message id, digest)). Every state change is
+    #: then held back and written once, guarded by that version, with the message id recorded.
+    guard: tuple[int, tuple[str, str, str]] | None = None
+    #: The guarded write was made (committed): nothing else may be written.
+    guard_spent: bool = False
 
 
 def _now_iso() -> str:
@@ -367,6 +374,14 @@ class NegotiationManager:
         self.sse_poll_s = 0.5
         self._lock = threading.Lock()
         self._tx_local = threading.local()
+        #: Receive without a transaction where nothing but the one guarded write is needed
+        #: (decision 0408): PostgreSQL, replies sent at once by this process, no TCK scripts.
+        self._optimistic = (
+            is_postgres(engine)
+            and self.direct_dispatch
+            and self.scripts is None
+            and config.reply_delay_s <= 0
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -507,6 +522,10 @@ class NegotiationManager:
         }
         # A write held back by an earlier _set of this row (defer=True) goes out with this one:
         # one UPDATE, one version step (already counted in ``row``).
+        if fx.guard is not None:
+            if fx.guard_spent:
+                raise LocalProtocolError("an optimistic receive writes once (decision 0408)")
+            defer = True
         carried = fx.unsaved is not None and fx.unsaved[0] == row["id"]
         if carried:
             assert fx.unsaved is not None
@@ -545,19 +564,28 @@ class NegotiationManager:
 
     def _flush(self, conn: Connection, fx: _Effects) -> None:
         """Store a state change held back by ``_set(defer=True)``, if any."""
-        if fx.unsaved is not None:
-            pid, write = fx.unsaved
-            fx.unsaved = None
-            save_state(conn, negotiations, pid, **write)
+        if fx.unsaved is None:
+            return
+        state = self._take_unsaved(fx)
+        assert state is not None
+        if state.expect_version is not None:
+            save_guarded(conn, state)
+        else:
+            save_state(conn, negotiations, state.process_id, **state.kwargs)
 
     @staticmethod
     def _take_unsaved(fx: _Effects) -> StateWrite | None:
-        """The state change held back by ``_set(defer=True)``, for the caller to store."""
+        """The state change held back by ``_set(defer=True)``, for the caller to store (with the
+        optimistic guard, if any: then it is the one write)."""
         if fx.unsaved is None:
             return None
         pid, write = fx.unsaved
         fx.unsaved = None
-        return StateWrite(negotiations, pid, write)
+        if fx.guard is None:
+            return StateWrite(negotiations, pid, write)
+        version, received = fx.guard
+        fx.guard_spent = True
+        return StateWrite(negotiations, pid, write, expect_version=version, received=received)
 
     def _send(
         self,
@@ -579,6 +607,8 @@ class NegotiationManager:
         address = row["counterparty_address"].rstrip("/")
         url = address + self._path(role, row, event)
         if delay_s > 0 or not self.direct_dispatch:
+            if fx.guard is not None:  # two writes: not for the optimistic path
+                raise StaleWrite(row["id"])
             self._flush(conn, fx)
             enqueue(
                 conn, KIND, row["id"], url, msg.to_json(), audience=row["counterparty_id"], delay_s=delay_s
@@ -920,72 +950,126 @@ class NegotiationManager:
         """A DSP message for an existing negotiation; returns the ACK body (state after commit)."""
         msg = parse_message(body, self._EXPECTED[(role, endpoint)])
         event = _event_for(role, msg)
+        digest = body_digest(body)
+        if self._optimistic and msg.id and not isinstance(msg, TerminationMessage):
+            ack = self._receive_optimistic(role, pid, msg, event, caller, digest, defer)
+            if ack is not None:
+                return ack
         fx = _Effects()
         with write_tx(self.engine) as conn:
             row = self._find(conn, role, pid, caller, lock=True)
-            ctx = {"providerPid": row["provider_pid"], "consumerPid": row["consumer_pid"]}
-            # Wrongly addressed: the pids in the body must name this negotiation.
-            mine = row["provider_pid"] if role is Role.PROVIDER else row["consumer_pid"]
-            theirs_col = "consumer_pid" if role is Role.PROVIDER else "provider_pid"
-            body_mine = msg.provider_pid if role is Role.PROVIDER else getattr(msg, "consumer_pid", None)
-            body_theirs = getattr(msg, "consumer_pid", None) if role is Role.PROVIDER else msg.provider_pid
-            if body_mine != mine:
-                raise RemoteProtocolError(
-                    f"message addressed to {body_mine!r}, but this is negotiation {mine!r}", context=ctx
-                )
-            if row[theirs_col] and body_theirs and body_theirs != row[theirs_col]:
-                raise RemoteProtocolError(
-                    f"message names the peer's pid {body_theirs!r}, expected {row[theirs_col]!r}", context=ctx
-                )
-            seen = record_received(conn, KIND, row["id"], msg.id, body_digest(body))
+            ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
+        self._publish(fx, defer=defer)
+        return ack
+
+    def _receive_optimistic(
+        self,
+        role: Role,
+        pid: str,
+        msg: NegotiationMessage,
+        event: Event,
+        caller: Caller,
+        digest: str,
+        defer: Callable[[Callable[[], None]], None] | None,
+    ) -> dict[str, Any] | None:
+        """PostgreSQL: :meth:`receive` without a transaction. The row is read without a lock;
+        the state change, the received message's id and the reply are then written by one
+        statement, only if the row still has the version read (decision 0408). None: the
+        locking path must handle the message (the row changed, the id was seen, or any check
+        failed: that path answers with the right error)."""
+        fx = _Effects()
+        try:
+            with read_only(self.engine) as rconn:
+                row = self._find(rconn, role, pid, caller, lock=False)
+            if _loads(row["callbacks"]):
+                return None  # webhook calls are outbox rows of their own: a second write
+            fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))
+            with autocommit_tx(self.engine) as conn:
+                ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
+        except StaleWrite:
+            return None  # nothing was written
+        except Exception:
+            if fx.guard_spent:
+                raise  # the write was sent: the usual error handling (a resend finds the id)
+            return None
+        self._publish(fx, defer=defer)
+        return ack
+
+    def _apply(
+        self,
+        conn: Connection,
+        role: Role,
+        row: Row,
+        msg: NegotiationMessage,
+        event: Event,
+        caller: Caller,
+        digest: str,
+        fx: _Effects,
+    ) -> dict[str, Any]:
+        """The work of :meth:`receive` on the negotiation's row; returns the ACK body."""
+        ctx = {"providerPid": row["provider_pid"], "consumerPid": row["consumer_pid"]}
+        # Wrongly addressed: the pids in the body must name this negotiation.
+        mine = row["provider_pid"] if role is Role.PROVIDER else row["consumer_pid"]
+        theirs_col = "consumer_pid" if role is Role.PROVIDER else "provider_pid"
+        body_mine = msg.provider_pid if role is Role.PROVIDER else getattr(msg, "consumer_pid", None)
+        body_theirs = getattr(msg, "consumer_pid", None) if role is Role.PROVIDER else msg.provider_pid
+        if body_mine != mine:
+            raise RemoteProtocolError(
+                f"message addressed to {body_mine!r}, but this is negotiation {mine!r}", context=ctx
+            )
+        if row[theirs_col] and body_theirs and body_theirs != row[theirs_col]:
+            raise RemoteProtocolError(
+                f"message names the peer's pid {body_theirs!r}, expected {row[theirs_col]!r}", context=ctx
+            )
+        if fx.guard is None:  # optimistic: the id is recorded by the one write, if it is new
+            seen = record_received(conn, KIND, row["id"], msg.id, digest)
             if seen == "duplicate":
                 return self._ack(row)  # redelivery: same answer, no change
             if seen == "conflict":
                 raise ConflictError(
                     f"message id {msg.id!r} was already used for another message", context=ctx
                 )
-            try:
-                tr = handle(role, State(row["state"]), event)
-            except RemoteProtocolError as exc:
-                exc.context.update(ctx)
-                raise
-            values: dict[str, Any] = {}
-            if role is Role.CONSUMER and not row["provider_pid"]:
-                values["provider_pid"] = msg.provider_pid
-            if role is Role.PROVIDER and not row["consumer_pid"] and body_theirs:
-                values["consumer_pid"] = body_theirs
-            reason = None
-            if isinstance(msg, TerminationMessage):
-                reason = "terminated by the counter-party: " + ("; ".join(msg.reason) or "no reason given")
-                if msg.code:
-                    reason += f" (code {msg.code})"
-                cancel_pending(conn, KIND, row["id"], "negotiation terminated by the counter-party")
-            if isinstance(msg, (OfferMessage, ContractRequestMessage)):
-                values["offer"] = _dumps(msg.offer)
-                values["offer_by"] = "provider" if isinstance(msg, OfferMessage) else "consumer"
-            if isinstance(msg, AgreementMessage):
-                values["agreement"] = _dumps(msg.agreement)
-                values["agreement_id"] = str(msg.agreement.get("@id"))
-                values["provider_signature"] = msg.signature
-            if isinstance(msg, AgreementVerificationMessage):
-                values["consumer_signature"] = msg.signature
-            # Held back: the reaction below usually changes the row again (one UPDATE for both).
-            row = self._set(conn, row, tr.state, fx, reason=reason, defer=True, **values)
-            ack = self._ack(row)  # the state this message led to, before our reaction
-            if role is Role.PROVIDER:
-                trigger = {
-                    Event.RECV_COUNTER_REQUEST: "counter",
-                    Event.RECV_ACCEPTED: "accepted",
-                    Event.RECV_VERIFICATION: "verification",
-                }.get(event)
-                if trigger:
-                    row = self._react_provider(conn, row, trigger, msg, caller, fx)
-            else:
-                trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
-                if trigger:
-                    row = self._react_consumer(conn, row, trigger, msg, fx)
-            self._flush(conn, fx)
-        self._publish(fx, defer=defer)
+        try:
+            tr = handle(role, State(row["state"]), event)
+        except RemoteProtocolError as exc:
+            exc.context.update(ctx)
+            raise
+        values: dict[str, Any] = {}
+        if role is Role.CONSUMER and not row["provider_pid"]:
+            values["provider_pid"] = msg.provider_pid
+        if role is Role.PROVIDER and not row["consumer_pid"] and body_theirs:
+            values["consumer_pid"] = body_theirs
+        reason = None
+        if isinstance(msg, TerminationMessage):
+            reason = "terminated by the counter-party: " + ("; ".join(msg.reason) or "no reason given")
+            if msg.code:
+                reason += f" (code {msg.code})"
+            cancel_pending(conn, KIND, row["id"], "negotiation terminated by the counter-party")
+        if isinstance(msg, (OfferMessage, ContractRequestMessage)):
+            values["offer"] = _dumps(msg.offer)
+            values["offer_by"] = "provider" if isinstance(msg, OfferMessage) else "consumer"
+        if isinstance(msg, AgreementMessage):
+            values["agreement"] = _dumps(msg.agreement)
+            values["agreement_id"] = str(msg.agreement.get("@id"))
+            values["provider_signature"] = msg.signature
+        if isinstance(msg, AgreementVerificationMessage):
+            values["consumer_signature"] = msg.signature
+        # Held back: the reaction below usually changes the row again (one UPDATE for both).
+        row = self._set(conn, row, tr.state, fx, reason=reason, defer=True, **values)
+        ack = self._ack(row)  # the state this message led to, before our reaction
+        if role is Role.PROVIDER:
+            trigger = {
+                Event.RECV_COUNTER_REQUEST: "counter",
+                Event.RECV_ACCEPTED: "accepted",
+                Event.RECV_VERIFICATION: "verification",
+            }.get(event)
+            if trigger:
+                row = self._react_provider(conn, row, trigger, msg, caller, fx)
+        else:
+            trigger = {Event.RECV_OFFER: "offer", Event.RECV_AGREEMENT: "agreement"}.get(event)
+            if trigger:
+                row = self._react_consumer(conn, row, trigger, msg, fx)
+        self._flush(conn, fx)
         return ack
 
     # -- reactions ---------------------------------------------------------------------------

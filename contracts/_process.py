@@ -84,6 +84,7 @@ __all__ = [
     "ProcessHandler",
     "RetryPolicy",
     "Sender",
+    "StaleWrite",
     "StateWrite",
     "Worker",
     "body_digest",
@@ -102,6 +103,7 @@ __all__ = [
     "process_columns",
     "process_table",
     "record_received",
+    "save_guarded",
     "save_state",
     "write_tx",
 ]
@@ -342,6 +344,84 @@ class StateWrite:
     table: sa.Table
     process_id: str
     kwargs: dict[str, Any]
+    #: Optimistic (PostgreSQL, row read without a lock): write only if the row still has this
+    #: version, and record the received message ``(kind, message_id, digest)`` with it; if the
+    #: row changed or the message id was seen before, nothing is written and :class:`StaleWrite`
+    #: is raised.
+    expect_version: int | None = None
+    received: tuple[str, str, str] | None = None
+
+
+class StaleWrite(Exception):
+    """An optimistic :class:`StateWrite` found the row changed, or its message already recorded:
+    nothing was written. The caller redoes the work the locking way."""
+
+
+def save_guarded(conn: Connection, state: StateWrite) -> None:
+    """PostgreSQL, one statement: an optimistic :class:`StateWrite` without a message to add.
+    Raises :class:`StaleWrite` when it did not apply."""
+    upd = _state_write_values(state.kwargs)
+    names = tuple(sorted(upd))
+    stmt = cached_statement(
+        ("save_guarded", state.table.name, id(state.table), names),
+        lambda: _guarded_update(state.table, names).returning(state.table.c.id),
+    )
+    if run(conn, stmt, _guarded_params(state, upd)).first() is None:
+        raise StaleWrite(state.process_id)
+
+
+def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
+    """``UPDATE`` of the row ``_upid`` that happens only if a CTE locked it with version
+    ``_expect`` and the received message's inbox row was new (``INSERT ... ON CONFLICT DO
+    NOTHING`` over the locked row)."""
+    from sqlalchemy.dialects import postgresql
+
+    locked = (
+        sa.select(table.c.id)
+        .where(table.c.id == sa.bindparam("_upid"), table.c.version == sa.bindparam("_expect"))
+        .with_for_update()
+        .cte("locked")
+    )
+    c = inbox.c
+
+    def bound(name: str, column: sa.Column[Any]) -> Any:
+        return sa.cast(sa.bindparam(name, type_=column.type), column.type)
+
+    seen = (
+        postgresql.insert(inbox)
+        .from_select(
+            ["kind", "message_id", "process_id", "digest", "received_at"],
+            sa.select(
+                bound("_ikind", c.kind),
+                bound("_imid", c.message_id),
+                locked.c.id,
+                bound("_idigest", c.digest),
+                bound("_inow", c.received_at),
+            ),
+        )
+        .on_conflict_do_nothing()
+        .returning(c.process_id)
+        .cte("seen")
+    )
+    return (
+        sa.update(table)
+        .where(table.c.id.in_(sa.select(seen.c.process_id)))
+        .values({**{n: sa.bindparam(f"v_{n}") for n in names}, "version": table.c.version + 1})
+    )
+
+
+def _guarded_params(state: StateWrite, upd: Mapping[str, Any]) -> dict[str, Any]:
+    assert state.expect_version is not None and state.received is not None
+    kind, message_id, digest = state.received
+    return {
+        "_upid": state.process_id,
+        "_expect": state.expect_version,
+        "_ikind": kind,
+        "_imid": message_id,
+        "_idigest": digest,
+        "_inow": time.time(),
+        **{f"v_{n}": v for n, v in upd.items()},
+    }
 
 
 def enqueue(
@@ -415,7 +495,15 @@ def _enqueue(
     # the INSERT ... SELECT itself. The caller holds the process row's lock.
     stmt = cached_statement(("outbox_add",), _outbox_insert)
     moved: dict[str, Any] = {}
-    if state is not None:
+    if state is not None and state.expect_version is not None:  # optimistic (PostgreSQL)
+        upd = _state_write_values(state.kwargs)
+        names = tuple(sorted(upd))
+        stmt = cached_statement(
+            ("outbox_add_guarded", state.table.name, id(state.table), names),
+            lambda: _outbox_insert(_guarded_update(state.table, names)),
+        )
+        moved = _guarded_params(state, upd)
+    elif state is not None:
         if conn.dialect.name == "postgresql":  # one statement: UPDATE in a CTE, then INSERT
             upd = _state_write_values(state.kwargs)
             names = tuple(sorted(upd))
@@ -446,6 +534,8 @@ def _enqueue(
     ).all()
     if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
         assert state is not None
+        if state.expect_version is not None:
+            raise StaleWrite(state.process_id)
         raise StoreError(
             f"process {state.process_id!r} vanished while it was locked", context={"table": state.table.name}
         )
@@ -511,7 +601,7 @@ def _outbox_insert(moved: Any = None) -> Any:
     select = sa.select(*(v.label(k) for k, v in values.items())).where(earlier)
     if moved is None:
         return sa.insert(outbox).from_select(list(values), select).returning(c.lease_owner)
-    moved_cte = moved.returning(moved.table.c.id).cte("moved")
+    moved_cte = moved.returning(moved.table.c.id).cte("moved")  # its own CTEs are hoisted
     select = select.having(sa.exists(sa.select(moved_cte.c.id)))
     return sa.insert(outbox).from_select(list(values), select).add_cte(moved_cte).returning(c.lease_owner)
 

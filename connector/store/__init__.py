@@ -27,11 +27,12 @@ from connector.store._engine import (
     normalize_url,
     read_only,
 )
-from connector.store._tx import on_commit, write_tx
+from connector.store._tx import autocommit_tx, on_commit, write_tx
 
 __all__ = [
     "MIGRATION_PACKAGES",
     "DirectResult",
+    "autocommit_tx",
     "create_engine",
     "dialect_name",
     "is_postgres",

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import StoreError
 
-__all__ = ["on_commit", "write_tx"]
+__all__ = ["autocommit_tx", "on_commit", "write_tx"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,24 @@ class _GroupWriter:
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, _GroupWriter] = weakref.WeakKeyDictionary()
 _WRITERS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def autocommit_tx(engine: Engine) -> Iterator[Connection]:
+    """PostgreSQL: a connection on which every statement commits on its own, for work whose
+    writes are one statement; :func:`on_commit` callbacks run when the block ends without an
+    exception (none if it raises)."""
+    if engine.dialect.name != "postgresql":
+        raise StoreError("autocommit_tx is for PostgreSQL")
+    callbacks: list[Callable[[], None]] = []
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.info[_AFTER_COMMIT] = callbacks
+        try:
+            yield conn
+        finally:
+            conn.info.pop(_AFTER_COMMIT, None)
+    _run_callbacks(callbacks)
 
 
 def write_tx(engine: Engine) -> contextlib.AbstractContextManager[Connection]:

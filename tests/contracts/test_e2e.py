@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from cn_harness import CLAIMS, MEMBERS_ONLY, OPEN_POLICY, FakeOffers, Node, make_node
 
@@ -108,6 +109,62 @@ def test_a_received_message_and_the_reply_to_it_are_one_row_write(
     assert version(provider, prov_id) == 4
     # consumer: inserted (0), REQUESTING (1), REQUESTED (2), AGREED+VERIFYING (3), VERIFIED (4), FINALIZED (5)
     assert version(consumer, started["id"]) == 5
+
+
+def test_received_messages_take_the_optimistic_path_on_postgres(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a message for an existing negotiation is applied without a transaction (the
+    row read unlocked, then one version-guarded statement). A message the state does not take
+    writes nothing there and gets its error from the locking path, as before (a resend of an
+    applied message likewise: ``test_process.py``'s optimistic write test). SQLite: always
+    the locking path (one writer anyway)."""
+    provider = make_node(
+        "provider", db_urls(), keys=keys, offers=FakeOffers({OFFER_ID: ("ds-carbon", OPEN_POLICY)})
+    )
+    nodes.append(provider)
+    # The consumer waits before replying, so the provider has recorded the ACK of its agreement
+    # (a row write) before the verification comes: the version it reads then still holds.
+    consumer = make_node("consumer", db_urls(), keys=keys, config={"reply_delay_s": 0.3})
+    nodes.append(consumer)
+    taken: list[tuple[str, bool]] = []
+    for node in (provider, consumer):
+        original = node.manager._receive_optimistic
+
+        def spy(*args: Any, _orig: Any = original, _name: str = node.name) -> Any:
+            out = _orig(*args)
+            taken.append((_name, out is not None))
+            return out
+
+        monkeypatch.setattr(node.manager, "_receive_optimistic", spy)
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    prov = provider.wait_state(provider.manager.list_negotiations(role="provider")[0]["id"], {"FINALIZED"})
+    if provider.engine.dialect.name != "postgresql":
+        assert taken == []
+        return
+    # the provider's verification (its initial request opens a row; the consumer, replying
+    # late, always takes the locking path)
+    assert taken == [("provider", True)], taken
+    # a verification after FINALIZED, twice: the locking path's error both times, no change
+    verification = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@id": "urn:uuid:late-verification",
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": prov["providerPid"],
+        "consumerPid": prov["consumerPid"],
+    }
+    url = f"{provider.dsp}/negotiations/{prov['providerPid']}/agreement/verification"
+    taken.clear()
+    first = httpx.post(url, json=verification, headers={"X-Test-Caller": consumer.did})
+    assert first.status_code == 400 and "not allowed in state FINALIZED" in first.json()["reason"][0]
+    assert taken == [("provider", False)]
+    taken.clear()
+    again = httpx.post(url, json=verification, headers={"X-Test-Caller": consumer.did})
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    assert taken == [("provider", False)]
+    assert provider.manager.get(prov["id"])["internalState"] == "FINALIZED"
 
 
 def test_unsigned_provider_still_interoperates(

@@ -18,16 +18,19 @@ from contracts._process import (
     HttpSender,
     OutboxMessage,
     RetryPolicy,
+    StaleWrite,
     StateWrite,
     Worker,
     body_digest,
     enqueue,
     enqueue_claimed,
+    inbox,
     lock_process,
     outbox,
     pending_outbox,
     process_table,
     record_received,
+    save_guarded,
     save_state,
 )
 
@@ -419,6 +422,61 @@ def test_a_state_change_is_stored_with_its_message(toy_engine: sa.Engine) -> Non
         )
     with toy_engine.connect() as conn:
         assert conn.execute(sa.select(outbox.c.id).where(outbox.c.process_id == "gone")).all() == []
+
+
+@pytest.mark.postgres
+def test_an_optimistic_write_applies_only_to_the_version_read_and_a_new_message(pg_url: str) -> None:
+    """The optimistic receive (PostgreSQL) writes once: the state, the received message's id
+    and the reply, only if the row still has the version it read and the id is new; otherwise
+    nothing at all is written (StaleWrite) and the locking path takes over."""
+    from connector.store import autocommit_tx, create_engine, migrate
+
+    engine = create_engine(pg_url)
+    try:
+        migrate(engine)
+        META.create_all(engine)
+        w = _worker(engine, ToyHandler(), [], [])
+        with engine.begin() as conn:
+            _new(conn, "o1")
+
+        def guarded(version: int, mid: str, note: str) -> StateWrite:
+            return StateWrite(
+                TOY,
+                "o1",
+                {"state": SENT, "timeout_s": 60.0, "note": note},
+                expect_version=version,
+                received=("toy", mid, "digest-" + mid),
+            )
+
+        def snapshot() -> tuple[Any, ...]:
+            with engine.connect() as conn:
+                row = conn.execute(sa.select(TOY.c.state, TOY.c.version, TOY.c.note)).one()
+                ids = conn.execute(sa.select(inbox.c.message_id).order_by(inbox.c.message_id)).scalars().all()
+                sent = conn.execute(sa.select(outbox.c.message_type).order_by(outbox.c.seq)).scalars().all()
+            return tuple(row), ids, sent
+
+        with autocommit_tx(engine) as conn:
+            msg = enqueue_claimed(
+                conn, w, "toy", "o1", "http://peer/x", {"@type": "Reply"}, state=guarded(0, "m1", "one")
+            )
+        assert msg is not None
+        assert snapshot() == ((SENT, 1, "one"), ["m1"], ["Reply"])
+        # the version read is stale: nothing is written
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            enqueue_claimed(
+                conn, w, "toy", "o1", "http://peer/x", {"@type": "Late"}, state=guarded(0, "m2", "two")
+            )
+        assert snapshot() == ((SENT, 1, "one"), ["m1"], ["Reply"])
+        # the message id was recorded before (a resend): nothing is written
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, guarded(1, "m1", "again"))
+        assert snapshot() == ((SENT, 1, "one"), ["m1"], ["Reply"])
+        # right version, new id, no reply: state and id only
+        with autocommit_tx(engine) as conn:
+            save_guarded(conn, guarded(1, "m3", "three"))
+        assert snapshot() == ((SENT, 2, "three"), ["m1", "m3"], ["Reply"])
+    finally:
+        engine.dispose()
 
 
 def test_state_timeout(toy_engine: sa.Engine) -> None:
