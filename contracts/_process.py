@@ -370,6 +370,12 @@ def save_guarded(conn: Connection, state: StateWrite) -> None:
         raise StaleWrite(state.process_id)
 
 
+def _bound(name: str, column: sa.Column[Any]) -> Any:
+    """A parameter for ``column`` in a SELECT list, with an explicit cast: PostgreSQL types a
+    bare parameter there (or in a CASE) as text."""
+    return sa.cast(sa.bindparam(name, type_=column.type), column.type)
+
+
 def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
     """``UPDATE`` of the row ``_upid`` that happens only if a CTE locked it with version
     ``_expect`` and the received message's inbox row was new (``INSERT ... ON CONFLICT DO
@@ -383,20 +389,16 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
         .cte("locked")
     )
     c = inbox.c
-
-    def bound(name: str, column: sa.Column[Any]) -> Any:
-        return sa.cast(sa.bindparam(name, type_=column.type), column.type)
-
     seen = (
         postgresql.insert(inbox)
         .from_select(
             ["kind", "message_id", "process_id", "digest", "received_at"],
             sa.select(
-                bound("_ikind", c.kind),
-                bound("_imid", c.message_id),
+                _bound("_ikind", c.kind),
+                _bound("_imid", c.message_id),
                 locked.c.id,
-                bound("_idigest", c.digest),
-                bound("_inow", c.received_at),
+                _bound("_idigest", c.digest),
+                _bound("_inow", c.received_at),
             ),
         )
         .on_conflict_do_nothing()
@@ -578,25 +580,21 @@ def _outbox_insert(moved: Any = None) -> Any:
     any_pending = sa.func.count().filter(outbox.c.status == "pending") > 0
     c = outbox.c
 
-    def bound(name: str, column: sa.Column[Any]) -> Any:
-        # an explicit cast: PostgreSQL types a bare parameter in a SELECT list (or a CASE) as text
-        return sa.cast(sa.bindparam(name, type_=column.type), column.type)
-
     values = {
-        "id": bound("_id", c.id),
-        "kind": bound("_kind", c.kind),
-        "process_id": bound("_pid", c.process_id),
+        "id": _bound("_id", c.id),
+        "kind": _bound("_kind", c.kind),
+        "process_id": _bound("_pid", c.process_id),
         "seq": sa.func.coalesce(sa.func.max(c.seq), 0) + 1,
-        "message_type": bound("_type", c.message_type),
-        "url": bound("_url", c.url),
-        "body": bound("_body", c.body),
-        "audience": bound("_audience", c.audience),
+        "message_type": _bound("_type", c.message_type),
+        "url": _bound("_url", c.url),
+        "body": _bound("_body", c.body),
+        "audience": _bound("_audience", c.audience),
         "status": sa.literal("pending", c.status.type),
         "attempts": sa.literal(0, c.attempts.type),
-        "not_before": bound("_not_before", c.not_before),
-        "lease_owner": sa.case((any_pending, sa.null()), else_=bound("_owner", c.lease_owner)),
-        "lease_until": sa.case((any_pending, sa.null()), else_=bound("_lease_until", c.lease_until)),
-        "created_at": bound("_now", c.created_at),
+        "not_before": _bound("_not_before", c.not_before),
+        "lease_owner": sa.case((any_pending, sa.null()), else_=_bound("_owner", c.lease_owner)),
+        "lease_until": sa.case((any_pending, sa.null()), else_=_bound("_lease_until", c.lease_until)),
+        "created_at": _bound("_now", c.created_at),
     }
     select = sa.select(*(v.label(k) for k, v in values.items())).where(earlier)
     if moved is None:

@@ -48,15 +48,21 @@ def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
 
 
 @contextlib.contextmanager
+def _collecting(conn: Connection, callbacks: list[Callable[[], None]]) -> Iterator[Connection]:
+    """``conn`` with :func:`on_commit` registering into ``callbacks`` while the block runs."""
+    conn.info[_AFTER_COMMIT] = callbacks
+    try:
+        yield conn
+    finally:
+        conn.info.pop(_AFTER_COMMIT, None)
+
+
+@contextlib.contextmanager
 def _plain_tx(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()`` with :func:`on_commit` callbacks (PostgreSQL)."""
     callbacks: list[Callable[[], None]] = []
-    with engine.begin() as conn:
-        conn.info[_AFTER_COMMIT] = callbacks
-        try:
-            yield conn
-        finally:
-            conn.info.pop(_AFTER_COMMIT, None)
+    with engine.begin() as conn, _collecting(conn, callbacks):
+        yield conn
     _run_callbacks(callbacks)
 
 
@@ -208,13 +214,11 @@ def autocommit_tx(engine: Engine) -> Iterator[Connection]:
     if engine.dialect.name != "postgresql":
         raise StoreError("autocommit_tx is for PostgreSQL")
     callbacks: list[Callable[[], None]] = []
-    with engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.info[_AFTER_COMMIT] = callbacks
-        try:
-            yield conn
-        finally:
-            conn.info.pop(_AFTER_COMMIT, None)
+    with (
+        engine.connect() as conn,
+        _collecting(conn.execution_options(isolation_level="AUTOCOMMIT"), callbacks) as ac,
+    ):
+        yield ac
     _run_callbacks(callbacks)
 
 

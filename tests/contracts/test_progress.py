@@ -24,16 +24,11 @@ def hooks() -> Iterator[Tck]:
     t.stop()
 
 
-def test_webhooks_and_sse_report_every_state(
-    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], hooks: Tck
-) -> None:
-    provider = make_node(
-        "provider", db_urls(), keys=keys, offers=FakeOffers({OFFER_ID: ("ds1", OPEN_POLICY)})
-    )
-    nodes.append(provider)
-    consumer = make_node("consumer", db_urls(), keys=keys)
-    nodes.append(consumer)
-
+def _negotiate_following_sse(
+    consumer: Node, provider: Node, callbacks: list[str] | None = None
+) -> tuple[str, list[str]]:
+    """Follow the consumer's SSE stream while it negotiates OFFER_ID with ``provider`` to the
+    end; returns the negotiation id and the internal states its events reported, in order."""
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     connected = threading.Event()
 
@@ -54,16 +49,15 @@ def test_webhooks_and_sse_report_every_state(
     t = threading.Thread(target=follow, daemon=True)
     t.start()
     assert connected.wait(5)
+    request: dict[str, Any] = {
+        "counterPartyAddress": provider.dsp,
+        "counterPartyId": provider.did,
+        "offer": {"@id": OFFER_ID, "target": "ds1", **OPEN_POLICY},
+    }
+    if callbacks:
+        request["callbackAddresses"] = callbacks
     with consumer.mgmt() as c:
-        r = c.post(
-            "/negotiations",
-            json={
-                "counterPartyAddress": provider.dsp,
-                "counterPartyId": provider.did,
-                "offer": {"@id": OFFER_ID, "target": "ds1", **OPEN_POLICY},
-                "callbackAddresses": [hooks.url + "/hooks/negotiations"],
-            },
-        )
+        r = c.post("/negotiations", json=request)
     assert r.status_code == 201, r.text
     nid = r.json()["id"]
     consumer.wait_state(nid, {"FINALIZED"})
@@ -73,6 +67,20 @@ def test_webhooks_and_sse_report_every_state(
         ev = events.get_nowait()
         if ev["id"] == nid:
             seen.append(ev["internalState"])
+    return nid, seen
+
+
+def test_webhooks_and_sse_report_every_state(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], hooks: Tck
+) -> None:
+    provider = make_node(
+        "provider", db_urls(), keys=keys, offers=FakeOffers({OFFER_ID: ("ds1", OPEN_POLICY)})
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys)
+    nodes.append(consumer)
+
+    nid, seen = _negotiate_following_sse(consumer, provider, [hooks.url + "/hooks/negotiations"])
     assert seen[0] == "REQUESTING" and seen[-1] == "FINALIZED", seen
     assert "VERIFYING" in seen or "VERIFIED" in seen, seen
 
@@ -107,43 +115,7 @@ def test_sse_reports_every_state_without_webhooks(
     consumer = make_node("consumer", db_urls(), keys=keys, config=slow)
     nodes.append(consumer)
     consumer.manager.sse_poll_s = 60.0
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
-    connected = threading.Event()
-
-    def follow() -> None:
-        with (
-            httpx.Client(timeout=None) as c,
-            c.stream("GET", f"{consumer.url}/mgmt/negotiations/events") as r,
-        ):
-            connected.set()
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    ev = json.loads(line[6:])
-                    events.put(ev)
-                    if ev["state"] in ("FINALIZED", "TERMINATED"):
-                        return
-
-    t = threading.Thread(target=follow, daemon=True)
-    t.start()
-    assert connected.wait(5)
-    with consumer.mgmt() as c:
-        r = c.post(
-            "/negotiations",
-            json={
-                "counterPartyAddress": provider.dsp,
-                "counterPartyId": provider.did,
-                "offer": {"@id": OFFER_ID, "target": "ds1", **OPEN_POLICY},
-            },
-        )
-    assert r.status_code == 201, r.text
-    nid = r.json()["id"]
-    consumer.wait_state(nid, {"FINALIZED"})
-    t.join(10)
-    seen = []
-    while not events.empty():
-        ev = events.get_nowait()
-        if ev["id"] == nid:
-            seen.append(ev["internalState"])
+    _, seen = _negotiate_following_sse(consumer, provider)
     assert seen == ["REQUESTING", "REQUESTED", "AGREED", "VERIFYING", "VERIFIED", "FINALIZED"]
 
 
