@@ -93,6 +93,7 @@ from contracts._process import (
     enqueue_claimed,
     insert_locked_process,
     lock_process,
+    new_process_row,
     on_commit,
     record_received,
     save_guarded,
@@ -277,7 +278,11 @@ class _Effects:
     unsaved: tuple[str, dict[str, Any]] | None = None
     #: Optimistic receive: (version read, (kind, message id, digest)). Every state change is
     #: then held back and written once, guarded by that version, with the message id recorded.
-    guard: tuple[int, tuple[str, str, str]] | None = None
+    #: For a new row (``new``) the version is unused and the message is optional.
+    guard: tuple[int, tuple[str, str, str] | None] | None = None
+    #: A new row not written yet (PostgreSQL): (its values as created, the column values no
+    #: existing row may have); the one guarded write INSERTs it with its changes.
+    new: tuple[Row, Mapping[str, Any] | None] | None = None
     #: The guarded write was made (committed): nothing else may be written.
     guard_spent: bool = False
 
@@ -568,7 +573,7 @@ class NegotiationManager:
             return
         state = self._take_unsaved(fx)
         assert state is not None
-        if state.expect_version is not None:
+        if state.expect_version is not None or state.insert is not None:
             save_guarded(conn, state)
         else:
             save_state(conn, negotiations, state.process_id, **state.kwargs)
@@ -585,6 +590,9 @@ class NegotiationManager:
             return StateWrite(negotiations, pid, write)
         version, received = fx.guard
         fx.guard_spent = True
+        if fx.new is not None:
+            initial, absent = fx.new
+            return StateWrite(negotiations, pid, write, received=received, insert=initial, absent=absent)
         return StateWrite(negotiations, pid, write, expect_version=version, received=received)
 
     def _send(
@@ -872,14 +880,20 @@ class NegotiationManager:
                 errors=[f"offer.target: expected {dataset_id!r}"],
                 context=ctx,
             )
-        fx = _Effects()
         digest = body_digest(body)
+        values = {
+            "offer_id": offer_id, "dataset_id": dataset_id, "offer": _dumps(msg.offer), "offer_by": "consumer",
+            "extra": _dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
+        }  # fmt: skip
+        if self._optimistic and msg.id:
+            ack = self._request_optimistic(msg, caller, digest, values, defer)
+            if ack is not None:
+                return ack
+        fx = _Effects()
         with write_tx(self.engine) as conn:
             row, duplicate = self._open_received(
-                conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx,
-                offer_id=offer_id, dataset_id=dataset_id, offer=_dumps(msg.offer), offer_by="consumer",
-                extra=_dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
-            )  # fmt: skip
+                conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx, **values
+            )
             if duplicate is not None:
                 return duplicate
             tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
@@ -888,6 +902,48 @@ class NegotiationManager:
             self._react_provider(conn, row, "request", msg, caller, fx)
             self._flush(conn, fx)
         self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
+        self._publish(fx, defer=defer)
+        return ack
+
+    def _request_optimistic(
+        self,
+        msg: ContractRequestMessage,
+        caller: Caller,
+        digest: str,
+        values: Mapping[str, Any],
+        defer: Callable[[Callable[[], None]], None] | None,
+    ) -> dict[str, Any] | None:
+        """PostgreSQL: :meth:`provider_request` in one statement without a transaction. The new
+        row is written with its state after our reaction, the message id and the reply, only if
+        the id is new and no negotiation of this consumer pid exists (decision 0409). None:
+        nothing was written; the locking path answers (a resend, a reused pid, an error)."""
+        assert msg.callback_address  # checked by provider_request
+        fx = _Effects()
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        row: Row = new_process_row(
+            negotiations, pid, State.INITIAL, timeout_s=self.config.state_timeout_s, now=time.time(),
+            role=Role.PROVIDER.value, provider_pid=pid, consumer_pid=msg.consumer_pid,
+            counterparty_address=msg.callback_address.rstrip("/"), counterparty_id=caller.did, **values,
+        )  # fmt: skip
+        fx.guard = (0, (KIND, str(msg.id), digest))
+        fx.new = (
+            row,
+            {"role": Role.PROVIDER.value, "consumer_pid": msg.consumer_pid, "counterparty_id": caller.did},
+        )
+        try:
+            with autocommit_tx(self.engine) as conn:
+                tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
+                row = self._set(conn, row, tr.state, fx, defer=True)
+                ack = self._ack(row)  # the state this message led to, before our reaction
+                self._react_provider(conn, row, "request", msg, caller, fx)
+                self._flush(conn, fx)
+        except StaleWrite:
+            return None  # nothing was written
+        except Exception:
+            if fx.guard_spent:
+                raise
+            return None
+        self._remember_role(pid, Role.PROVIDER)
         self._publish(fx, defer=defer)
         return ack
 
@@ -1470,24 +1526,24 @@ class NegotiationManager:
         fx = _Effects()
         pid = f"urn:uuid:{uuid.uuid4()}"
         now = time.time()
+        hooks = list(callbacks)
+        values = {
+            "role": "consumer", "consumer_pid": pid, "counterparty_address": address,
+            "counterparty_id": counterparty_id, "offer_id": offer_id, "dataset_id": dataset_id,
+            "offer": _dumps(offer), "offer_by": "consumer", "callbacks": _dumps(hooks),
+            "extra": _dumps({"requested": offer}),
+        }  # fmt: skip
+        if self._optimistic and not hooks:  # webhook calls would be writes of their own
+            return self._start_optimistic(pid, now, values)
         with write_tx(self.engine) as conn:
-            row: Row = insert_locked_process(
+            row = insert_locked_process(
                 conn,
                 negotiations,
                 pid,
                 State.INITIAL,
                 timeout_s=self.config.state_timeout_s,
                 now=now,
-                role="consumer",
-                consumer_pid=pid,
-                counterparty_address=address,
-                counterparty_id=counterparty_id,
-                offer_id=offer_id,
-                dataset_id=dataset_id,
-                offer=_dumps(offer),
-                offer_by="consumer",
-                callbacks=_dumps(list(callbacks)),
-                extra=_dumps({"requested": offer}),
+                **values,
             )
             row = self._send(conn, row, Event.SEND_REQUEST, fx)
             script = self._script(row)
@@ -1507,6 +1563,20 @@ class NegotiationManager:
         self._remember_role(pid, Role.CONSUMER)
         self._publish(fx)
         return view
+
+    def _start_optimistic(self, pid: str, now: float, values: Mapping[str, Any]) -> dict[str, Any]:
+        """PostgreSQL: the new row, in its state after the request was queued, and the request
+        in one statement without a transaction (decision 0409)."""
+        fx = _Effects()
+        row: Row = new_process_row(
+            negotiations, pid, State.INITIAL, timeout_s=self.config.state_timeout_s, now=now, **values
+        )
+        fx.guard, fx.new = (0, None), (row, None)
+        with autocommit_tx(self.engine) as conn:
+            row = self._send(conn, row, Event.SEND_REQUEST, fx)
+        self._remember_role(pid, Role.CONSUMER)
+        self._publish(fx)
+        return self._view(row)
 
     def offer_negotiation(
         self,

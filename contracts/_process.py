@@ -255,6 +255,16 @@ def insert_locked_process(
     return run(conn, stmt, params).one()
 
 
+def new_process_row(
+    table: sa.Table, process_id: str, state: int, *, timeout_s: float | None, now: float, **values: Any
+) -> dict[str, Any]:
+    """The row :func:`insert_process` would store, every column present (not written): for a
+    new row held back and written with its first change (``StateWrite.insert``)."""
+    row: dict[str, Any] = dict.fromkeys(table.c.keys())
+    row.update(_process_values(process_id, state, timeout_s, now, values))
+    return row
+
+
 def _process_values(
     process_id: str, state: int, timeout_s: float | None, now: float | None, values: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -350,6 +360,12 @@ class StateWrite:
     #: is raised.
     expect_version: int | None = None
     received: tuple[str, str, str] | None = None
+    #: The row is new (PostgreSQL): its column values as first created (``version`` included);
+    #: ``kwargs`` apply on top and the row is INSERTed, with ``received`` recorded first when
+    #: given. ``absent``: insert only if no row of the table has all these column values.
+    #: Nothing written (the message id was seen, or such a row exists): :class:`StaleWrite`.
+    insert: Mapping[str, Any] | None = None
+    absent: Mapping[str, Any] | None = None
 
 
 class StaleWrite(Exception):
@@ -358,16 +374,36 @@ class StaleWrite(Exception):
 
 
 def save_guarded(conn: Connection, state: StateWrite) -> None:
-    """PostgreSQL, one statement: an optimistic :class:`StateWrite` without a message to add.
-    Raises :class:`StaleWrite` when it did not apply."""
+    """PostgreSQL, one statement: an optimistic :class:`StateWrite` (or a new row's
+    ``insert``) without a message to add. Raises :class:`StaleWrite` when it did not apply."""
+    write, params = _guarded_write(state)
+    stmt = cached_statement(("save_guarded", id(write)), lambda: write.returning(state.table.c.id))
+    if run(conn, stmt, params).first() is None:
+        raise StaleWrite(state.process_id)
+
+
+def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
+    """The UPDATE (or, for a new row, INSERT) of a guarded :class:`StateWrite` and its
+    parameters, cached by shape."""
+    t = state.table
+    if state.insert is not None:
+        values = {**state.insert, **_state_write_values(state.kwargs), "version": state.insert["version"] + 1}
+        names = tuple(sorted(values))
+        absent = tuple(sorted(state.absent or ()))
+        received = state.received is not None
+        stmt = cached_statement(
+            ("insert_guarded", t.name, id(t), names, absent, received),
+            lambda: _guarded_insert(t, names, absent, received),
+        )
+        params = {f"v_{n}": v for n, v in values.items()}
+        params.update({f"_a_{n}": v for n, v in (state.absent or {}).items()})
+        if state.received is not None:
+            params.update(_received_params(state.process_id, state.received))
+        return stmt, params
     upd = _state_write_values(state.kwargs)
     names = tuple(sorted(upd))
-    stmt = cached_statement(
-        ("save_guarded", state.table.name, id(state.table), names),
-        lambda: _guarded_update(state.table, names).returning(state.table.c.id),
-    )
-    if run(conn, stmt, _guarded_params(state, upd)).first() is None:
-        raise StaleWrite(state.process_id)
+    stmt = cached_statement(("guarded_update", t.name, id(t), names), lambda: _guarded_update(t, names))
+    return stmt, _guarded_params(state, upd)
 
 
 def _bound(name: str, column: sa.Column[Any]) -> Any:
@@ -412,16 +448,57 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
     )
 
 
-def _guarded_params(state: StateWrite, upd: Mapping[str, Any]) -> dict[str, Any]:
-    assert state.expect_version is not None and state.received is not None
-    kind, message_id, digest = state.received
+def _guarded_insert(table: sa.Table, names: tuple[str, ...], absent: tuple[str, ...], received: bool) -> Any:
+    """``INSERT`` of a new row (columns ``names`` from ``:v_<name>``) that happens only if no
+    row has the ``absent`` column values (``:_a_<name>``) and, with ``received``, only if the
+    received message's inbox row (process id ``:_upid``) was new."""
+    from sqlalchemy.dialects import postgresql
+
+    cond: Any = sa.true()
+    if absent:
+        cond = ~sa.exists(
+            sa.select(table.c.id).where(*(table.c[n] == sa.bindparam(f"_a_{n}") for n in absent))
+        )
+    if received:
+        c = inbox.c
+        seen = (
+            postgresql.insert(inbox)
+            .from_select(
+                ["kind", "message_id", "process_id", "digest", "received_at"],
+                sa.select(
+                    _bound("_ikind", c.kind),
+                    _bound("_imid", c.message_id),
+                    _bound("_upid", c.process_id),
+                    _bound("_idigest", c.digest),
+                    _bound("_inow", c.received_at),
+                ).where(cond),
+            )
+            .on_conflict_do_nothing()
+            .returning(c.process_id)
+            .cte("seen")
+        )
+        cond = sa.exists(sa.select(seen.c.process_id))
+    return sa.insert(table).from_select(
+        list(names), sa.select(*(_bound(f"v_{n}", table.c[n]) for n in names)).where(cond)
+    )
+
+
+def _received_params(process_id: str, received: tuple[str, str, str]) -> dict[str, Any]:
+    kind, message_id, digest = received
     return {
-        "_upid": state.process_id,
-        "_expect": state.expect_version,
+        "_upid": process_id,
         "_ikind": kind,
         "_imid": message_id,
         "_idigest": digest,
         "_inow": time.time(),
+    }
+
+
+def _guarded_params(state: StateWrite, upd: Mapping[str, Any]) -> dict[str, Any]:
+    assert state.expect_version is not None and state.received is not None
+    return {
+        **_received_params(state.process_id, state.received),
+        "_expect": state.expect_version,
         **{f"v_{n}": v for n, v in upd.items()},
     }
 
@@ -497,14 +574,10 @@ def _enqueue(
     # the INSERT ... SELECT itself. The caller holds the process row's lock.
     stmt = cached_statement(("outbox_add",), _outbox_insert)
     moved: dict[str, Any] = {}
-    if state is not None and state.expect_version is not None:  # optimistic (PostgreSQL)
-        upd = _state_write_values(state.kwargs)
-        names = tuple(sorted(upd))
-        stmt = cached_statement(
-            ("outbox_add_guarded", state.table.name, id(state.table), names),
-            lambda: _outbox_insert(_guarded_update(state.table, names)),
-        )
-        moved = _guarded_params(state, upd)
+    guarded = state is not None and (state.expect_version is not None or state.insert is not None)
+    if state is not None and guarded:  # optimistic or a new row (PostgreSQL)
+        write, moved = _guarded_write(state)
+        stmt = cached_statement(("outbox_add_guarded", id(write)), lambda: _outbox_insert(write))
     elif state is not None:
         if conn.dialect.name == "postgresql":  # one statement: UPDATE in a CTE, then INSERT
             upd = _state_write_values(state.kwargs)
@@ -536,7 +609,7 @@ def _enqueue(
     ).all()
     if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
         assert state is not None
-        if state.expect_version is not None:
+        if guarded:
             raise StaleWrite(state.process_id)
         raise StoreError(
             f"process {state.process_id!r} vanished while it was locked", context={"table": state.table.name}

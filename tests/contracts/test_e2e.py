@@ -167,6 +167,49 @@ def test_received_messages_take_the_optimistic_path_on_postgres(
     assert provider.manager.get(prov["id"])["internalState"] == "FINALIZED"
 
 
+def test_a_new_negotiation_is_one_statement_on_postgres(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: starting a negotiation stores the new row, already REQUESTING, with its
+    request in one statement (decision 0409); the row is then what the locking path would
+    have stored (version 1: inserted and moved once). With a webhook to call (a write of its
+    own), and always on SQLite, the locking path starts it."""
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    taken: list[str] = []
+    original = consumer.manager._start_optimistic
+
+    def spy(pid: str, *args: Any) -> Any:
+        taken.append(pid)
+        return original(pid, *args)
+
+    monkeypatch.setattr(consumer.manager, "_start_optimistic", spy)
+    started = _start(consumer, provider, OPEN_POLICY)
+    assert started["internalState"] == "REQUESTING" and started["state"] == "REQUESTED"
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    # Against a peer that is down (the rows stay as stored), the one statement stores what
+    # the locking path stores for a negotiation with a webhook.
+    rows = []
+    for hooks in ([], ["http://127.0.0.1:9/hook"]):
+        view = consumer.manager.start_negotiation(
+            "http://127.0.0.1:9/dsp",
+            offer={"@id": OFFER_ID, "target": "ds-carbon", **OPEN_POLICY},
+            counterparty_id=provider.did,
+            callbacks=hooks,
+        )
+        with consumer.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(negotiations).where(negotiations.c.id == view["id"])).mappings().one()
+            )
+        assert view["internalState"] == "REQUESTING" and row["version"] == 1
+        assert row["deadline"] > row["state_since"] == row["updated_at"] >= row["created_at"]
+        varying = ("callbacks", "id", "consumer_pid", "state_since", "deadline", "created_at", "updated_at")
+        rows.append({k: v for k, v in row.items() if k not in varying})
+    assert rows[0] == rows[1]
+    pg = consumer.engine.dialect.name == "postgresql"
+    assert len(taken) == (2 if pg else 0)
+
+
 def test_unsigned_provider_still_interoperates(
     db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
 ) -> None:

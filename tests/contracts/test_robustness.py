@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from cn_harness import CTX, OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
 
 from contracts import LocalKeySigner, RetryPolicy, StaticKeyResolver
+from contracts._process import inbox
 from contracts._signing import sign_agreement
 from contracts._tables import negotiations
 
@@ -155,7 +156,21 @@ def test_redelivered_message_is_acked_once(provider: Node, tck: Tck) -> None:
     assert forged.json()["@type"] == "ContractNegotiationError"
 
 
-def test_initial_request_redelivered_gets_the_same_negotiation(provider: Node, tck: Tck) -> None:
+def test_initial_request_redelivered_gets_the_same_negotiation(
+    provider: Node, tck: Tck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also: on PostgreSQL a new request is written by one statement (row, message id and the
+    reaction together, decision 0409); a resend or a reused consumerPid writes nothing there
+    and is answered by the locking path."""
+    taken: list[bool] = []
+    original = provider.manager._request_optimistic
+
+    def spy(*args: Any) -> Any:
+        out = original(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(provider.manager, "_request_optimistic", spy)
     body = {
         "@context": CTX,
         "@id": "urn:uuid:crq-1",
@@ -172,6 +187,13 @@ def test_initial_request_redelivered_gets_the_same_negotiation(provider: Node, t
     c = tck.http.post(f"{provider.dsp}/negotiations/request", json={**body, "@id": "urn:uuid:crq-2"})
     assert c.status_code == 400 and "already names negotiation" in " ".join(c.json()["reason"])
     assert len(provider.manager.list_negotiations(role="provider")) == 1
+    assert taken == ([True, False, False] if provider.engine.dialect.name == "postgresql" else [])
+    with provider.engine.connect() as conn:  # the refused request left no trace
+        ids = conn.execute(sa.select(inbox.c.message_id)).scalars().all()
+    assert "urn:uuid:crq-1" in ids and "urn:uuid:crq-2" not in ids
+    # waiting for the operator (manual approval), as the one write stored it
+    view = provider.manager.list_negotiations(role="provider")[0]
+    assert (view["internalState"], view["errorDetail"]) == ("REQUESTED", "waiting for manual approval")
 
 
 def _consumer(db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], **kw: Any) -> Node:
