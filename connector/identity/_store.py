@@ -49,16 +49,23 @@ class ReplayStore(Protocol):
 class MemoryReplayStore:
     """Process-local replay store (tests and single-process use)."""
 
+    #: entries kept before expired ones are dropped
+    PRUNE_AT = 10_000
+
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._prune_at = self.PRUNE_AT
 
     def add(self, issuer: str, jti: str, expires_at: int) -> bool:
         now = int(time.time())
         key = f"{issuer}|{jti}"
         with self._lock:
-            if len(self._seen) > 10_000:
+            if len(self._seen) > self._prune_at:
                 self._seen = {k: v for k, v in self._seen.items() if v >= now}
+                # unexpired entries must stay: if most are, prune again only when the map has
+                # doubled, so each add costs O(1) amortised (it was O(n) once past the mark)
+                self._prune_at = max(self.PRUNE_AT, 2 * len(self._seen))
             if key in self._seen and self._seen[key] >= now:
                 return False
             self._seen[key] = expires_at

@@ -207,3 +207,22 @@ async def test_over_http_did_web_resolution_and_token_auth(tmp_path: Path) -> No
         assert denied.status_code == 401
         assert "no token" in denied.text
     await resolver.aclose()
+
+
+def test_memory_replay_store_keeps_unexpired_tokens_and_prunes_in_amortised_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(MemoryReplayStore, "PRUNE_AT", 10)
+    store = MemoryReplayStore()
+    now = int(time.time())
+    for i in range(5):
+        assert store.add("did:web:a", f"old-{i}", now - 100)  # already expired: dropped at a prune
+    marks = set()
+    for i in range(1000):
+        assert store.add("did:web:a", f"t-{i}", now + 300)
+        marks.add(store._prune_at)
+    # past the mark every entry is still unexpired: no replay gets through ...
+    assert not any(store.add("did:web:a", f"t-{i}", now + 300) for i in range(1000))
+    # ... and the map was pruned a few times (at doubling sizes), not on every add
+    assert sorted(marks)[0] == 10 and 4 <= len(marks) <= 10 and max(marks) >= 1000
+    assert not any(k.startswith("did:web:a|old-") for k in store._seen)
