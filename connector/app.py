@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -48,6 +48,7 @@ from connector._wiring import (
 )
 from connector.api import (
     ApiKeyAuth,
+    Authenticate,
     BodyLimitMiddleware,
     DspFastLane,
     anonymous_caller,
@@ -103,11 +104,13 @@ def _identity_dependencies(runtime: Runtime) -> tuple[Callable[..., Any] | None,
     return caller, auth
 
 
-def _token_caller(verifier: Any) -> Callable[[Mapping[str, str]], Awaitable[Any]]:
-    """The fast lane's ``authenticate``: what ``dsp_caller_dependency(verifier)`` does."""
+def _token_caller(verifier: Any) -> Authenticate:
+    """The fast lane's ``authenticate``: what ``dsp_caller_dependency(verifier)`` does, the
+    signature and replay checks left for the lane's worker thread."""
 
-    async def authenticate(headers: Mapping[str, str]) -> Any:
-        return await verifier.verify(headers.get("authorization"))
+    async def authenticate(headers: Mapping[str, str]) -> Callable[[], Any]:
+        finish: Callable[[], Any] = await verifier.prepare(headers.get("authorization"))
+        return finish
 
     return authenticate
 
@@ -186,13 +189,14 @@ def create_app(
         and verifier is not None
         and isinstance(rt.negotiations, NegotiationManager)
     ):
-        # inside the body limit (added next, so it wraps this one): decision 0405
-        app.add_middleware(
-            DspFastLane,
+        # in front of the whole framework, with the body limit of its own (decisions 0405, 0409)
+        app.fast_lane = DspFastLane(
+            app.framework,
             prefix=settings.dsp_path,
             routes=negotiation_fast_routes(rt.negotiations),
             authenticate=_token_caller(verifier),
             dsp_path=settings.dsp_path,
+            max_bytes=settings.max_body_bytes,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dsp_path=settings.dsp_path)
 

@@ -18,7 +18,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -87,9 +87,10 @@ async def _loopback_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=x_test_caller or "anonymous")
 
 
-async def _loopback_authenticate(headers: Mapping[str, str]) -> Caller:
+async def _loopback_authenticate(headers: Mapping[str, str]) -> Callable[[], Caller]:
     """:func:`_loopback_caller` for the fast lane."""
-    return Caller(did=headers.get("x-test-caller") or "anonymous")
+    caller = Caller(did=headers.get("x-test-caller") or "anonymous")
+    return lambda: caller
 
 
 async def _allow_all() -> None:

@@ -27,7 +27,7 @@ from connector.api._errors import (
     install_error_handlers,
     problem_body,
 )
-from connector.api._fastlane import DspFastLane, FastRoute
+from connector.api._fastlane import Authenticate, DspFastLane, FastRoute
 from connector.api._management import management_router
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "DSP_ERROR_TYPES",
     "JSON_MEDIA_TYPES",
     "ApiKeyAuth",
+    "Authenticate",
     "BodyLimitMiddleware",
     "DspArea",
     "DspFastLane",

@@ -25,17 +25,36 @@ __all__ = [
     "JSON_MEDIA_TYPES",
     "BodyLimitMiddleware",
     "check_dsp_envelope",
+    "content_length_problem",
     "read_dsp_message",
     "read_json_body",
+    "too_large",
 ]
 
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/ld+json"})
 
 
-def _too_large(limit: int) -> PayloadTooLargeError:
+def too_large(limit: int) -> PayloadTooLargeError:
+    """The 413 for a body over ``limit`` bytes."""
     return PayloadTooLargeError(
         f"request body exceeds the limit of {limit} bytes", errors=[f"body: larger than {limit} bytes"]
     )
+
+
+def content_length_problem(value: str | bytes | None, limit: int) -> ValidationError | None:
+    """The error for a ``Content-Length`` header value over ``limit`` or not a number; None if
+    it is fine or absent."""
+    if value is None:
+        return None
+    try:
+        declared = int(value)
+    except ValueError:
+        declared = -1
+    if declared > limit:
+        return too_large(limit)
+    if declared < 0:
+        return ValidationError("invalid Content-Length header", errors=["Content-Length: not a number"])
+    return None
 
 
 class BodyLimitMiddleware:
@@ -52,18 +71,8 @@ class BodyLimitMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    exc: ValidationError = (
-                        _too_large(self.max_bytes)
-                        if declared > 0
-                        else ValidationError(
-                            "invalid Content-Length header", errors=["Content-Length: not a number"]
-                        )
-                    )
+                exc = content_length_problem(value, self.max_bytes)
+                if exc is not None:
                     response = error_response(exc, path=scope.get("path", ""), dsp_path=self.dsp_path)
                     await response(scope, receive, send)
                     return
@@ -76,7 +85,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _too_large(limit)
+                    raise too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -100,7 +109,7 @@ async def read_json_body(request: Request, *, max_bytes: int) -> Any:
     async for chunk in request.stream():
         total += len(chunk)
         if total > max_bytes:
-            raise _too_large(max_bytes)
+            raise too_large(max_bytes)
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():

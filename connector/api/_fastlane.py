@@ -25,10 +25,11 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from connector.api._body import content_length_problem, too_large
 from connector.api._errors import error_response
 from connector.errors import DadamError, ValidationError
 
-__all__ = ["DspFastLane", "FastRoute", "Handler"]
+__all__ = ["Authenticate", "DspFastLane", "FastRoute", "Handler"]
 
 log = logging.getLogger("dadam.api")
 
@@ -45,11 +46,19 @@ class FastRoute:
     handler: Handler
 
 
+#: ``authenticate(headers)``: the checks that need the event loop (e.g. resolving the caller's
+#: DID); it returns a function that finishes them in the worker thread (signature, replay) and
+#: returns the caller. Either part raises a :class:`DadamError` to refuse.
+Authenticate = Callable[[Mapping[str, str]], Awaitable[Callable[[], Any]]]
+
+
 class DspFastLane:
     """Serves the given POST routes under ``prefix`` without the framework (see the module doc).
 
-    ``authenticate(headers)`` returns the caller (raising a :class:`DadamError` to refuse);
-    header names are lower-case, values decoded as latin-1, as in ASGI.
+    ``authenticate``: see :data:`Authenticate`; header names are lower-case, values decoded as
+    latin-1, as in ASGI. ``max_bytes``: the body limit, enforced as :class:`BodyLimitMiddleware`
+    does (give it when the lane is in front of that middleware; ``dadam serve`` puts the lane in
+    front of the whole framework).
     """
 
     def __init__(
@@ -58,12 +67,14 @@ class DspFastLane:
         *,
         prefix: str,
         routes: list[FastRoute],
-        authenticate: Callable[[Mapping[str, str]], Awaitable[Any]],
+        authenticate: Authenticate,
         dsp_path: str,
+        max_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.dsp_path = dsp_path
         self.authenticate = authenticate
+        self.max_bytes = max_bytes
         self._exact: dict[str, Handler] = {}
         self._patterns: list[tuple[re.Pattern[str], Handler]] = []
         for r in routes:
@@ -98,9 +109,18 @@ class DspFastLane:
             headers: dict[str, str] = {}
             for k, v in scope["headers"]:  # the first of repeated headers, as Starlette's get()
                 headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
-            caller = await self.authenticate(headers)
-            body = await _read_json(receive)
-            status, reply = await asyncio.to_thread(handler, params, body, caller, deferred.append)
+            if self.max_bytes is not None:
+                refused = content_length_problem(headers.get("content-length"), self.max_bytes)
+                if refused is not None:
+                    raise refused
+            finish = await self.authenticate(headers)
+            raw = await _read_body(receive, self.max_bytes)
+
+            def work() -> tuple[int, Any]:  # one worker thread hop: the token's check, then the body
+                caller = finish()
+                return handler(params, _parse_json(raw), caller, deferred.append)
+
+            status, reply = await asyncio.to_thread(work)
         except Exception as exc:
             if not isinstance(exc, DadamError):
                 log.exception("unhandled error serving POST %s", scope["path"])
@@ -134,16 +154,24 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-async def _read_json(receive: Receive) -> Any:
+async def _read_body(receive: Receive, max_bytes: int | None) -> bytes:
     chunks: list[bytes] = []
+    seen = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ValidationError("the client went away before sending the whole body")
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if max_bytes is not None and seen > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            break
+            return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationError("request body is not JSON", errors=[str(exc)]) from None

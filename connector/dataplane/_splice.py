@@ -91,11 +91,23 @@ def splice_supported(counted: bool) -> bool:
 
 class ConnectionApp(FastAPI):
     """A FastAPI application that keeps the server's own ``send`` in the scope of each HTTP request
-    (key :data:`RAW_SEND`), before any middleware wraps it, so a handler can reach the connection."""
+    (key :data:`RAW_SEND`), before any middleware wraps it, so a handler can reach the connection.
+
+    ``fast_lane``: an ASGI app put in front of the framework (its middleware included); it
+    passes what it does not serve to :meth:`framework`."""
+
+    fast_lane: Any = None
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope[RAW_SEND] = send
+            if self.fast_lane is not None:
+                await self.fast_lane(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """The application without the fast lane."""
         await super().__call__(scope, receive, send)
 
 

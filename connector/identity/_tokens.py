@@ -10,9 +10,10 @@ spec's wording) is accepted too.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Generator
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from typing import Any
 
 import httpx
@@ -85,6 +86,16 @@ class TokenVerifier:
 
     async def verify(self, authorization: str | None) -> Caller:
         """The verified caller behind an ``Authorization`` header value; TokenError otherwise."""
+        finish = await self.prepare(authorization)
+        if isinstance(self._replay, MemoryReplayStore):
+            return finish()
+        return await run_in_threadpool(finish)  # the replay store is a database round trip
+
+    async def prepare(self, authorization: str | None) -> Callable[[], Caller]:
+        """:meth:`verify` in two parts: this one checks the token's form and claims and resolves
+        the issuer's DID document (on the event loop); the function it returns checks the
+        signature, the times, the audience and the replay store (blocking: call it in a worker
+        thread) and returns the caller. Either raises TokenError."""
         if not authorization or not authorization.strip():
             raise TokenError("no token: DSP requests must carry a DCP self-issued ID token in Authorization")
         token = authorization.strip()
@@ -104,7 +115,9 @@ class TokenVerifier:
         document = await self._resolver.resolve(iss)
         if document.get("id") != sub:
             raise TokenError(f"sub ({sub}) is not the id of its DID document ({document.get('id')!r})")
+        return functools.partial(self._finish, token, claims, iss, document)
 
+    def _finish(self, token: str, claims: dict[str, Any], iss: str, document: Mapping[str, Any]) -> Caller:
         def resolve_key(did: str, kid: str) -> PublicKey:
             return find_key(document, did, kid)
 
@@ -117,12 +130,7 @@ class TokenVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise TokenError("token has no 'jti': replay protection needs one")
-        expires = int(claims["exp"]) + self._leeway
-        if isinstance(self._replay, MemoryReplayStore):
-            fresh = self._replay.add(iss, jti, expires)
-        else:  # a database round trip: keep it off the event loop
-            fresh = await run_in_threadpool(self._replay.add, iss, jti, expires)
-        if not fresh:
+        if not self._replay.add(iss, jti, int(claims["exp"]) + self._leeway):
             raise TokenError(f"token {jti} was already used (replay)")
         found = self._partners.claims_for(iss) if self._partners is not None else {}
         return Caller(did=iss, claims=found, token_id=jti)

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from connector.api._fastlane import DspFastLane, FastRoute
 from connector.app import create_app
+from connector.errors import TokenError
 from connector.settings import Settings
 
 
@@ -51,14 +52,16 @@ def test_serve_fast_lane_refuses_as_the_framework_does(
     framework = _answers(tmp_path, sqlite_url, fast=False)
     assert served == []
     fast = _answers(tmp_path, sqlite_url, fast=True)
-    # the oversize body never reaches the lane: the body limit wraps it
-    assert served == [f"{DSP}/negotiations/request"] * 2 + [f"{DSP}/negotiations/urn:uuid:p1/termination"]
+    # the lane is in front of the framework, body limit included: it refuses the oversize body
+    assert served == [f"{DSP}/negotiations/request"] * 2 + [f"{DSP}/negotiations/urn:uuid:p1/termination"] + [
+        f"{DSP}/negotiations/request"
+    ]
     assert fast == framework
     assert [s for s, _ in fast] == [401, 401, 401, 413]
     assert all(body["@type"] == "ContractNegotiationError" for _, body in fast)
 
 
-def _lane() -> tuple[DspFastLane, list[str]]:
+def _lane(max_bytes: int | None = None) -> tuple[DspFastLane, list[str]]:
     calls: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # the framework behind the lane
@@ -73,8 +76,17 @@ def _lane() -> tuple[DspFastLane, list[str]]:
         calls.append(f"handler {params['pid']} {caller} {body['n']}")
         return 200, {"ok": params["pid"]}
 
-    async def authenticate(headers: Any) -> str:
-        return headers.get("x-who", "nobody")
+    async def authenticate(headers: Any) -> Any:
+        who = headers.get("x-who", "nobody")
+        if who == "did:web:unresolvable":
+            raise TokenError("cannot resolve did:web:unresolvable")
+
+        def finish() -> str:  # in the worker thread, before the body is parsed
+            if who == "did:web:forged":
+                raise TokenError("JWS signature does not verify")
+            return str(who)
+
+        return finish
 
     lane = DspFastLane(
         app,
@@ -82,11 +94,19 @@ def _lane() -> tuple[DspFastLane, list[str]]:
         routes=[FastRoute("/negotiations/{pid}/termination", handler)],
         authenticate=authenticate,
         dsp_path="/dsp",
+        max_bytes=max_bytes,
     )
     return lane, calls
 
 
-def _call(lane: DspFastLane, method: str, path: str, body: bytes, root_path: str = "") -> tuple[int, bytes]:
+def _call(
+    lane: DspFastLane,
+    method: str,
+    path: str,
+    body: bytes,
+    root_path: str = "",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[int, bytes]:
     sent: list[dict[str, Any]] = []
     chunks = [body[:3], body[3:]]  # a body in two pieces
 
@@ -97,8 +117,9 @@ def _call(lane: DspFastLane, method: str, path: str, body: bytes, root_path: str
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "root_path": root_path,
-             "headers": [(b"x-who", b"did:web:a"), (b"x-who", b"did:web:b")]}  # fmt: skip
+    if headers is None:
+        headers = [(b"x-who", b"did:web:a"), (b"x-who", b"did:web:b")]
+    scope = {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": headers}
     asyncio.run(lane(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
@@ -126,3 +147,24 @@ def test_lane_errors_are_dsp_errors(caplog: pytest.LogCaptureFixture) -> None:
     assert status == 500 and b"ContractNegotiationError" in body
     assert "unhandled error serving POST /dsp/negotiations/p1/termination" in caplog.text
     assert calls == []  # nothing deferred when the handler failed
+
+
+def test_lane_checks_the_token_before_the_body_and_limits_the_body() -> None:
+    lane, calls = _lane(max_bytes=16)
+    path = "/dsp/negotiations/p1/termination"
+    for who in (b"did:web:unresolvable", b"did:web:forged"):
+        # a refused token is a 401 whatever the body, as on the framework's routes
+        status, body = _call(lane, "POST", path, b"{nope", headers=[(b"x-who", who)])
+        assert status == 401 and b"ContractNegotiationError" in body, body
+    # over the limit: declared, or found while reading a body without a length
+    status, body = _call(lane, "POST", path, b'{"n": 1}', headers=[(b"content-length", b"99")])
+    assert status == 413 and b"exceeds the limit of 16 bytes" in body
+    status, body = _call(lane, "POST", path, b'{"n": 1, "pad": "xxxxxxxx"}', headers=[])
+    assert status == 413 and b"exceeds the limit of 16 bytes" in body
+    status, body = _call(lane, "POST", path, b'{"n": 1}', headers=[(b"content-length", b"many")])
+    assert status == 400 and b"invalid Content-Length header" in body
+    assert calls == []
+    assert _call(lane, "POST", path, b'{"n": 1}', headers=[(b"content-length", b"8")]) == (
+        200,
+        b'{"ok":"p1"}',
+    )
