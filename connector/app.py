@@ -108,8 +108,10 @@ def _token_caller(verifier: Any) -> Authenticate:
     """The fast lane's ``authenticate``: what ``dsp_caller_dependency(verifier)`` does, the
     signature and replay checks left for the lane's worker thread."""
 
-    async def authenticate(headers: Mapping[str, str]) -> Callable[[], Any]:
-        finish: Callable[[], Any] = await verifier.prepare(headers.get("authorization"))
+    async def authenticate(headers: Mapping[str, str], defer_replay: bool) -> Callable[[], Any]:
+        finish: Callable[[], Any] = await verifier.prepare(
+            headers.get("authorization"), defer_replay=defer_replay
+        )
         return finish
 
     return authenticate

@@ -101,7 +101,11 @@ def negotiation_fast_routes(manager: NegotiationManager) -> list[FastRoute]:
     return [
         FastRoute("/negotiations/request", initial_request),
         FastRoute("/negotiations/offers", initial_offer),
-        *(FastRoute(path, _pid_post(manager, endpoint, role)) for path, endpoint, role in _PID_POSTS),
+        # manager.receive records the token id, on PostgreSQL in the statement reading the row
+        *(
+            FastRoute(path, _pid_post(manager, endpoint, role), records_token=True)
+            for path, endpoint, role in _PID_POSTS
+        ),
     ]
 
 

@@ -53,6 +53,7 @@ from connector.errors import (
     NotFoundError,
     PolicyError,
     RemoteProtocolError,
+    TokenError,
     ValidationError,
 )
 from connector.identity import Caller
@@ -733,19 +734,46 @@ class NegotiationManager:
         return negotiation_body(row["provider_pid"], row["consumer_pid"], wire_state(State(row["state"])))
 
     # -- lookup ------------------------------------------------------------------------------
-    def _find(self, conn: Connection, role: Role, pid: str, caller: Caller | None, lock: bool) -> Row:
+    def _find(
+        self,
+        conn: Connection,
+        role: Role,
+        pid: str,
+        caller: Caller | None,
+        lock: bool,
+        *,
+        record_token: bool = False,
+    ) -> Row:
+        """The negotiation ``pid`` of ``role`` (locked with ``lock`` on PostgreSQL); NotFoundError if
+        absent or not the caller's. ``record_token``: the caller's token id, if not recorded yet,
+        is added to the replay store by the same statement where the store's table is in this
+        database (decision 0409); TokenError (nothing else done) if it was used before."""
         for_update = lock and conn.dialect.name == "postgresql"
-
-        def build() -> Any:
-            col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
-            stmt = sa.select(negotiations).where(
-                negotiations.c.role == role.value, col == sa.bindparam("_pid")
-            )
-            return stmt.with_for_update() if for_update else stmt
-
-        stmt = cached_statement(("cn_find", role.value, for_update), build)
-        row = run(conn, stmt, {"_pid": pid}).first()
+        claim = caller.replay if caller is not None and record_token else None
+        replay_table = claim.table_for(self.engine) if claim is not None else None
+        col = negotiations.c.provider_pid if role is Role.PROVIDER else negotiations.c.consumer_pid
         ctx = {"providerPid" if role is Role.PROVIDER else "consumerPid": pid}
+        row: Row | None
+        if claim is not None and replay_table is not None and conn.dialect.name == "postgresql" and not lock:
+            stmt = cached_statement(
+                ("cn_find_recording", role.value), lambda: _find_recording(role, col, replay_table)
+            )
+            found = run(conn, stmt, {"_pid": pid, "_tkey": claim.key, "_texp": claim.expires_at}).first()
+            assert found is not None  # one row always: the token's, joined to the negotiation's
+            claim.settle(bool(found.pop("_fresh")))
+            row = found if found["id"] is not None else None
+        else:
+            if claim is not None:
+                claim.record()
+
+            def build() -> Any:
+                stmt = sa.select(negotiations).where(
+                    negotiations.c.role == role.value, col == sa.bindparam("_pid")
+                )
+                return stmt.with_for_update() if for_update else stmt
+
+            stmt = cached_statement(("cn_find", role.value, for_update), build)
+            row = run(conn, stmt, {"_pid": pid}).first()
         if row is None:
             raise NotFoundError(f"no negotiation {pid!r}", context=ctx)
         if caller is not None and row["counterparty_id"] and caller.did != row["counterparty_id"]:
@@ -1011,6 +1039,8 @@ class NegotiationManager:
             ack = self._receive_optimistic(role, pid, msg, event, caller, digest, defer)
             if ack is not None:
                 return ack
+        if caller.replay is not None:  # the caller's token id, if not recorded yet (decision 0409)
+            caller.replay.record()
         fx = _Effects()
         with write_tx(self.engine) as conn:
             row = self._find(conn, role, pid, caller, lock=True)
@@ -1036,7 +1066,7 @@ class NegotiationManager:
         fx = _Effects()
         try:
             with read_only(self.engine) as rconn:
-                row = self._find(rconn, role, pid, caller, lock=False)
+                row = self._find(rconn, role, pid, caller, lock=False, record_token=True)
             if _loads(row["callbacks"]):
                 return None  # webhook calls are outbox rows of their own: a second write
             fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))
@@ -1044,6 +1074,8 @@ class NegotiationManager:
                 ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
         except StaleWrite:
             return None  # nothing was written
+        except TokenError:
+            raise  # a replayed token: refused before anything was written
         except Exception:
             if fx.guard_spent:
                 raise  # the write was sent: the usual error handling (a resend finds the id)
@@ -1814,6 +1846,24 @@ class NegotiationManager:
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
         return export_row(row)
+
+
+def _find_recording(role: Role, pid_column: sa.Column[Any], replay: sa.Table) -> Any:
+    """PostgreSQL: add the token id ``:_tkey`` to the replay table (``INSERT ... ON CONFLICT DO
+    NOTHING`` in a CTE) and read the negotiation ``:_pid``, in one statement. One row always:
+    ``_fresh`` (1: the id was new) and the negotiation's columns (NULL when there is none)."""
+    from sqlalchemy.dialects import postgresql
+
+    tok = (
+        postgresql.insert(replay)
+        .values(token_key=sa.bindparam("_tkey"), expires_at=sa.bindparam("_texp"))
+        .on_conflict_do_nothing()
+        .returning(replay.c.token_key)
+        .cte("tok")
+    )
+    fresh = sa.select(sa.func.count().label("_fresh")).select_from(tok).subquery("fresh")
+    on = sa.and_(negotiations.c.role == role.value, pid_column == sa.bindparam("_pid"))
+    return sa.select(fresh.c._fresh, negotiations).select_from(fresh.outerjoin(negotiations, on))
 
 
 def export_row(row: Row) -> dict[str, Any]:

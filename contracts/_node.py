@@ -87,7 +87,7 @@ async def _loopback_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=x_test_caller or "anonymous")
 
 
-async def _loopback_authenticate(headers: Mapping[str, str]) -> Callable[[], Caller]:
+async def _loopback_authenticate(headers: Mapping[str, str], defer_replay: bool) -> Callable[[], Caller]:
     """:func:`_loopback_caller` for the fast lane."""
     caller = Caller(did=headers.get("x-test-caller") or "anonymous")
     return lambda: caller

@@ -16,6 +16,7 @@ cannot tell the two paths apart (``tests/connector/test_serve_fast_lane.py`` com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,16 +41,23 @@ Handler = Callable[[Mapping[str, str], Any, Any, Callable[[Callable[[], None]], 
 
 @dataclass(frozen=True, slots=True)
 class FastRoute:
-    """``POST <prefix><path>``; ``path`` as in FastAPI (``/negotiations/{pid}/request``)."""
+    """``POST <prefix><path>``; ``path`` as in FastAPI (``/negotiations/{pid}/request``).
+
+    ``records_token``: the handler records the caller's token id in the replay store itself
+    (``caller.replay``, a :class:`~connector.identity.ReplayClaim`), before it acts, in a
+    statement it makes anyway (decision 0409). Otherwise the lane records it before the handler
+    runs."""
 
     path: str
     handler: Handler
+    records_token: bool = False
 
 
-#: ``authenticate(headers)``: the checks that need the event loop (e.g. resolving the caller's
-#: DID); it returns a function that finishes them in the worker thread (signature, replay) and
-#: returns the caller. Either part raises a :class:`DadamError` to refuse.
-Authenticate = Callable[[Mapping[str, str]], Awaitable[Callable[[], Any]]]
+#: ``authenticate(headers, defer_replay)``: the checks that need the event loop (e.g. resolving
+#: the caller's DID); it returns a function that finishes them in the worker thread (signature,
+#: replay) and returns the caller. Either part raises a :class:`DadamError` to refuse. With
+#: ``defer_replay`` the token id is left for the handler to record (``caller.replay``).
+Authenticate = Callable[[Mapping[str, str], bool], Awaitable[Callable[[], Any]]]
 
 
 class DspFastLane:
@@ -75,24 +83,24 @@ class DspFastLane:
         self.dsp_path = dsp_path
         self.authenticate = authenticate
         self.max_bytes = max_bytes
-        self._exact: dict[str, Handler] = {}
-        self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+        self._exact: dict[str, FastRoute] = {}
+        self._patterns: list[tuple[re.Pattern[str], FastRoute]] = []
         for r in routes:
             path = prefix.rstrip("/") + r.path
             if "{" not in path:
-                self._exact[path] = r.handler
+                self._exact[path] = r
             else:
                 regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
-                self._patterns.append((re.compile(regex + r"\Z"), r.handler))
+                self._patterns.append((re.compile(regex + r"\Z"), r))
 
-    def _match(self, path: str) -> tuple[Handler, dict[str, str]] | None:
-        handler = self._exact.get(path)
-        if handler is not None:
-            return handler, {}
-        for pattern, h in self._patterns:
+    def _match(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
+        route = self._exact.get(path)
+        if route is not None:
+            return route, {}
+        for pattern, r in self._patterns:
             m = pattern.match(path)
             if m is not None:
-                return h, m.groupdict()
+                return r, m.groupdict()
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,7 +111,7 @@ class DspFastLane:
         if found is None:
             await self.app(scope, receive, send)
             return
-        handler, params = found
+        route, params = found
         deferred: list[Callable[[], None]] = []
         try:
             headers: dict[str, str] = {}
@@ -113,12 +121,25 @@ class DspFastLane:
                 refused = content_length_problem(headers.get("content-length"), self.max_bytes)
                 if refused is not None:
                     raise refused
-            finish = await self.authenticate(headers)
+            finish = await self.authenticate(headers, route.records_token)
             raw = await _read_body(receive, self.max_bytes)
 
             def work() -> tuple[int, Any]:  # one worker thread hop: the token's check, then the body
                 caller = finish()
-                return handler(params, _parse_json(raw), caller, deferred.append)
+                claim = getattr(caller, "replay", None)
+                try:
+                    out = route.handler(params, _parse_json(raw), caller, deferred.append)
+                except BaseException:
+                    if claim is not None and not claim.recorded:
+                        with contextlib.suppress(Exception):  # the token is spent whatever the outcome
+                            claim.record()
+                    raise
+                if claim is not None and not claim.recorded:
+                    log.error(
+                        "POST %s: the handler did not record the token id; recorded after it", scope["path"]
+                    )
+                    claim.record()
+                return out
 
             status, reply = await asyncio.to_thread(work)
         except Exception as exc:

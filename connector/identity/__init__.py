@@ -24,7 +24,13 @@ from connector.identity._keys import (
 )
 from connector.identity._mgmt import READ_SCOPE, WRITE_SCOPE, ManagementAuth, oauth_router
 from connector.identity._service import IdentityService, did_router, partners_router
-from connector.identity._store import MemoryReplayStore, PartnerDirectory, ReplayStore, SqlReplayStore
+from connector.identity._store import (
+    MemoryReplayStore,
+    PartnerDirectory,
+    ReplayClaim,
+    ReplayStore,
+    SqlReplayStore,
+)
 from connector.identity._tokens import MAX_TOKEN_LIFETIME, DspTokenAuth, TokenVerifier, dsp_caller_dependency
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "MemoryReplayStore",
     "PartnerDirectory",
     "PublicKey",
+    "ReplayClaim",
     "ReplayStore",
     "SqlReplayStore",
     "StaticDidResolver",

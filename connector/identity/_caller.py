@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connector.identity._store import ReplayClaim
 
 __all__ = ["Caller"]
 
@@ -22,3 +25,6 @@ class Caller:
     claims: Mapping[str, Any] = field(default_factory=dict)
     #: The token's jti, for logs and replay diagnostics.
     token_id: str | None = None
+    #: A token id not recorded in the replay store yet (``TokenVerifier.prepare(...,
+    #: defer_replay=True)``): the code serving the request must record it before acting.
+    replay: ReplayClaim | None = field(default=None, compare=False, repr=False)

@@ -18,6 +18,7 @@ from connector.store import is_postgres, metadata, read_only, run, write_tx
 __all__ = [
     "MemoryReplayStore",
     "PartnerDirectory",
+    "ReplayClaim",
     "ReplayStore",
     "SqlReplayStore",
     "partners_table",
@@ -44,6 +45,53 @@ class ReplayStore(Protocol):
     """Remembers token ids until they expire; ``add`` is False when the id was seen before."""
 
     def add(self, issuer: str, jti: str, expires_at: int) -> bool: ...
+
+
+def replay_key(issuer: str, jti: str) -> str:
+    """The stored key of a token id."""
+    return f"{issuer}|{jti}"[:512]
+
+
+class ReplayClaim:
+    """A verified token whose id is not in the replay store yet: whoever serves the request
+    records it before acting on it, with :meth:`record` or, where the store's table can be
+    written in a statement the request makes anyway, with that statement and then
+    :meth:`settle` (decision 0409). Until then the token counts as unused."""
+
+    __slots__ = ("expires_at", "issuer", "jti", "recorded", "store")
+
+    def __init__(self, store: ReplayStore, issuer: str, jti: str, expires_at: int) -> None:
+        self.store = store
+        self.issuer = issuer
+        self.jti = jti
+        self.expires_at = expires_at
+        self.recorded = False
+
+    @property
+    def key(self) -> str:
+        return replay_key(self.issuer, self.jti)
+
+    def record(self) -> None:
+        """Add the id to the store (once); TokenError if it was there: a replay."""
+        if not self.recorded:
+            self.settle(self.store.add(self.issuer, self.jti, self.expires_at))
+
+    def settle(self, fresh: bool) -> None:
+        """The id was added by another statement (``fresh``: it was new there)."""
+        self.recorded = True
+        if isinstance(self.store, SqlReplayStore):
+            self.store.added_elsewhere()
+        if not fresh:
+            from connector.errors import TokenError
+
+            raise TokenError(f"token {self.jti} was already used (replay)")
+
+    def table_for(self, engine: Engine) -> sa.Table | None:
+        """The replay table, when the id can be inserted into it on ``engine`` by a statement of
+        the request's own (the store keeps its ids in that database); else None."""
+        if isinstance(self.store, SqlReplayStore) and self.store.engine is engine and not self.recorded:
+            return token_replay_table
+        return None
 
 
 class MemoryReplayStore:
@@ -84,8 +132,22 @@ class SqlReplayStore:
         self._prune_every = prune_every
         self._count = 0
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def added_elsewhere(self) -> None:
+        """An id was added by a statement of the caller's (:class:`ReplayClaim`): count it for
+        the pruning of expired ids."""
+        self._count += 1
+        if self._count % self._prune_every == 0:
+            with write_tx(self._engine) as conn:
+                conn.execute(
+                    token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
+                )
+
     def add(self, issuer: str, jti: str, expires_at: int) -> bool:
-        key = f"{issuer}|{jti}"[:512]
+        key = replay_key(issuer, jti)
         self._count += 1
         # PostgreSQL: autocommit, one round trip per statement and no BEGIN or COMMIT (this runs
         # for every DSP message received). SQLite: the process's group-committed writer.

@@ -25,7 +25,7 @@ from connector.errors import TokenError
 from connector.identity._caller import Caller
 from connector.identity._did import DidResolver, find_key
 from connector.identity._keys import Identity, PublicKey, verify_jws
-from connector.identity._store import MemoryReplayStore, PartnerDirectory, ReplayStore
+from connector.identity._store import MemoryReplayStore, PartnerDirectory, ReplayClaim, ReplayStore
 
 __all__ = ["MAX_TOKEN_LIFETIME", "DspTokenAuth", "TokenVerifier", "dsp_caller_dependency"]
 
@@ -91,11 +91,14 @@ class TokenVerifier:
             return finish()
         return await run_in_threadpool(finish)  # the replay store is a database round trip
 
-    async def prepare(self, authorization: str | None) -> Callable[[], Caller]:
+    async def prepare(self, authorization: str | None, *, defer_replay: bool = False) -> Callable[[], Caller]:
         """:meth:`verify` in two parts: this one checks the token's form and claims and resolves
         the issuer's DID document (on the event loop); the function it returns checks the
         signature, the times, the audience and the replay store (blocking: call it in a worker
-        thread) and returns the caller. Either raises TokenError."""
+        thread) and returns the caller. Either raises TokenError.
+
+        ``defer_replay``: the token id is not added to the replay store; the caller carries it
+        as a :class:`ReplayClaim` that the code serving the request must record before acting."""
         if not authorization or not authorization.strip():
             raise TokenError("no token: DSP requests must carry a DCP self-issued ID token in Authorization")
         token = authorization.strip()
@@ -115,9 +118,11 @@ class TokenVerifier:
         document = await self._resolver.resolve(iss)
         if document.get("id") != sub:
             raise TokenError(f"sub ({sub}) is not the id of its DID document ({document.get('id')!r})")
-        return functools.partial(self._finish, token, claims, iss, document)
+        return functools.partial(self._finish, token, claims, iss, document, defer_replay)
 
-    def _finish(self, token: str, claims: dict[str, Any], iss: str, document: Mapping[str, Any]) -> Caller:
+    def _finish(
+        self, token: str, claims: dict[str, Any], iss: str, document: Mapping[str, Any], defer_replay: bool
+    ) -> Caller:
         def resolve_key(did: str, kid: str) -> PublicKey:
             return find_key(document, did, kid)
 
@@ -130,10 +135,11 @@ class TokenVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise TokenError("token has no 'jti': replay protection needs one")
-        if not self._replay.add(iss, jti, int(claims["exp"]) + self._leeway):
-            raise TokenError(f"token {jti} was already used (replay)")
+        claim = ReplayClaim(self._replay, iss, jti, int(claims["exp"]) + self._leeway)
+        if not defer_replay:
+            claim.record()
         found = self._partners.claims_for(iss) if self._partners is not None else {}
-        return Caller(did=iss, claims=found, token_id=jti)
+        return Caller(did=iss, claims=found, token_id=jti, replay=claim if defer_replay else None)
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock()

@@ -76,7 +76,7 @@ def _lane(max_bytes: int | None = None) -> tuple[DspFastLane, list[str]]:
         calls.append(f"handler {params['pid']} {caller} {body['n']}")
         return 200, {"ok": params["pid"]}
 
-    async def authenticate(headers: Any) -> Any:
+    async def authenticate(headers: Any, defer_replay: bool) -> Any:
         who = headers.get("x-who", "nobody")
         if who == "did:web:unresolvable":
             raise TokenError("cannot resolve did:web:unresolvable")

@@ -99,9 +99,10 @@ def fake_caller(x_test_caller: str | None = Header(None)) -> Caller:
     return Caller(did=did, claims=CLAIMS.get(did, {}))
 
 
-async def fake_authenticate(headers: Mapping[str, str]) -> Caller:
-    """:func:`fake_caller` for the DSP fast lane."""
-    return fake_caller(headers.get("x-test-caller"))
+async def fake_authenticate(headers: Mapping[str, str], defer_replay: bool) -> Callable[[], Caller]:
+    """:func:`fake_caller` for the DSP fast lane (no token: nothing to record)."""
+    caller = fake_caller(headers.get("x-test-caller"))
+    return lambda: caller
 
 
 def free_port() -> int:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 from typer.testing import CliRunner
 
 from connector._demo import (
+    Node,
     fetch_catalog,
     negotiate,
     record_partner,
@@ -19,6 +22,7 @@ from connector._demo import (
     wait_ready,
 )
 from connector.cli import app
+from connector.identity import Identity
 from contracts import verify_export
 
 
@@ -62,6 +66,37 @@ def test_two_dadam_connectors_negotiate_a_signed_contract(db_urls: Callable[[], 
                 },
             )
         assert r.status_code == 404, r.text
+        _replayed_tokens_are_refused(provider, consumer, mine[0])
     finally:
         stop_node(consumer)
         stop_node(provider)
+
+
+def _replayed_tokens_are_refused(provider: Node, consumer: Node, negotiation: dict[str, Any]) -> None:
+    """A DCP token is good for one request on a negotiation endpoint: again, it is refused with
+    401 before anything else is looked at, whether its first request was answered or refused
+    (on PostgreSQL its id is recorded by the statement that reads the negotiation)."""
+    me = Identity.load_or_create(consumer.did, consumer.data_dir)
+    pid = negotiation["providerPid"]
+    url = f"{provider.dsp_url}/negotiations/{pid}/agreement/verification"
+    late = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@id": "urn:uuid:late-verification",
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": pid,
+        "consumerPid": negotiation["consumerPid"],
+    }
+    token = me.issue_token(provider.did)
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as c:
+        first = c.post(url, json=late)  # FINALIZED takes no verification: refused, token spent
+        assert first.status_code == 400 and "not allowed in state FINALIZED" in first.json()["reason"][0]
+        again = c.post(url, json=late)
+        assert again.status_code == 401 and "already used (replay)" in again.text
+    # a token whose request named no negotiation of ours is spent too
+    token = me.issue_token(provider.did)
+    unknown = f"{provider.dsp_url}/negotiations/urn:uuid:nobody/agreement/verification"
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.post(unknown, json={**late, "providerPid": "urn:uuid:nobody"}).status_code == 404
+        assert c.post(url, json=late).status_code == 401
+    with provider.client() as c:
+        assert c.get(f"/negotiations/{negotiation['id']}").json()["state"] == "FINALIZED"
