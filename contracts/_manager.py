@@ -56,7 +56,7 @@ from connector.errors import (
     TokenError,
     ValidationError,
 )
-from connector.identity import Caller
+from connector.identity import Caller, ReplayClaim
 from connector.store import autocommit_tx, is_postgres, read_only, run
 from contracts._messages import (
     AgreementMessage,
@@ -746,8 +746,10 @@ class NegotiationManager:
     ) -> Row:
         """The negotiation ``pid`` of ``role`` (locked with ``lock`` on PostgreSQL); NotFoundError if
         absent or not the caller's. ``record_token``: the caller's token id, if not recorded yet,
-        is added to the replay store by the same statement where the store's table is in this
-        database (decision 0409); TokenError (nothing else done) if it was used before."""
+        is added to the replay store first, where the store's table is in this database by this
+        connection: unlocked on PostgreSQL by the statement reading the row, with ``lock`` (a
+        write transaction) by that transaction (decision 0409). TokenError if it was used before:
+        then nothing else is done."""
         for_update = lock and conn.dialect.name == "postgresql"
         claim = caller.replay if caller is not None and record_token else None
         replay_table = claim.table_for(self.engine) if claim is not None else None
@@ -763,7 +765,9 @@ class NegotiationManager:
             claim.settle(bool(found.pop("_fresh")))
             row = found if found["id"] is not None else None
         else:
-            if claim is not None:
+            if claim is not None and replay_table is not None and lock:
+                _record_in_tx(conn, claim, replay_table)
+            elif claim is not None:
                 claim.record()
 
             def build() -> Any:
@@ -1039,11 +1043,10 @@ class NegotiationManager:
             ack = self._receive_optimistic(role, pid, msg, event, caller, digest, defer)
             if ack is not None:
                 return ack
-        if caller.replay is not None:  # the caller's token id, if not recorded yet (decision 0409)
-            caller.replay.record()
         fx = _Effects()
         with write_tx(self.engine) as conn:
-            row = self._find(conn, role, pid, caller, lock=True)
+            # the caller's token id, if not recorded yet, goes in with this transaction
+            row = self._find(conn, role, pid, caller, lock=True, record_token=True)
             ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
         self._publish(fx, defer=defer)
         return ack
@@ -1846,6 +1849,27 @@ class NegotiationManager:
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
         return export_row(row)
+
+
+def _record_in_tx(conn: Connection, claim: ReplayClaim, replay: sa.Table) -> None:
+    """Add a token id to the replay table in the write transaction of ``conn``: TokenError at
+    once if it was there; marked recorded when the transaction commits (if it rolls back, the
+    id is not recorded: the fast lane then records it on its own)."""
+    dialect = conn.dialect.name
+
+    def build() -> Any:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(replay).on_conflict_do_nothing().returning(replay.c.token_key)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(replay).on_conflict_do_nothing().returning(replay.c.token_key)
+
+    stmt = cached_statement(("replay_add_new", dialect), build)
+    if run(conn, stmt, {"token_key": claim.key, "expires_at": claim.expires_at}).first() is None:
+        claim.settle(False)  # raises: a replay
+    on_commit(conn, functools.partial(claim.settle, True))
 
 
 def _find_recording(role: Role, pid_column: sa.Column[Any], replay: sa.Table) -> Any:
