@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ from sqlalchemy.engine import Engine
 
 from connector.errors import NotFoundError, ValidationError
 from connector.store import is_postgres, metadata, read_only, run, write_tx
+
+log = logging.getLogger("dadam.identity")
 
 __all__ = [
     "MemoryReplayStore",
@@ -131,6 +134,7 @@ class SqlReplayStore:
         self._engine = engine
         self._prune_every = prune_every
         self._count = 0
+        self._pruning = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -138,13 +142,23 @@ class SqlReplayStore:
 
     def added_elsewhere(self) -> None:
         """An id was added by a statement of the caller's (:class:`ReplayClaim`): count it for
-        the pruning of expired ids."""
+        the pruning of expired ids. Called after that statement's commit, maybe while a write
+        transaction is still open (SQLite's group commit runs commit callbacks under its lock):
+        the pruning then runs in a thread of its own."""
         self._count += 1
-        if self._count % self._prune_every == 0:
+        if self._count % self._prune_every == 0 and self._pruning.acquire(blocking=False):
+            threading.Thread(target=self._prune_in_background, name="dadam-replay-prune", daemon=True).start()
+
+    def _prune_in_background(self) -> None:
+        try:
             with write_tx(self._engine) as conn:
                 conn.execute(
                     token_replay_table.delete().where(token_replay_table.c.expires_at < int(time.time()))
                 )
+        except Exception:  # the next one tries again; nothing depends on it but the table's size
+            log.exception("pruning expired token ids failed")
+        finally:
+            self._pruning.release()
 
     def add(self, issuer: str, jti: str, expires_at: int) -> bool:
         key = replay_key(issuer, jti)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from connector.identity import (
     Identity,
     MemoryReplayStore,
     PartnerDirectory,
+    ReplayClaim,
     SqlReplayStore,
     StaticDidResolver,
     TokenVerifier,
@@ -166,6 +169,39 @@ def test_sql_replay_store_forgets_expired_ids_and_still_rejects_live_ones(engine
         keys = set(conn.execute(sa.select(token_replay_table.c.token_key)).scalars())
     assert keys == {f"{CONSUMER}|live", f"{CONSUMER}|third"}
     assert store.add(CONSUMER, "live", now + 60) is False
+
+
+def test_ids_recorded_in_a_write_transaction_are_pruned_without_blocking_it(engine: sa.Engine) -> None:
+    """A :class:`ReplayClaim` settled by a commit callback (a negotiation message recording its
+    token with its own write, decision 0409) counts towards pruning; the pruning must not open
+    a write transaction there (SQLite's group commit holds its lock while callbacks run)."""
+    from connector.identity._store import token_replay_table
+    from connector.store import on_commit, write_tx
+
+    store = SqlReplayStore(engine, prune_every=2)
+    now = int(time.time())
+    assert store.add(CONSUMER, "old", now - 10) is True
+
+    def record_with_a_write(jti: str) -> None:
+        claim = ReplayClaim(store, CONSUMER, jti, now + 60)
+        with write_tx(engine) as conn:
+            conn.execute(token_replay_table.insert().values(token_key=claim.key, expires_at=claim.expires_at))
+            on_commit(conn, functools.partial(claim.settle, True))
+        assert claim.recorded
+
+    writer = threading.Thread(target=lambda: [record_with_a_write(f"t{i}") for i in range(3)], daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "a commit callback blocked the writer"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            keys = set(conn.execute(sa.select(token_replay_table.c.token_key)).scalars())
+        if f"{CONSUMER}|old" not in keys:
+            break
+        time.sleep(0.05)
+    assert keys == {f"{CONSUMER}|t0", f"{CONSUMER}|t1", f"{CONSUMER}|t2"}
+    assert store.add(CONSUMER, "t1", now + 60) is False
 
 
 def test_partner_claims_are_validated(engine: sa.Engine) -> None:
