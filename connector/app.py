@@ -74,6 +74,7 @@ from contracts import (
     NegotiationManager,
     negotiation_dsp_router,
     negotiation_fast_routes,
+    negotiation_management_fast_routes,
     negotiation_management_router,
 )
 from contracts._transfer import TransferManager
@@ -191,9 +192,21 @@ def create_app(
         and verifier is not None
         and isinstance(rt.negotiations, NegotiationManager)
     ):
-        # in front of the whole framework, with the body limit of its own (decisions 0405, 0409)
+        # in front of the whole framework, with the body limit of its own (decisions 0405, 0409);
+        # behind it, the management API's start of a negotiation, where its auth allows
+        framework: Any = app.framework
+        lane_write = getattr(auth, "lane_write", None)
+        if callable(lane_write):
+            framework = DspFastLane(
+                framework,
+                prefix=settings.management_path,
+                routes=negotiation_management_fast_routes(rt.negotiations),
+                authenticate=lane_write,
+                dsp_path=settings.dsp_path,
+                max_bytes=settings.max_body_bytes,
+            )
         app.fast_lane = DspFastLane(
-            app.framework,
+            framework,
             prefix=settings.dsp_path,
             routes=negotiation_fast_routes(rt.negotiations),
             authenticate=_token_caller(verifier),

@@ -167,8 +167,9 @@ class Settings(BaseSettings):
     catalog_page_size: int = Field(50, ge=1, le=1000, description="Default datasets per catalog page.")
     dsp_fast_lane: bool = Field(
         True,
-        description="Serve the DSP negotiation POST endpoints in a lean ASGI layer in front of the "
-        "framework (same handlers and errors, less CPU per message). See decision 0405.",
+        description="Serve the DSP negotiation POST endpoints, and the management API's start of a "
+        "negotiation, in a lean ASGI layer in front of the framework (same handlers and errors, less "
+        "CPU per message). See decisions 0405 and 0409.",
     )
     dsp_sender: Literal["direct", "httpx"] = Field(
         "direct",

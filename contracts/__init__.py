@@ -11,7 +11,12 @@
 
 from __future__ import annotations
 
-from contracts._api import negotiation_dsp_router, negotiation_fast_routes, negotiation_management_router
+from contracts._api import (
+    negotiation_dsp_router,
+    negotiation_fast_routes,
+    negotiation_management_fast_routes,
+    negotiation_management_router,
+)
 from contracts._manager import (
     NegotiationConfig,
     NegotiationManager,
@@ -67,6 +72,7 @@ __all__ = [
     "handle",
     "negotiation_dsp_router",
     "negotiation_fast_routes",
+    "negotiation_management_fast_routes",
     "negotiation_management_router",
     "parse_message",
     "verify_export",

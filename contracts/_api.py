@@ -30,7 +30,12 @@ from connector.identity import Caller
 from contracts._manager import NegotiationManager
 from contracts._negotiation_states import Role
 
-__all__ = ["negotiation_dsp_router", "negotiation_fast_routes", "negotiation_management_router"]
+__all__ = [
+    "negotiation_dsp_router",
+    "negotiation_fast_routes",
+    "negotiation_management_fast_routes",
+    "negotiation_management_router",
+]
 
 #: ``defer(fn)``: run ``fn`` after the reply (the ACK) went out.
 Defer = Callable[[Callable[[], None]], None]
@@ -109,6 +114,40 @@ def negotiation_fast_routes(manager: NegotiationManager) -> list[FastRoute]:
     ]
 
 
+def _start(manager: NegotiationManager, body: Any) -> dict[str, Any]:
+    """``POST /negotiations`` of the management API (blocking)."""
+    if not isinstance(body, dict):
+        raise ValidationError("body must be an object")
+    address = body.get("counterPartyAddress")
+    if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+        raise ValidationError("counterPartyAddress required", errors=["counterPartyAddress: http(s) URL"])
+    callbacks = body.get("callbackAddresses") or []
+    if not isinstance(callbacks, list) or not all(isinstance(c, str) for c in callbacks):
+        raise ValidationError("callbackAddresses must be a list of URLs")
+    offer = body.get("offer") or body.get("policy")
+    if offer is not None and not isinstance(offer, dict):
+        raise ValidationError("offer must be an object")
+    return manager.start_negotiation(
+        address,
+        offer_id=body.get("offerId"),
+        offer=offer,
+        dataset_id=body.get("datasetId"),
+        counterparty_id=body.get("counterPartyId"),
+        callbacks=callbacks,
+    )
+
+
+def negotiation_management_fast_routes(manager: NegotiationManager) -> list[FastRoute]:
+    """``POST /negotiations`` (start a negotiation) of :func:`negotiation_management_router` for a
+    :class:`~connector.api.DspFastLane` under the management path (decision 0409): the same
+    handler, without FastAPI's request path."""
+
+    def start(params: Mapping[str, str], body: Any, caller: Any, defer: Defer) -> tuple[int, Any]:
+        return 201, _start(manager, body)
+
+    return [FastRoute("/negotiations", start)]
+
+
 def negotiation_dsp_router(manager: NegotiationManager, caller_dependency: Callable[..., Any]) -> APIRouter:
     """DSP 2025-1 contract negotiation endpoints (provider and consumer callbacks).
 
@@ -168,29 +207,7 @@ def negotiation_management_router(
     @router.post("/negotiations", status_code=201, dependencies=[Depends(write_dep)])
     async def start(request: Request) -> Response:
         body = await _json(request)
-        if not isinstance(body, dict):
-            raise ValidationError("body must be an object")
-        address = body.get("counterPartyAddress")
-        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
-            raise ValidationError("counterPartyAddress required", errors=["counterPartyAddress: http(s) URL"])
-        callbacks = body.get("callbackAddresses") or []
-        if not isinstance(callbacks, list) or not all(isinstance(c, str) for c in callbacks):
-            raise ValidationError("callbackAddresses must be a list of URLs")
-        offer = body.get("offer") or body.get("policy")
-        if offer is not None and not isinstance(offer, dict):
-            raise ValidationError("offer must be an object")
-
-        def work() -> dict[str, Any]:
-            return manager.start_negotiation(
-                address,
-                offer_id=body.get("offerId"),
-                offer=offer,
-                dataset_id=body.get("datasetId"),
-                counterparty_id=body.get("counterPartyId"),
-                callbacks=callbacks,
-            )
-
-        return _respond(await asyncio.to_thread(work), 201)
+        return _respond(await asyncio.to_thread(_start, manager, body), 201)
 
     @router.post("/negotiations/offers", status_code=201, dependencies=[Depends(write_dep)])
     async def offer(request: Request) -> Response:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -97,12 +98,16 @@ class ManagementAuth:
 
     # -- dependencies -------------------------------------------------------------------------
     def _scopes(self, request: Request) -> set[str]:
-        key = request.headers.get("x-api-key")
+        return self.scopes(request.headers)
+
+    def scopes(self, headers: Mapping[str, str]) -> set[str]:
+        """The scopes the request's credentials grant (header names in lower case); AuthError."""
+        key = headers.get("x-api-key")
         if key is not None:
             if self._api_key is None or not hmac.compare_digest(key.encode(), self._api_key):
                 raise AuthError("invalid API key")
             return {READ_SCOPE, WRITE_SCOPE}
-        auth = request.headers.get("authorization")
+        auth = headers.get("authorization")
         if auth and auth[:7].lower() == "bearer ":
             return self._token_scopes(auth[7:].strip())
         raise AuthError("authentication required: send X-Api-Key or an OAuth2 bearer token")
@@ -113,8 +118,21 @@ class ManagementAuth:
             raise PermissionDeniedError(f"the token lacks the scope {READ_SCOPE}")
 
     async def require_write(self, request: Request) -> None:
-        if WRITE_SCOPE not in self._scopes(request):
+        self.check_write(request.headers)
+
+    def check_write(self, headers: Mapping[str, str]) -> None:
+        """:meth:`require_write` on the request's headers (lower-case names)."""
+        if WRITE_SCOPE not in self.scopes(headers):
             raise PermissionDeniedError(f"the token lacks the scope {WRITE_SCOPE}")
+
+    async def lane_write(self, headers: Mapping[str, str], defer_replay: bool) -> Callable[[], None]:
+        """:meth:`require_write` as a fast lane's ``authenticate`` (no caller to return)."""
+        self.check_write(headers)
+        return _nobody
+
+
+def _nobody() -> None:
+    return None
 
 
 def _oauth_error(status: int, error: str, description: str) -> JSONResponse:

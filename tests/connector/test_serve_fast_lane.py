@@ -168,3 +168,60 @@ def test_lane_checks_the_token_before_the_body_and_limits_the_body() -> None:
         200,
         b'{"ok":"p1"}',
     )
+
+
+def _management_answers(tmp_path: Path, sqlite_url: str, fast: bool) -> list[tuple[int, Any]]:
+    settings = Settings(
+        public_url="http://127.0.0.1:8181",
+        data_dir=tmp_path / ("mfast" if fast else "mframework"),
+        database_url=SecretStr(sqlite_url.replace(".db", f"-m{fast}.db")),
+        api_key=SecretStr("the-key"),
+        max_body_bytes=4096,
+        dsp_fast_lane=fast,
+    )
+    good = {
+        "counterPartyAddress": "http://127.0.0.1:9/dsp",  # nobody there: the request is retried later
+        "counterPartyId": "did:web:127.0.0.1%3A9",
+        "offer": {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]},
+    }
+    key = {"X-Api-Key": "the-key"}
+    out: list[tuple[int, Any]] = []
+    with TestClient(create_app(settings)) as c:
+        for headers, body in [
+            ({}, good),
+            ({"X-Api-Key": "wrong"}, good),
+            ({"Authorization": "Bearer not-a-jwt"}, good),
+            (key, [1, 2]),
+            (key, {**good, "counterPartyAddress": "ftp://x"}),
+            (key, {**good, "callbackAddresses": "http://x"}),
+            (key, {**good, "padding": "x" * 5000}),
+            (key, good),
+        ]:
+            r = c.post("/api/management/v1/negotiations", json=body, headers=headers)
+            answer = r.json()
+            if r.status_code == 201:  # fresh ids and times each run
+                answer = {
+                    k: v
+                    for k, v in answer.items()
+                    if k not in ("id", "consumerPid", "createdAt", "updatedAt")
+                }
+            out.append((r.status_code, answer))
+        r = c.post(
+            "/api/management/v1/negotiations",
+            content=b"{nope",
+            headers={**key, "content-type": "application/json"},
+        )
+        out.append((r.status_code, r.json()))
+    return out
+
+
+def test_management_start_in_the_lane_answers_as_the_framework_does(
+    tmp_path: Path, sqlite_url: str, fast_lane_served: list[str]
+) -> None:
+    framework = _management_answers(tmp_path, sqlite_url, fast=False)
+    assert fast_lane_served == []
+    fast = _management_answers(tmp_path, sqlite_url, fast=True)
+    assert fast_lane_served == ["/api/management/v1/negotiations"] * 9
+    assert fast == framework
+    assert [s for s, _ in fast] == [401, 401, 401, 400, 400, 400, 413, 201, 400]
+    assert fast[-2][1]["state"] == "REQUESTED" or fast[-2][1]["internalState"] == "REQUESTING"
