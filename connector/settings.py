@@ -185,7 +185,13 @@ class Settings(BaseSettings):
         ge=1,
         description="A negotiation or transfer waiting longer than this in one state is TERMINATED.",
     )
-    worker_poll_ms: int = Field(200, ge=10, description="How often workers look for due work when idle.")
+    worker_poll_ms: int = Field(
+        200,
+        ge=10,
+        description="How soon workers look again for due work after finding some; while they find "
+        "nothing, the wait doubles up to 5 times this (1 s by default). Work this process adds "
+        "wakes them at once; other replicas' work is found within that longest wait.",
+    )
     worker_batch_size: int = Field(20, ge=1, description="Rows a worker claims per iteration.")
     bank_reservation_minor_units: int = Field(
         0,

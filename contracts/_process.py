@@ -882,10 +882,18 @@ class ProcessHandler(Protocol):
     # worker recorded a delivery through the message's AckTransition (committed; no callback ran).
 
 
+#: While a poller finds nothing, its wait doubles from ``poll_s`` up to this many times it.
+IDLE_BACKOFF = 5
+
+
 class PollingThread:
     """Runs ``step()`` (returns how much it did) in a daemon thread until :meth:`stop`: again at
-    once while it finds work, else after ``poll_s`` or a :meth:`wake`. A failing step is logged
-    and never ends the loop (EDC's "stuck" lesson); the next try waits ``error_wait_s``."""
+    once while it finds work, else after a wait or a :meth:`wake`. The wait is ``poll_s`` after
+    work was found and doubles with every look that finds nothing, up to ``poll_s *``
+    :data:`IDLE_BACKOFF`: an idle replica looks about once a second instead of five times
+    (work this process adds wakes it at once; another replica's is found within that second).
+    A failing step is logged and never ends the loop (EDC's "stuck" lesson); the next try waits
+    ``error_wait_s``."""
 
     def __init__(
         self, step: Callable[[], int], name: str, poll_s: float, *, error_wait_s: float = 0.0
@@ -893,6 +901,7 @@ class PollingThread:
         self.step = step
         self.name = name
         self.poll_s = poll_s
+        self.idle_max_s = poll_s * IDLE_BACKOFF
         self.error_wait_s = error_wait_s
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -917,6 +926,7 @@ class PollingThread:
             self._thread = None
 
     def _run(self) -> None:
+        wait = self.poll_s
         while not self._stop.is_set():
             try:
                 did = self.step()
@@ -924,8 +934,11 @@ class PollingThread:
                 log.exception("%s: iteration failed; retrying", self.name)
                 did = 0
                 self._stop.wait(self.error_wait_s)
-            if did == 0 and not self._stop.is_set():
-                self._wake.wait(self.poll_s)
+            if did:
+                wait = self.poll_s
+            elif not self._stop.is_set():
+                # woken: there is work, and more may follow soon; else wait longer next time
+                wait = self.poll_s if self._wake.wait(wait) else min(wait * 2, self.idle_max_s)
                 self._wake.clear()
 
 

@@ -17,6 +17,7 @@ from contracts._process import (
     Delivery,
     HttpSender,
     OutboxMessage,
+    PollingThread,
     RetryPolicy,
     StaleWrite,
     StateWrite,
@@ -515,3 +516,32 @@ def test_background_worker_wakes_up(toy_engine: sa.Engine) -> None:
     finally:
         w.stop()
     assert _state(toy_engine, "p9")["state"] == SENT
+
+
+def test_an_idle_poller_looks_less_often_and_a_wake_brings_it_back_at_once() -> None:
+    """Finding nothing, the wait doubles from poll_s up to 5 times it (an idle replica's load on
+    the database); a wake() runs the step at once and starts again from poll_s."""
+    looks: list[float] = []
+
+    def step() -> int:
+        looks.append(time.monotonic())
+        return 0
+
+    poller = PollingThread(step, "test-poller", poll_s=0.02)
+    poller.start()
+    try:
+        time.sleep(1.0)
+        idle = len(looks)
+        # 1 s at a steady 20 ms would be ~50 looks; doubling to 100 ms makes it ~13
+        assert 5 <= idle <= 25, looks
+        gaps = [b - a for a, b in zip(looks[-4:], looks[-3:], strict=False)]
+        assert all(g >= 0.08 for g in gaps), gaps
+        before = len(looks)
+        t0 = time.monotonic()
+        poller.wake()
+        deadline = t0 + 2
+        while len(looks) == before and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert looks[before] - t0 < 0.05  # at once, not after the long wait
+    finally:
+        poller.stop()
