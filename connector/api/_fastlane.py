@@ -1,13 +1,16 @@
-"""A fast lane for the hot DSP POST endpoints (decision 0405).
+"""A fast lane for the hot DSP POST endpoints (decisions 0405, 0409).
 
 Why: a DSP message costs its receiver the FastAPI request path (routing over every route of the
 app, dependency solving, background tasks, five middleware layers): a yappi profile of the
 negotiation bench put it at 20-26 % of a connector's CPU, more than the state change itself.
 
 :class:`DspFastLane` is a pure ASGI middleware. A ``POST`` whose path matches one of its
-:class:`FastRoute` patterns is served here: authenticate from the headers, read the JSON body,
-run the route's handler in a worker thread, send the JSON reply, then run what the handler
-deferred (sending the reply to the peer's message). Everything else, and every route when no
+:class:`FastRoute` patterns is served here: authenticate from the headers (the part that needs
+the event loop), read the body, then in one worker thread finish the authentication (token
+signature and replay checks), parse the JSON and run the route's handler; send the JSON reply,
+then run what the handler deferred (sending the reply to the peer's message). ``dadam serve``
+puts it in front of the whole framework (``ConnectionApp.fast_lane``), with the body limit of
+its own. Everything else, and every route when no
 ``authenticate`` is given, goes to the application unchanged. The handlers are the very functions
 the FastAPI routes call, and errors are rendered by the same :func:`error_response`, so a client
 cannot tell the two paths apart (``tests/connector/test_serve_fast_lane.py`` compares them).

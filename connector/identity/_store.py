@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from connector.errors import NotFoundError, ValidationError
+from connector.errors import NotFoundError, TokenError, ValidationError
 from connector.store import is_postgres, metadata, read_only, run, write_tx
 
 log = logging.getLogger("dadam.identity")
@@ -85,8 +85,6 @@ class ReplayClaim:
         if isinstance(self.store, SqlReplayStore):
             self.store.added_elsewhere()
         if not fresh:
-            from connector.errors import TokenError
-
             raise TokenError(f"token {self.jti} was already used (replay)")
 
     def table_for(self, engine: Engine) -> sa.Table | None:

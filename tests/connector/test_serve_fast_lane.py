@@ -1,5 +1,6 @@
-"""``dadam serve``'s DSP fast lane (decision 0405): on by default, behind the body limit, with
-the same token checks and error answers as the FastAPI routes (DADAM_DSP_FAST_LANE=false)."""
+"""``dadam serve``'s DSP fast lane (decisions 0405, 0409): on by default, in front of the
+framework with the same body limit, token checks and error answers as the FastAPI routes
+(DADAM_DSP_FAST_LANE=false); the management API's start of a negotiation likewise."""
 
 from __future__ import annotations
 
