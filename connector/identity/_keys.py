@@ -9,18 +9,23 @@ Secret), never create their own.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from joserfc import jws, jwt
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 
@@ -86,12 +91,52 @@ def _import_cached(jwk_json: str) -> AnyKey:
         raise TokenError(f"invalid verification key: {exc}") from None
 
 
-def _quiet() -> warnings.catch_warnings[None]:
-    """joserfc warns on the deprecated 'EdDSA' name; we accept it on purpose when verifying."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message=".*EdDSA.*")
-    return ctx
+_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(part: str) -> bytes:
+    """Strict base64url without padding: ValueError for padding or any other character."""
+    if "=" in part or "+" in part or "/" in part:
+        raise ValueError("not base64url without padding")
+    try:
+        return binascii.a2b_base64(
+            (part.translate(_TO_STANDARD) + "=" * (-len(part) % 4)).encode("ascii"), strict_mode=True
+        )
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"not base64url: {exc}") from None
+
+
+def _raw_sign(key: AnyKey, data: bytes) -> bytes:
+    """The JWS signature of ``data`` (RFC 7518 section 3.4 for ES256: r and s, 32 bytes each)."""
+    private = key.private_key
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return private.sign(data)
+    raise ConfigError("the signing key has no private part")
+
+
+def _raw_verify(key: AnyKey, alg: str, signature: bytes, data: bytes) -> bool:
+    public = key.public_key
+    try:
+        if alg == "ES256" and isinstance(public, ec.EllipticCurvePublicKey):
+            if len(signature) != 64:
+                return False
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            public.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+            return True
+        if alg in ("Ed25519", "EdDSA") and isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, data)
+            return True
+    except (InvalidSignature, ValueError):
+        return False
+    return False
 
 
 def verify_jws(
@@ -106,19 +151,25 @@ def verify_jws(
     ``expected_did`` pins the signer (the DID part of ``kid`` must equal it). For a detached
     signature (``header..signature``) pass the payload in ``detached_payload``.
     """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("not a compact JWS (expected three dot-separated parts)")
+    head_b64, payload_b64, sig_b64 = parts
     try:
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenError("not a compact JWS (expected three dot-separated parts)")
         if detached_payload is not None:
-            if parts[1]:
+            if payload_b64:
                 raise TokenError("expected a detached JWS, got one with an embedded payload")
-            from joserfc.util import urlsafe_b64encode
-
-            token = f"{parts[0]}.{urlsafe_b64encode(detached_payload).decode()}.{parts[2]}"
-        header = jws.extract_compact(token.encode()).headers()
-    except (JoseError, ValueError, UnicodeError) as exc:
+            payload, payload_b64 = detached_payload, b64url(detached_payload)
+        else:
+            payload = b64url_decode(payload_b64)
+        header = json.loads(b64url_decode(head_b64))
+        signature = b64url_decode(sig_b64)
+    except (ValueError, UnicodeError) as exc:
         raise TokenError(f"malformed JWS: {exc}") from None
+    if not isinstance(header, dict):
+        raise TokenError("malformed JWS: the protected header is not a JSON object")
+    if "crit" in header:  # RFC 7515 4.1.11: we implement no extension, so none can be critical
+        raise TokenError(f"JWS names critical header parameters we do not support: {header['crit']!r}")
     alg = header.get("alg")
     if alg not in SUPPORTED_ALGORITHMS:
         raise TokenError(f"unsupported JWS algorithm {alg!r}; accepted: {', '.join(SUPPORTED_ALGORITHMS)}")
@@ -132,14 +183,9 @@ def verify_jws(
     key = import_public_jwk(public.jwk)
     if (alg == "ES256") != (public.jwk.get("kty") == "EC"):
         raise TokenError(f"JWS algorithm {alg} does not match the key type of {public.id}")
-    ctx = _quiet()
-    try:
-        result = jws.deserialize_compact(token, key, algorithms=[alg])
-    except JoseError as exc:
-        raise TokenError(f"JWS signature does not verify with {public.id}: {exc.error}") from None
-    finally:
-        ctx.__exit__(None, None, None)
-    return bytes(result.payload)
+    if not _raw_verify(key, str(alg), signature, f"{head_b64}.{payload_b64}".encode("ascii")):
+        raise TokenError(f"JWS signature does not verify with {public.id}: bad signature")
+    return payload
 
 
 def _new_key(algorithm: Algorithm) -> AnyKey:
@@ -156,6 +202,7 @@ class Identity:
         self.keys_dir = keys_dir
         self._keys = keys
         self._current = current
+        self._token_header: dict[str, str] = {}
         self.service_endpoints: list[dict[str, str]] = []
 
     # -- loading ------------------------------------------------------------------------------
@@ -256,13 +303,10 @@ class Identity:
         self, payload: bytes, *, detached: bool = False, headers: Mapping[str, Any] | None = None
     ) -> str:
         """A compact JWS over ``payload`` with our current key (``kid`` = :attr:`kid`)."""
-        alg = self.algorithm
-        protected = {"alg": alg, "kid": self.kid, **dict(headers or {})}
-        token = jws.serialize_compact(protected, payload, self._keys[self._current], algorithms=[alg])
-        if detached:
-            head, _, sig = token.split(".")
-            return f"{head}..{sig}"
-        return token
+        protected = {"alg": self.algorithm, "kid": self.kid, **dict(headers or {})}
+        head = b64url(orjson.dumps(protected))
+        signature = b64url(_raw_sign(self._keys[self._current], f"{head}.{b64url(payload)}".encode("ascii")))
+        return f"{head}..{signature}" if detached else f"{head}.{b64url(payload)}.{signature}"
 
     def issue_token(self, audience: str, *, ttl_seconds: int = 300, now: float | None = None) -> str:
         """A DCP self-issued ID token for ``audience`` (iss = sub = our DID, jti, iat, nbf, exp)."""
@@ -278,7 +322,12 @@ class Identity:
             "nbf": t,
             "exp": t + ttl_seconds,
         }
-        alg = self.algorithm
-        return jwt.encode(
-            {"alg": alg, "kid": self.kid, "typ": "JWT"}, claims, self._keys[self._current], algorithms=[alg]
+        head = self._token_header.get(self._current)
+        if head is None:  # per signing key: it changes with a rotation
+            head = self._token_header[self._current] = b64url(
+                orjson.dumps({"alg": self.algorithm, "kid": self.kid, "typ": "JWT"})
+            )
+        signing_input = f"{head}.{b64url(orjson.dumps(claims))}"
+        return (
+            f"{signing_input}.{b64url(_raw_sign(self._keys[self._current], signing_input.encode('ascii')))}"
         )

@@ -109,7 +109,65 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
     "no jti": (lambda c, t: _forge(c, _claims(jti=None)), "no 'jti'"),
     "unknown kid": (lambda c, t: _forge(c, _claims(), {"kid": CONSUMER + "#nope"}), "no verification method"),
     "alg none": (lambda c, t: _none_token(), "unsupported JWS algorithm"),
+    "claims swapped": (lambda c, t: _swap_claims(c), "does not verify"),
+    "signature cut": (lambda c, t: c.issue_token(PROVIDER)[:-6], "does not verify|malformed"),
+    "padded base64": (lambda c, t: c.issue_token(PROVIDER) + "=", "malformed"),
+    "standard base64": (lambda c, t: _std_b64(c), "malformed"),
+    "critical header": (lambda c, t: c.sign_jws(json.dumps(_claims()).encode(), headers={"crit": ["x-ext"], "x-ext": 1}), "critical header"),
+    "header not an object": (lambda c, t: _raw_header(c, "[1]"), "not a JSON object"),
+    "alg of the other key type": (lambda c, t: _forge_alg_swap(c), "does not match the key type|does not verify"),
 }  # fmt: skip
+
+
+def _swap_claims(c: Identity) -> str:
+    """A real token's header and signature over another payload (another audience's claims)."""
+    head, _, sig = c.issue_token(PROVIDER).split(".")
+    other = c.issue_token(PROVIDER).split(".")[1]
+    return f"{head}.{other}.{sig}"
+
+
+def _std_b64(c: Identity) -> str:
+    head, body, sig = c.issue_token(PROVIDER).split(".")
+    # the same bytes in the standard alphabet: '-' and '_' become '+' and '/'
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    std = base64.b64encode(raw).decode().rstrip("=")
+    if std == sig:  # no '+' or '/' in this one: force one
+        std = "+" + std[1:]
+    return f"{head}.{body}.{std}"
+
+
+def _raw_header(c: Identity, header_json: str) -> str:
+    _, body, sig = c.issue_token(PROVIDER).split(".")
+    head = base64.urlsafe_b64encode(header_json.encode()).decode().rstrip("=")
+    return f"{head}.{body}.{sig}"
+
+
+def _forge_alg_swap(c: Identity) -> str:
+    """A token whose header names the algorithm of the other key type."""
+    head, body, sig = c.issue_token(PROVIDER).split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    header["alg"] = "Ed25519" if header["alg"] == "ES256" else "ES256"
+    head = base64.urlsafe_b64encode(json.dumps(header).encode()).decode().rstrip("=")
+    return f"{head}.{body}.{sig}"
+
+
+def test_our_tokens_and_signatures_verify_with_another_jose_library(consumer: Identity) -> None:
+    """Tokens and JWS are made with `cryptography` directly (decision 0409); a peer verifies them
+    with a JOSE library (here joserfc), attached and detached."""
+    from joserfc import jws as other_jws
+    from joserfc.jwk import JWKRegistry
+
+    public = JWKRegistry.import_key(dict(consumer.did_document()["verificationMethod"][0]["publicKeyJwk"]))
+    alg = consumer.algorithm
+    decoded = jwt.decode(consumer.issue_token(PROVIDER), public, algorithms=[alg])
+    assert decoded.header == {"alg": alg, "kid": consumer.kid, "typ": "JWT"}
+    assert decoded.claims["iss"] == decoded.claims["sub"] == CONSUMER and decoded.claims["aud"] == PROVIDER
+    payload = b'{"agreement":"x"}'
+    attached = consumer.sign_jws(payload)
+    assert other_jws.deserialize_compact(attached, public, algorithms=[alg]).payload == payload
+    head, _, sig = consumer.sign_jws(payload, detached=True).split(".")
+    body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    assert other_jws.deserialize_compact(f"{head}.{body}.{sig}", public, algorithms=[alg]).payload == payload
 
 
 def _none_token() -> str:
@@ -202,6 +260,8 @@ def test_ids_recorded_in_a_write_transaction_are_pruned_without_blocking_it(engi
         time.sleep(0.05)
     assert keys == {f"{CONSUMER}|t0", f"{CONSUMER}|t1", f"{CONSUMER}|t2"}
     assert store.add(CONSUMER, "t1", now + 60) is False
+    assert store._pruning.acquire(timeout=10)  # the pruning thread is done with its connection
+    store._pruning.release()
 
 
 def test_partner_claims_are_validated(engine: sa.Engine) -> None:
