@@ -928,11 +928,7 @@ class NegotiationManager:
             )
             if duplicate is not None:
                 return duplicate
-            tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
-            row = self._set(conn, row, tr.state, fx, defer=True)
-            ack = self._ack(row)  # the state this message led to, before our reaction
-            self._react_provider(conn, row, "request", msg, caller, fx)
-            self._flush(conn, fx)
+            ack = self._take_request(conn, row, msg, caller, fx)
         self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
         self._publish(fx, defer=defer)
         return ack
@@ -962,21 +958,27 @@ class NegotiationManager:
             row,
             {"role": Role.PROVIDER.value, "consumer_pid": msg.consumer_pid, "counterparty_id": caller.did},
         )
-        try:
+
+        def work() -> dict[str, Any]:
             with autocommit_tx(self.engine) as conn:
-                tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
-                row = self._set(conn, row, tr.state, fx, defer=True)
-                ack = self._ack(row)  # the state this message led to, before our reaction
-                self._react_provider(conn, row, "request", msg, caller, fx)
-                self._flush(conn, fx)
-        except StaleWrite:
-            return None  # nothing was written
-        except Exception:
-            if fx.guard_spent:
-                raise
+                return self._take_request(conn, row, msg, caller, fx)
+
+        ack = _one_write(fx, work)
+        if ack is None:
             return None
         self._remember_role(pid, Role.PROVIDER)
         self._publish(fx, defer=defer)
+        return ack
+
+    def _take_request(
+        self, conn: Connection, row: Row, msg: ContractRequestMessage, caller: Caller, fx: _Effects
+    ) -> dict[str, Any]:
+        """A new provider row takes the initial request, and we react; the ACK body."""
+        tr = handle(Role.PROVIDER, State.INITIAL, Event.RECV_REQUEST)
+        row = self._set(conn, row, tr.state, fx, defer=True)
+        ack = self._ack(row)  # the state this message led to, before our reaction
+        self._react_provider(conn, row, "request", msg, caller, fx)
+        self._flush(conn, fx)
         return ack
 
     def consumer_initial_offer(
@@ -1067,23 +1069,19 @@ class NegotiationManager:
         locking path must handle the message (the row changed, the id was seen, or any check
         failed: that path answers with the right error)."""
         fx = _Effects()
-        try:
+
+        def work() -> dict[str, Any] | None:
             with read_only(self.engine) as rconn:
                 row = self._find(rconn, role, pid, caller, lock=False, record_token=True)
             if _loads(row["callbacks"]):
                 return None  # webhook calls are outbox rows of their own: a second write
             fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))
             with autocommit_tx(self.engine) as conn:
-                ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
-        except StaleWrite:
-            return None  # nothing was written
-        except TokenError:
-            raise  # a replayed token: refused before anything was written
-        except Exception:
-            if fx.guard_spent:
-                raise  # the write was sent: the usual error handling (a resend finds the id)
-            return None
-        self._publish(fx, defer=defer)
+                return self._apply(conn, role, row, msg, event, caller, digest, fx)
+
+        ack = _one_write(fx, work)
+        if ack is not None:
+            self._publish(fx, defer=defer)
         return ack
 
     def _apply(
@@ -1849,6 +1847,23 @@ class NegotiationManager:
         if row is None:
             raise NotFoundError(f"no negotiation {nid!r}")
         return export_row(row)
+
+
+def _one_write(fx: _Effects, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Run the work of an optimistic path (one guarded write, decisions 0408 and 0409). None:
+    nothing was written (the write did not apply, or anything failed before it), so the locking
+    path handles the message from the start and gives the right answer. A replayed token and any
+    error after the write are raised."""
+    try:
+        return work()
+    except StaleWrite:
+        return None
+    except TokenError:
+        raise  # refused before anything was written
+    except Exception:
+        if fx.guard_spent:
+            raise  # the write was sent: the usual error handling (a resend finds the id)
+        return None
 
 
 def _record_in_tx(conn: Connection, claim: ReplayClaim, replay: sa.Table) -> None:

@@ -412,11 +412,36 @@ def _bound(name: str, column: sa.Column[Any]) -> Any:
     return sa.cast(sa.bindparam(name, type_=column.type), column.type)
 
 
+def _inbox_seen(process_id: Any, where: Any = None) -> Any:
+    """CTE ``seen``: the received message's inbox row (``:_ikind``, ``:_imid``, ``:_idigest``,
+    ``:_inow``) for ``process_id``, inserted if ``where`` (if given) holds and the id is new
+    (``ON CONFLICT DO NOTHING``); it returns the process id only then."""
+    from sqlalchemy.dialects import postgresql
+
+    c = inbox.c
+    values = sa.select(
+        _bound("_ikind", c.kind),
+        _bound("_imid", c.message_id),
+        process_id,
+        _bound("_idigest", c.digest),
+        _bound("_inow", c.received_at),
+    )
+    return (
+        postgresql.insert(inbox)
+        .from_select(
+            ["kind", "message_id", "process_id", "digest", "received_at"],
+            values if where is None else values.where(where),
+        )
+        .on_conflict_do_nothing()
+        .returning(c.process_id)
+        .cte("seen")
+    )
+
+
 def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
     """``UPDATE`` of the row ``_upid`` that happens only if a CTE locked it with version
     ``_expect`` and the received message's inbox row was new (``INSERT ... ON CONFLICT DO
     NOTHING`` over the locked row)."""
-    from sqlalchemy.dialects import postgresql
 
     locked = (
         sa.select(table.c.id)
@@ -424,23 +449,7 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
         .with_for_update()
         .cte("locked")
     )
-    c = inbox.c
-    seen = (
-        postgresql.insert(inbox)
-        .from_select(
-            ["kind", "message_id", "process_id", "digest", "received_at"],
-            sa.select(
-                _bound("_ikind", c.kind),
-                _bound("_imid", c.message_id),
-                locked.c.id,
-                _bound("_idigest", c.digest),
-                _bound("_inow", c.received_at),
-            ),
-        )
-        .on_conflict_do_nothing()
-        .returning(c.process_id)
-        .cte("seen")
-    )
+    seen = _inbox_seen(locked.c.id)
     return (
         sa.update(table)
         .where(table.c.id.in_(sa.select(seen.c.process_id)))
@@ -452,31 +461,13 @@ def _guarded_insert(table: sa.Table, names: tuple[str, ...], absent: tuple[str, 
     """``INSERT`` of a new row (columns ``names`` from ``:v_<name>``) that happens only if no
     row has the ``absent`` column values (``:_a_<name>``) and, with ``received``, only if the
     received message's inbox row (process id ``:_upid``) was new."""
-    from sqlalchemy.dialects import postgresql
-
     cond: Any = sa.true()
     if absent:
         cond = ~sa.exists(
             sa.select(table.c.id).where(*(table.c[n] == sa.bindparam(f"_a_{n}") for n in absent))
         )
     if received:
-        c = inbox.c
-        seen = (
-            postgresql.insert(inbox)
-            .from_select(
-                ["kind", "message_id", "process_id", "digest", "received_at"],
-                sa.select(
-                    _bound("_ikind", c.kind),
-                    _bound("_imid", c.message_id),
-                    _bound("_upid", c.process_id),
-                    _bound("_idigest", c.digest),
-                    _bound("_inow", c.received_at),
-                ).where(cond),
-            )
-            .on_conflict_do_nothing()
-            .returning(c.process_id)
-            .cte("seen")
-        )
+        seen = _inbox_seen(_bound("_upid", inbox.c.process_id), cond)
         cond = sa.exists(sa.select(seen.c.process_id))
     return sa.insert(table).from_select(
         list(names), sa.select(*(_bound(f"v_{n}", table.c[n]) for n in names)).where(cond)

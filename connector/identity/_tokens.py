@@ -18,13 +18,12 @@ from typing import Any
 
 import httpx
 from fastapi import Request
-from joserfc.util import urlsafe_b64decode
 from starlette.concurrency import run_in_threadpool
 
 from connector.errors import TokenError
 from connector.identity._caller import Caller
 from connector.identity._did import DidResolver, find_key
-from connector.identity._keys import Identity, PublicKey, verify_jws
+from connector.identity._keys import Identity, PublicKey, b64url_decode, verify_jws
 from connector.identity._store import MemoryReplayStore, PartnerDirectory, ReplayClaim, ReplayStore
 
 __all__ = ["MAX_TOKEN_LIFETIME", "DspTokenAuth", "TokenVerifier", "dsp_caller_dependency"]
@@ -54,7 +53,7 @@ class DspTokenAuth(httpx.Auth):
 
 def _b64json(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(urlsafe_b64decode(part.encode()))
+        value = json.loads(b64url_decode(part))
     except (ValueError, UnicodeError):
         raise TokenError(f"malformed token: the {what} is not base64url JSON") from None
     if not isinstance(value, dict):
