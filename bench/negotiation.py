@@ -185,7 +185,8 @@ class Finalized:
     def _follow(self, url: str) -> None:
         with (
             httpx.Client(timeout=None, headers=self.headers) as c,
-            c.stream("GET", f"{url}/negotiations/events") as r,
+            # a client waiting for outcomes asks for them only (the stream's state filter)
+            c.stream("GET", f"{url}/negotiations/events", params={"state": "FINALIZED,TERMINATED"}) as r,
         ):
             self.ready.set()
             for line in r.iter_lines():

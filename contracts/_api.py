@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from connector.api._fastlane import FastRoute, Handler
 from connector.errors import ValidationError
 from connector.identity import Caller
-from contracts._manager import NegotiationManager
+from contracts._manager import EventFilter, NegotiationManager
 from contracts._negotiation_states import Role
 
 __all__ = [
@@ -252,8 +252,16 @@ def negotiation_management_router(
         return _respond({"items": items, "offset": offset, "limit": limit})
 
     @router.get("/negotiations/events", dependencies=[Depends(read_dep)])
-    async def events(request: Request) -> StreamingResponse:
-        queue = manager.subscribe()
+    async def events(
+        request: Request,
+        state: list[str] = Query(
+            [], description="only events showing these states (repeat or comma-separate)"
+        ),
+        role: list[str] = Query([], description="only negotiations where we play this role"),
+        id: list[str] = Query([], description="only these negotiations"),
+    ) -> StreamingResponse:
+        wanted = EventFilter.parse(states=state, roles=role, ids=id)
+        queue = manager.subscribe(wanted)
 
         async def stream() -> AsyncIterator[bytes]:
             # StreamingResponse watches for the client going away and cancels this generator;

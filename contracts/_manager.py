@@ -113,6 +113,7 @@ from contracts._tables import negotiations
 
 __all__ = [
     "KIND",
+    "EventFilter",
     "NegotiationConfig",
     "NegotiationManager",
     "OfferResolver",
@@ -132,10 +133,57 @@ def _camel(column: str) -> str:
     return head + tail.capitalize()
 
 
-def _offer(q: asyncio.Queue[dict[str, Any]], ev: dict[str, Any]) -> None:
-    """Put an event for an SSE client; a client too slow to read 1,000 events misses the newest."""
+def _offer(q: asyncio.Queue[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Put events for an SSE client; a client too slow to read 1,000 events misses the newest."""
     with contextlib.suppress(asyncio.QueueFull):
-        q.put_nowait(ev)
+        for ev in events:
+            q.put_nowait(ev)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which state changes an SSE subscriber wants: empty sets accept everything.
+
+    ``states`` holds DSP state names as events show them (``wire_state``), ``roles`` "provider"
+    and/or "consumer", ``ids`` negotiation ids.
+    """
+
+    states: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+
+    def accepts(self, ev: Mapping[str, Any]) -> bool:
+        return (
+            (not self.states or ev["state"] in self.states)
+            and (not self.roles or ev["role"] in self.roles)
+            and (not self.ids or ev["id"] in self.ids)
+        )
+
+    @classmethod
+    def parse(
+        cls, *, states: Iterable[str] = (), roles: Iterable[str] = (), ids: Iterable[str] = ()
+    ) -> EventFilter:
+        """From query parameters (each repeated or comma-separated); ValidationError names every
+        unknown state or role."""
+
+        def split(values: Iterable[str]) -> list[str]:
+            return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+        wire = sorted({wire_state(s) for s in State})
+        st = [v.upper().removeprefix("DSPACE:") for v in split(states)]
+        rl = [v.lower() for v in split(roles)]
+        errors = [f"state {v!r}: one of {', '.join(wire)}" for v in st if v not in wire]
+        errors += [f"role {v!r}: provider or consumer" for v in rl if v not in ("provider", "consumer")]
+        if errors:
+            raise ValidationError("bad event filter", errors=errors)
+        return cls(frozenset(st), frozenset(rl), frozenset(split(ids)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Listener:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[dict[str, Any]]
+    wanted: EventFilter
 
 
 #: A negotiation row (as read, or as updated in memory after a write in the same transaction).
@@ -373,7 +421,7 @@ class NegotiationManager:
             poll_s=poll_s,
             concurrency=concurrency,
         )
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = []
+        self._listeners: list[_Listener] = []
         #: SSE across replicas: a poller reads changes from the database while anyone listens
         self._poller: threading.Thread | None = None
         self._seen: dict[str, float] = {}
@@ -399,12 +447,14 @@ class NegotiationManager:
             self.sender.close()
 
     # -- observers (SSE) ---------------------------------------------------------------------
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        """A queue receiving every state change, made by this process (at once) or by another
-        replica on the same database (within ``sse_poll_s``; call from the event loop)."""
+    def subscribe(self, wanted: EventFilter | None = None) -> asyncio.Queue[dict[str, Any]]:
+        """A queue receiving every state change ``wanted`` accepts (all without a filter), made by
+        this process (at once) or by another replica on the same database (within
+        ``sse_poll_s``; call from the event loop). Changes the filter refuses are dropped before
+        they reach the event loop."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         with self._lock:
-            self._listeners.append((asyncio.get_running_loop(), q))
+            self._listeners.append(_Listener(asyncio.get_running_loop(), q, wanted or EventFilter()))
             if self._poller is None or not self._poller.is_alive():
                 self._poller = threading.Thread(target=self._poll_changes, name="dadam-sse-poll", daemon=True)
                 self._poller.start()
@@ -412,7 +462,7 @@ class NegotiationManager:
 
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
-            self._listeners = [(lp, x) for lp, x in self._listeners if x is not q]
+            self._listeners = [x for x in self._listeners if x.queue is not q]
 
     def _poll_changes(self) -> None:
         """While anyone listens: read rows changed since the last look (other replicas' work too)
@@ -457,18 +507,21 @@ class NegotiationManager:
             for key in list(self._seen)[: len(self._seen) // 2]:
                 del self._seen[key]
 
-    def _announce(self, ev: dict[str, Any]) -> None:
-        """A state change this process committed: to the SSE listeners (see :func:`on_commit`)."""
-        self._note_seen(str(ev["id"]), float(ev["updatedAt"]))
-        self._deliver([ev])
+    def _announce(self, row: Row) -> None:
+        """A state change this process committed (``row`` as stored): to the SSE listeners (see
+        :func:`on_commit`). The event is built only when a listener wants it."""
+        self._note_seen(str(row["id"]), float(row["updated_at"]))
+        if self._listeners:
+            self._deliver([self._view(row)])
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
             listeners = list(self._listeners)
-        for loop, q in listeners:
-            for ev in events:
+        for listener in listeners:
+            wanted = [ev for ev in events if listener.wanted.accepts(ev)]
+            if wanted:
                 with contextlib.suppress(RuntimeError):  # loop closed
-                    loop.call_soon_threadsafe(_offer, q, ev)
+                    listener.loop.call_soon_threadsafe(_offer, listener.queue, wanted)
 
     def _publish(self, fx: _Effects, *, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         """After a commit: send claimed messages and wake the worker (the SSE listeners were
@@ -561,10 +614,12 @@ class NegotiationManager:
         if reason is not None or decided:
             new["error_detail"] = reason
         if state != row["state"] or reason:
-            ev = self._view(new)
-            on_commit(conn, functools.partial(self._announce, ev))
-            for url in _loads(new["callbacks"]) or []:
-                enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
+            on_commit(conn, functools.partial(self._announce, dict(new)))
+            callbacks = _loads(new["callbacks"])
+            if callbacks:
+                ev = self._view(new)
+                for url in callbacks:
+                    enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
                 fx.wake = True
         return new
 
@@ -664,7 +719,7 @@ class NegotiationManager:
 
     def after_ack(self, row: Row) -> None:
         """Worker hook: a delivery was recorded through an :class:`AckTransition` (committed)."""
-        self._announce(self._view(row))
+        self._announce(row)
 
     @staticmethod
     def _path(role: Role, row: Row, event: Event) -> str:

@@ -25,17 +25,21 @@ def hooks() -> Iterator[Tck]:
 
 
 def _negotiate_following_sse(
-    consumer: Node, provider: Node, callbacks: list[str] | None = None
+    consumer: Node,
+    provider: Node,
+    callbacks: list[str] | None = None,
+    params: dict[str, str] | None = None,
 ) -> tuple[str, list[str]]:
-    """Follow the consumer's SSE stream while it negotiates OFFER_ID with ``provider`` to the
-    end; returns the negotiation id and the internal states its events reported, in order."""
+    """Follow the consumer's SSE stream (with query ``params``) while it negotiates OFFER_ID with
+    ``provider`` to the end; returns the negotiation id and the internal states its events
+    reported, in order."""
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     connected = threading.Event()
 
     def follow() -> None:
         with (
             httpx.Client(timeout=None) as c,
-            c.stream("GET", f"{consumer.url}/mgmt/negotiations/events") as r,
+            c.stream("GET", f"{consumer.url}/mgmt/negotiations/events", params=params) as r,
         ):
             assert r.headers["content-type"].startswith("text/event-stream")
             connected.set()
@@ -117,6 +121,35 @@ def test_sse_reports_every_state_without_webhooks(
     consumer.manager.sse_poll_s = 60.0
     _, seen = _negotiate_following_sse(consumer, provider)
     assert seen == ["REQUESTING", "REQUESTED", "AGREED", "VERIFYING", "VERIFIED", "FINALIZED"]
+
+
+def test_sse_filtered_by_state_and_role(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    """A client waiting for outcomes asks for the terminal states only: it gets the consumer's
+    FINALIZED event and none of the intermediate ones (state names as events show them, any
+    case, comma-separated or repeated, with or without the dspace: prefix)."""
+    provider = make_node(
+        "provider", db_urls(), keys=keys, offers=FakeOffers({OFFER_ID: ("ds1", OPEN_POLICY)})
+    )
+    nodes.append(provider)
+    consumer = make_node("consumer", db_urls(), keys=keys)
+    nodes.append(consumer)
+    params = {"state": "finalized,dspace:TERMINATED", "role": "consumer"}
+    _, seen = _negotiate_following_sse(consumer, provider, params=params)
+    assert seen == ["FINALIZED"]
+
+
+def test_sse_filter_rejects_unknown_states_and_roles(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    consumer = make_node("consumer", db_urls(), keys=keys)
+    nodes.append(consumer)
+    with consumer.mgmt() as c:
+        r = c.get("/negotiations/events", params={"state": "FINALIZED,DONE", "role": "broker"})
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/")
+        text = r.text
+        assert "'DONE'" in text and "'broker'" in text and "FINALIZED" in text
 
 
 def test_management_api_lists_with_paging_and_rejects_bad_input(

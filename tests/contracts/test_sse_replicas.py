@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from contracts import NegotiationConfig, NegotiationManager
+from contracts._manager import EventFilter
 
 
 @pytest.fixture
@@ -49,3 +50,31 @@ async def test_sse_reports_changes_made_by_another_replica(engine: sa.Engine) ->
         assert queue.empty()
     finally:
         b.unsubscribe(queue)
+
+
+@pytest.mark.anyio
+async def test_sse_filter_applies_to_own_and_other_replicas_changes(engine: sa.Engine) -> None:
+    """A subscriber's filter drops what it does not want, whether the change was made by this
+    replica (published at once) or by another one (found by the poller)."""
+    a, b = _replica(engine), _replica(engine)
+    b.sse_poll_s = 0.05
+    everything = b.subscribe()
+    ended = b.subscribe(EventFilter.parse(states=["terminated"]))
+    try:
+        offer = {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]}
+        view: dict[str, Any] = await asyncio.to_thread(
+            a.start_negotiation, "http://127.0.0.1:9/dsp", offer=offer, counterparty_id="did:web:p.example",
+            fetch_offer=False,
+        )  # fmt: skip
+        ev = await asyncio.wait_for(everything.get(), timeout=10)  # a's change, via b's poller
+        assert ev["id"] == view["id"] and ev["state"] == "REQUESTED"
+        await asyncio.sleep(0.3)
+        assert ended.empty()
+        await asyncio.to_thread(b.terminate, view["id"], "operator stop")  # b's own change
+        ev = await asyncio.wait_for(ended.get(), timeout=5)
+        assert ev["id"] == view["id"] and ev["state"] == "TERMINATED"
+        await asyncio.sleep(0.3)
+        assert ended.empty()
+    finally:
+        b.unsubscribe(everything)
+        b.unsubscribe(ended)
