@@ -19,8 +19,10 @@ from connector.identity._keys import (
     KeyResolver,
     PublicKey,
     algorithm_for_jwk,
+    b64url_decode,
     import_public_jwk,
     verify_jws,
+    verify_signature,
 )
 from connector.identity._mgmt import READ_SCOPE, WRITE_SCOPE, ManagementAuth, oauth_router
 from connector.identity._service import IdentityService, did_router, partners_router
@@ -55,6 +57,7 @@ __all__ = [
     "StaticDidResolver",
     "TokenVerifier",
     "algorithm_for_jwk",
+    "b64url_decode",
     "canonical_json",
     "did_router",
     "did_web_url",
@@ -64,4 +67,5 @@ __all__ = [
     "oauth_router",
     "partners_router",
     "verify_jws",
+    "verify_signature",
 ]

@@ -74,7 +74,11 @@ def algorithm_for_jwk(jwk: Mapping[str, Any]) -> str:
 
 def import_public_jwk(jwk: Mapping[str, Any]) -> AnyKey:
     """A joserfc key from a public JWK (cached); refuses private material and unknown key types."""
-    return _import_cached(json.dumps(dict(jwk), sort_keys=True))
+    try:
+        text = json.dumps(dict(jwk), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TokenError(f"a verification key must be a JSON object (JWK): {exc}") from None
+    return _import_cached(text)
 
 
 @lru_cache(maxsize=4096)
@@ -137,6 +141,15 @@ def _raw_verify(key: AnyKey, alg: str, signature: bytes, data: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return False
+
+
+def verify_signature(jwk: Mapping[str, Any], alg: str, signature: bytes, signing_input: bytes) -> bool:
+    """True when ``signature`` is the JWS signature (RFC 7518: ES256 as r || s, or Ed25519) of
+    ``signing_input`` by the public ``jwk``; False for a wrong signature or an algorithm that does
+    not fit the key. TokenError for a key we cannot use (private material, unsupported type)."""
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise TokenError(f"unsupported JWS algorithm {alg!r}; accepted: {', '.join(SUPPORTED_ALGORITHMS)}")
+    return _raw_verify(import_public_jwk(jwk), alg, signature, signing_input)
 
 
 def verify_jws(
