@@ -22,6 +22,7 @@ __all__ = [
     "metadata",
     "migrate",
     "normalize_url",
+    "pg_autocommit",
     "read_only",
 ]
 
@@ -131,11 +132,37 @@ def read_only(engine: Engine) -> Iterator[sa.Connection]:
     serve``'s statements were parsed and planned anew each time (statement log, 300
     negotiations). A write through it would commit at once: do not write through it.
     """
+    if engine.dialect.name == "postgresql":
+        with pg_autocommit(engine) as conn:
+            yield conn
+        return
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            yield conn.execution_options(isolation_level="AUTOCOMMIT", **{_READ_ONLY: True})
-        else:
-            yield conn.execution_options(**{_READ_ONLY: True})
+        yield conn.execution_options(**{_READ_ONLY: True})
+
+
+@contextlib.contextmanager
+def pg_autocommit(engine: Engine) -> Iterator[sa.Connection]:
+    """A pooled PostgreSQL connection with the driver in autocommit mode, switched back before
+    the connection returns to the pool.
+
+    The driver's own switch is an attribute (no round trip). SQLAlchemy's
+    ``execution_options(isolation_level="AUTOCOMMIT")`` does the same through its connection
+    characteristics and resets them at check-in: about 25 us per use, and the hot paths use a
+    connection like this several times per negotiation. SQLAlchemy's own begin/commit/rollback
+    on such a connection are no-ops in the driver. A connection that cannot be switched back
+    (it broke, or someone ran an explicit ``BEGIN`` and left it open) is invalidated, so the
+    pool never hands out one in the wrong mode.
+    """
+    with engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        raw.autocommit = True
+        try:
+            yield conn
+        finally:
+            try:
+                raw.autocommit = False
+            except Exception:
+                conn.invalidate()
 
 
 def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engine:

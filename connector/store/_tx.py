@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import StoreError
+from connector.store._engine import pg_autocommit
 
 __all__ = ["autocommit_tx", "on_commit", "write_tx"]
 
@@ -214,10 +215,7 @@ def autocommit_tx(engine: Engine) -> Iterator[Connection]:
     if engine.dialect.name != "postgresql":
         raise StoreError("autocommit_tx is for PostgreSQL")
     callbacks: list[Callable[[], None]] = []
-    with (
-        engine.connect() as conn,
-        _collecting(conn.execution_options(isolation_level="AUTOCOMMIT"), callbacks) as ac,
-    ):
+    with pg_autocommit(engine) as conn, _collecting(conn, callbacks) as ac:
         yield ac
     _run_callbacks(callbacks)
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from connector.errors import ConfigError
-from connector.store import create_engine, migrate, normalize_url, read_only
+from connector.store import autocommit_tx, create_engine, migrate, normalize_url, read_only, run
 
 
 def test_normalize_url_uses_psycopg3() -> None:
@@ -225,5 +225,39 @@ def test_postgres_statements_are_prepared_at_their_second_execution(pg_url: str)
             for _ in range(2):
                 conn.execute(sa.text("select 2 as twice"))
             assert len(raw._prepared._names) == 1
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_autocommit_blocks_commit_each_statement_and_return_the_connection_as_it_was(
+    pg_url: str,
+) -> None:
+    """``autocommit_tx``: each statement commits at once (another connection sees it before the
+    block ends), and the pooled connection goes back transactional. One left inside an explicit
+    transaction is discarded, never handed out in the wrong mode."""
+    eng = create_engine(pg_url, pool_size=2)
+    try:
+        with eng.begin() as conn:
+            conn.exec_driver_sql("create table ac (n integer)")
+        with autocommit_tx(eng) as conn:
+            raw: Any = conn.connection.dbapi_connection
+            run(conn, sa.text("insert into ac values (1)"), {})
+            with eng.connect() as other:
+                assert other.exec_driver_sql("select count(*) from ac").scalar_one() == 1
+        assert raw.autocommit is False
+        with eng.connect() as c1, eng.connect() as c2:  # both pooled connections, raw among them
+            assert raw in (c1.connection.dbapi_connection, c2.connection.dbapi_connection)
+            for conn in (c1, c2):  # writes wait for a commit
+                conn.exec_driver_sql("insert into ac values (2)")
+                conn.rollback()
+        with read_only(eng) as conn:
+            assert conn.execute(sa.text("select count(*) from ac")).scalar_one() == 1
+            conn.exec_driver_sql("BEGIN")  # left open: the connection cannot switch back
+            left_open: Any = conn.connection.dbapi_connection
+        assert left_open.closed
+        with eng.connect() as conn:
+            assert conn.connection.dbapi_connection is not left_open
+            assert conn.exec_driver_sql("select count(*) from ac").scalar_one() == 1
     finally:
         eng.dispose()
