@@ -186,6 +186,14 @@ class _Listener:
     wanted: EventFilter
 
 
+#: The SSE change poll: rows changed after ``since`` (an index scan, contracts_0005).
+CHANGES_SINCE = (
+    sa.select(negotiations)
+    .where(negotiations.c.updated_at > sa.bindparam("since"))
+    .order_by(negotiations.c.updated_at)
+    .limit(1000)
+)
+
 #: A negotiation row (as read, or as updated in memory after a write in the same transaction).
 Row = Mapping[Any, Any]
 
@@ -476,16 +484,7 @@ class NegotiationManager:
                     return
             try:
                 with read_only(self.engine) as conn:
-                    rows = (
-                        conn.execute(
-                            sa.select(negotiations)
-                            .where(negotiations.c.updated_at > cursor)
-                            .order_by(negotiations.c.updated_at)
-                            .limit(1000)
-                        )
-                        .mappings()
-                        .all()
-                    )
+                    rows = conn.execute(CHANGES_SINCE, {"since": cursor}).mappings().all()
             except Exception:  # the database is away: try again next tick
                 log.warning("SSE change poll failed", exc_info=True)
                 continue

@@ -40,4 +40,6 @@ negotiations = process_table(
     sa.Index("ix_cn_negotiations_role_provider_pid", "role", "provider_pid"),
     sa.Index("ix_cn_negotiations_role_consumer_pid", "role", "consumer_pid"),
     sa.Index("ix_cn_negotiations_created_at", "created_at"),
+    #: the SSE change poll reads the rows changed since its last look (contracts_0005)
+    sa.Index("ix_cn_negotiations_updated_at", "updated_at"),
 )

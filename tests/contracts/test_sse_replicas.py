@@ -78,3 +78,19 @@ async def test_sse_filter_applies_to_own_and_other_replicas_changes(engine: sa.E
     finally:
         b.unsubscribe(everything)
         b.unsubscribe(ended)
+
+
+def test_the_change_poll_reads_through_an_index(engine: sa.Engine) -> None:
+    """The poll runs twice a second on every replica while anyone follows the stream: it must
+    not scan the table (87 ms at 200,000 negotiations without the index)."""
+    from contracts._manager import CHANGES_SINCE
+
+    stmt = CHANGES_SINCE.params(since=0.0)
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a small table: the plan if it were big
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+        else:
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "ix_cn_negotiations_updated_at" in plan, plan
