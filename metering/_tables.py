@@ -52,6 +52,13 @@ transfers = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     #: pending transfers only: pending | posted | voided | expired (else "")
     sa.Column("pending_status", sa.String(16), nullable=False),
+    #: the expiry sweep's: only the transfers still pending (metering_0007)
+    sa.Index(
+        "ix_ledger_transfers_pending",
+        "created_at",
+        postgresql_where=sa.text("pending_status = 'pending'"),
+        sqlite_where=sa.text("pending_status = 'pending'"),
+    ),
 )
 
 failed_ids = sa.Table(

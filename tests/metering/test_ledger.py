@@ -128,6 +128,27 @@ def test_pending_timeout_expires(ledger: Ledger) -> None:
     _ok(lg)
 
 
+def test_the_expiry_sweep_reads_only_pending_transfers(engine: sa.Engine) -> None:
+    """The sweep runs every housekeeping round: its plan uses the partial index of pending
+    transfers, also as PostgreSQL's generic plan of the prepared statement (no parameter decides
+    whether the index applies), never a scan of the whole ledger."""
+    from metering._ledger import EXPIRY_CANDIDATES
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a small table: the plan if it were big
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            sql = str(EXPIRY_CANDIDATES.compile(engine)).replace("%(now)s", "$1")
+            conn.exec_driver_sql(f"PREPARE sweep(float8) AS {sql}")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE sweep(1e9)"))
+        else:
+            sql = str(
+                EXPIRY_CANDIDATES.params(now=1e9).compile(engine, compile_kwargs={"literal_binds": True})
+            )
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "ix_ledger_transfers_pending" in plan, plan
+
+
 def test_linked_chain_succeeds_or_fails_as_one(ledger: Ledger) -> None:
     ok = [
         Transfer("l1", "consumer:prepaid", "provider:revenue", 100, "EUR", flags=TransferFlags.LINKED),
