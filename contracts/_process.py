@@ -73,7 +73,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from connector.errors import NotFoundError, StoreError
-from connector.store import is_postgres, metadata, on_commit, run, write_tx
+from connector.store import is_postgres, metadata, on_commit, read_only, run, write_tx
 
 __all__ = [
     "AckTransition",
@@ -964,8 +964,10 @@ class Worker:
         self.poll_s = poll_s
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dsp-send")
         self._poller = PollingThread(
-            self.run_once, f"dsp-worker-{self.owner}", poll_s, error_wait_s=min(1.0, poll_s * 5)
+            self._poll_step, f"dsp-worker-{self.owner}", poll_s, error_wait_s=min(1.0, poll_s * 5)
         )
+        #: when the polling thread next sweeps for timeouts (time.monotonic())
+        self._next_sweep = 0.0
         self._postgres = is_postgres(engine)
         #: Processes with a message that :func:`enqueue_claimed` left to the claim because an older
         #: one was still pending: recording that older one's outcome wakes the worker.
@@ -986,6 +988,18 @@ class Worker:
     # -- one iteration ------------------------------------------------------------------------
     def run_once(self) -> int:
         return self.deliver() + self.expire()
+
+    def _poll_step(self) -> int:
+        """The polling thread's iteration: deliver whenever woken, but sweep for timeouts at most
+        every ``poll_s`` (under load the worker is woken many times a second, and deadlines are
+        seconds apart); a sweep that filled its batch sweeps again at once."""
+        did = self.deliver()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            expired = self.expire()
+            self._next_sweep = now if expired >= self.batch_size else now + self.poll_s
+            did += expired
+        return did
 
     def _claim(self) -> list[OutboxMessage]:
         now = time.time()
@@ -1262,6 +1276,24 @@ class Worker:
                 )
                 return stmt.with_for_update(skip_locked=True) if pg else stmt
 
+            def build_probe(t: sa.Table = t, terminal: tuple[int, ...] = terminal) -> Any:
+                return (
+                    sa.select(t.c.id)
+                    .where(
+                        t.c.deadline.is_not(None),
+                        t.c.deadline < sa.bindparam("_now"),
+                        t.c.state.not_in(terminal),
+                    )
+                    .limit(1)
+                )
+
+            # Nearly always nothing is due: find that out with one read (no write transaction:
+            # no BEGIN and COMMIT on PostgreSQL, no write lock on SQLite).
+            probe = cached_statement(("expire-probe", t.name, id(t), terminal), build_probe)
+            with read_only(self.engine) as conn:
+                due = run(conn, probe, {"_now": now}).rows
+            if not due:
+                continue
             stmt = cached_statement(("expire", t.name, id(t), terminal, pg), build)
             try:
                 with write_tx(self.engine) as conn:

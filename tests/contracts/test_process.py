@@ -490,6 +490,62 @@ def test_state_timeout(toy_engine: sa.Engine) -> None:
     assert w.expire() == 0
 
 
+def test_a_sweep_with_nothing_due_does_not_wait_for_a_writer(toy_engine: sa.Engine) -> None:
+    """Finding that nothing timed out is one read: no write transaction (on SQLite it would queue
+    behind a long write; on PostgreSQL it would add BEGIN and COMMIT to every sweep). Once a
+    deadline passed, the sweep expires the process as before."""
+    import threading
+
+    from connector.store import write_tx
+
+    with toy_engine.begin() as conn:
+        _new(conn, "p10")
+    w = _worker(toy_engine, ToyHandler(), [], [])
+    holding, release = threading.Event(), threading.Event()
+
+    def long_writer() -> None:
+        with write_tx(toy_engine) as conn:
+            conn.execute(sa.update(TOY).where(TOY.c.id == "p10").values(note="busy"))
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=long_writer)
+    t.start()
+    try:
+        assert holding.wait(5)
+        t0 = time.monotonic()
+        assert w.expire() == 0
+        assert time.monotonic() - t0 < 2.0  # not blocked until the writer's 10 s are up
+    finally:
+        release.set()
+        t.join()
+    with toy_engine.begin() as conn:
+        conn.execute(sa.update(TOY).where(TOY.c.id == "p10").values(deadline=time.time() - 1))
+    assert w.expire() == 1 and _state(toy_engine, "p10")["state"] == TIMED_OUT
+
+
+def test_the_polling_thread_sweeps_for_timeouts_at_most_every_poll_s(toy_engine: sa.Engine) -> None:
+    """Under load the worker is woken many times a second: each wake delivers, but timeouts are
+    swept at most every poll_s, except right after a sweep that filled its batch."""
+    w = _worker(toy_engine, ToyHandler(), [], [], poll_s=0.3, batch_size=2)
+    sweeps: list[int] = []
+    results = [0, 2, 1]
+
+    def expire() -> int:
+        sweeps.append(1)
+        return results.pop(0) if results else 0
+
+    w.expire = expire  # type: ignore[method-assign]
+    for _ in range(20):
+        w._poll_step()
+    assert len(sweeps) == 1
+    time.sleep(0.35)
+    w._poll_step()  # a full batch (2): more may be due
+    w._poll_step()  # so at once again
+    w._poll_step()  # that one was not full: wait
+    assert len(sweeps) == 3
+
+
 def test_received_message_dedupe(toy_engine: sa.Engine) -> None:
     with toy_engine.begin() as conn:
         _new(conn, "p8")
