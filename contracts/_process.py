@@ -73,7 +73,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from connector.errors import NotFoundError, StoreError
-from connector.store import is_postgres, metadata, on_commit, read_only, run, write_tx
+from connector.store import is_postgres, metadata, on_commit, pg_autocommit, read_only, run, write_tx
 
 __all__ = [
     "AckTransition",
@@ -1134,8 +1134,7 @@ class Worker:
             lambda: _ack_statement(ack.table, fill, pg),
         )
         if pg:  # one statement, its own transaction
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pg_autocommit(self.engine) as conn:
                 row = run(conn, stmt, params).first()
         else:
             # SQLite: two statements in the process's group-committed writer (which holds the

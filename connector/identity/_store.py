@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import NotFoundError, TokenError, ValidationError
-from connector.store import is_postgres, metadata, read_only, run, write_tx
+from connector.store import is_postgres, metadata, pg_autocommit, read_only, run, write_tx
 
 log = logging.getLogger("dadam.identity")
 
@@ -164,7 +164,7 @@ class SqlReplayStore:
         # PostgreSQL: autocommit, one round trip per statement and no BEGIN or COMMIT (this runs
         # for every DSP message received). SQLite: the process's group-committed writer.
         tx = (
-            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            pg_autocommit(self._engine)
             if is_postgres(self._engine)
             else write_tx(self._engine)
         )

@@ -25,6 +25,7 @@ from connector.store._engine import (
     metadata,
     migrate,
     normalize_url,
+    pg_autocommit,
     read_only,
 )
 from connector.store._tx import autocommit_tx, on_commit, write_tx
@@ -40,6 +41,7 @@ __all__ = [
     "migrate",
     "normalize_url",
     "on_commit",
+    "pg_autocommit",
     "read_only",
     "run",
     "write_tx",
