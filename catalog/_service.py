@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from catalog import _dsp
+from catalog import _tables as t
 from catalog._access import AccessEvaluator, FailClosedEvaluator
 from catalog._filter import CatalogFilter
 from catalog._models import ContractDefinition, Dataset, PolicyDefinition
@@ -31,7 +33,7 @@ from catalog._store import CatalogStore
 from connector.errors import NotFoundError, ValidationError
 from connector.identity import Caller
 
-__all__ = ["CatalogPage", "CatalogService", "ResolvedOffer", "split_offer_id"]
+__all__ = ["CatalogGuard", "CatalogPage", "CatalogService", "ResolvedOffer", "split_offer_id"]
 
 _CACHE_ENTRIES = 256
 
@@ -71,6 +73,15 @@ class ResolvedOffer:
     contract_definition: ContractDefinition
     #: The Offer as the catalog shows it (``@id``, ``@type``, ``assigner``, rules; no ``target``).
     offer_policy_json: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogGuard:
+    """A condition for a write that depends on the catalog: a row of ``table`` with ``values``
+    (the catalog revision a decision was made on) still exists."""
+
+    table: sa.Table
+    values: Mapping[str, Any]
 
 
 def split_offer_id(offer_id: str) -> tuple[str, str, str]:
@@ -328,9 +339,23 @@ class CatalogService:
         does not match the current contract policy (unless the definition accepts any tag), or the
         caller does not satisfy the access policy.
         """
+        return self._resolve(self._snapshot(), offer_id, caller)
+
+    def resolve_offer_as_of(self, offer_id: str, caller: Caller) -> tuple[ResolvedOffer, CatalogGuard]:
+        """:meth:`resolve_offer` against the catalog as last loaded by this process, without
+        reading the current revision (one round trip fewer), and the guard that says which
+        revision that was. The caller writes what it decides only if the guard still holds (the
+        catalog row still has that revision, e.g. as a condition of its INSERT), and otherwise
+        decides again with :meth:`resolve_offer`. An error from here may come from an outdated
+        catalog: check it with :meth:`resolve_offer` before answering it."""
+        snap = self._snap or self._snapshot()
+        return self._resolve(snap, offer_id, caller), CatalogGuard(
+            t.revision, {"id": 1, "value": snap.revision}
+        )
+
+    def _resolve(self, snap: _Snapshot, offer_id: str, caller: Caller) -> ResolvedOffer:
         cd_id, dataset_id, tag = split_offer_id(offer_id)
         ctx = {"offerId": offer_id}
-        snap = self._snapshot()
         cd = next((c for c in snap.definitions if c.id == cd_id), None)
         if cd is None:
             raise NotFoundError(f"offer {offer_id!r}: no contract definition {cd_id!r}", context=ctx)

@@ -340,6 +340,9 @@ class _Effects:
     #: A new row not written yet (PostgreSQL): (its values as created, the column values no
     #: existing row may have); the one guarded write INSERTs it with its changes.
     new: tuple[Row, Mapping[str, Any] | None] | None = None
+    #: With ``new``: a row of another table that must exist (table, column values) for the
+    #: INSERT to happen, e.g. the catalog at the revision the offer was resolved on.
+    require: tuple[sa.Table, Mapping[str, Any]] | None = None
     #: The guarded write was made (committed): nothing else may be written.
     guard_spent: bool = False
 
@@ -647,7 +650,9 @@ class NegotiationManager:
         fx.guard_spent = True
         if fx.new is not None:
             initial, absent = fx.new
-            return StateWrite(negotiations, pid, write, received=received, insert=initial, absent=absent)
+            return StateWrite(
+                negotiations, pid, write, received=received, insert=initial, absent=absent, require=fx.require
+            )
         return StateWrite(negotiations, pid, write, expect_version=version, received=received)
 
     def _send(
@@ -947,12 +952,59 @@ class NegotiationManager:
             raise ValidationError(
                 "unusable callbackAddress", errors=["callbackAddress: http(s) URL"], context=ctx
             )
+        if self.offers is None:
+            raise NotFoundError(f"offer {msg.offer.get('@id')!r} is not known (no catalog)", context=ctx)
+        digest = body_digest(body)
+        as_of = getattr(self.offers, "resolve_offer_as_of", None)
+        values: dict[str, Any] | None = None
+        if self._optimistic and msg.id:
+            # With a catalog that can: decide on the catalog as last loaded; the new row is then
+            # written only if the catalog is still at that revision (a condition of the INSERT),
+            # else decided again below on the current one.
+            guard: tuple[sa.Table, Mapping[str, Any]] | None = None
+            try:
+                values, guard = self._offer_values(msg, caller, ctx, as_of)
+            except DadamError:
+                if as_of is None:
+                    raise
+                # perhaps an outdated catalog: the answer comes from the current one
+            if values is not None:
+                ack = self._request_optimistic(msg, caller, digest, values, defer, guard)
+                if ack is not None:
+                    return ack
+                if guard is not None:
+                    values = None  # decided on a catalog that may have changed since
+        if values is None:
+            values, _ = self._offer_values(msg, caller, ctx, None)
+        fx = _Effects()
+        with write_tx(self.engine) as conn:
+            row, duplicate = self._open_received(
+                conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx, **values
+            )
+            if duplicate is not None:
+                return duplicate
+            ack = self._take_request(conn, row, msg, caller, fx)
+        self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
+        self._publish(fx, defer=defer)
+        return ack
+
+    def _offer_values(
+        self, msg: ContractRequestMessage, caller: Caller, ctx: Mapping[str, Any], as_of: Any
+    ) -> tuple[dict[str, Any], tuple[sa.Table, Mapping[str, Any]] | None]:
+        """The new provider row's offer columns for the requested offer, resolved for ``caller``
+        (with ``as_of``, the catalog's ``resolve_offer_as_of``: against the catalog as last
+        loaded, with the guard that names its revision); ValidationError when it cannot be
+        negotiated."""
+        assert self.offers is not None
         offer_id = str(msg.offer.get("@id"))
         target = msg.offer.get("target")
-        if self.offers is None:
-            raise NotFoundError(f"offer {offer_id!r} is not known (no catalog)", context=ctx)
+        guard: tuple[sa.Table, Mapping[str, Any]] | None = None
         try:
-            resolved = self.offers.resolve_offer(offer_id, caller)
+            if as_of is None:
+                resolved = self.offers.resolve_offer(offer_id, caller)
+            else:
+                resolved, catalog_guard = as_of(offer_id, caller)
+                guard = (catalog_guard.table, catalog_guard.values)
         except DadamError as exc:
             # Unknown offer: the provider MUST answer with an error (400, not 404: the
             # endpoint exists, the offer in the body does not).
@@ -966,26 +1018,11 @@ class NegotiationManager:
                 errors=[f"offer.target: expected {dataset_id!r}"],
                 context=ctx,
             )
-        digest = body_digest(body)
         values = {
             "offer_id": offer_id, "dataset_id": dataset_id, "offer": _dumps(msg.offer), "offer_by": "consumer",
             "extra": _dumps({"offered": resolved.offer_policy_json, "claims": dict(caller.claims)}),
         }  # fmt: skip
-        if self._optimistic and msg.id:
-            ack = self._request_optimistic(msg, caller, digest, values, defer)
-            if ack is not None:
-                return ack
-        fx = _Effects()
-        with write_tx(self.engine) as conn:
-            row, duplicate = self._open_received(
-                conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx, **values
-            )
-            if duplicate is not None:
-                return duplicate
-            ack = self._take_request(conn, row, msg, caller, fx)
-        self._remember_role(str(row["provider_pid"]), Role.PROVIDER)
-        self._publish(fx, defer=defer)
-        return ack
+        return values, guard
 
     def _request_optimistic(
         self,
@@ -994,6 +1031,7 @@ class NegotiationManager:
         digest: str,
         values: Mapping[str, Any],
         defer: Callable[[Callable[[], None]], None] | None,
+        guard: tuple[sa.Table, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any] | None:
         """PostgreSQL: :meth:`provider_request` in one statement without a transaction. The new
         row is written with its state after our reaction, the message id and the reply, only if
@@ -1012,6 +1050,7 @@ class NegotiationManager:
             row,
             {"role": Role.PROVIDER.value, "consumer_pid": msg.consumer_pid, "counterparty_id": caller.did},
         )
+        fx.require = guard
 
         def work() -> dict[str, Any]:
             with autocommit_tx(self.engine) as conn:

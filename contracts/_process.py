@@ -366,6 +366,9 @@ class StateWrite:
     #: Nothing written (the message id was seen, or such a row exists): :class:`StaleWrite`.
     insert: Mapping[str, Any] | None = None
     absent: Mapping[str, Any] | None = None
+    #: With ``insert``: insert only if a row of this table has these column values too (e.g.
+    #: the catalog still at the revision the decision was made on).
+    require: tuple[sa.Table, Mapping[str, Any]] | None = None
 
 
 class StaleWrite(Exception):
@@ -391,12 +394,15 @@ def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
         names = tuple(sorted(values))
         absent = tuple(sorted(state.absent or ()))
         received = state.received is not None
+        req_table, req_values = state.require or (None, {})
+        required = tuple(sorted(req_values))
         stmt = cached_statement(
-            ("insert_guarded", t.name, id(t), names, absent, received),
-            lambda: _guarded_insert(t, names, absent, received),
+            ("insert_guarded", t.name, id(t), names, absent, received, id(req_table), required),
+            lambda: _guarded_insert(t, names, absent, received, (req_table, required)),
         )
         params = {f"v_{n}": v for n, v in values.items()}
         params.update({f"_a_{n}": v for n, v in (state.absent or {}).items()})
+        params.update({f"_r_{n}": v for n, v in req_values.items()})
         if state.received is not None:
             params.update(_received_params(state.process_id, state.received))
         return stmt, params
@@ -457,14 +463,33 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
     )
 
 
-def _guarded_insert(table: sa.Table, names: tuple[str, ...], absent: tuple[str, ...], received: bool) -> Any:
+def _guarded_insert(
+    table: sa.Table,
+    names: tuple[str, ...],
+    absent: tuple[str, ...],
+    received: bool,
+    require: tuple[sa.Table | None, tuple[str, ...]] = (None, ()),
+) -> Any:
     """``INSERT`` of a new row (columns ``names`` from ``:v_<name>``) that happens only if no
-    row has the ``absent`` column values (``:_a_<name>``) and, with ``received``, only if the
-    received message's inbox row (process id ``:_upid``) was new."""
+    row has the ``absent`` column values (``:_a_<name>``), if a row of the ``require`` table
+    has its column values (``:_r_<name>``) and, with ``received``, only if the received
+    message's inbox row (process id ``:_upid``) was new."""
     cond: Any = sa.true()
     if absent:
         cond = ~sa.exists(
             sa.select(table.c.id).where(*(table.c[n] == sa.bindparam(f"_a_{n}") for n in absent))
+        )
+    req_table, required = require
+    if req_table is not None:
+        cond = sa.and_(
+            cond,
+            sa.exists(
+                sa.select(sa.literal(1))
+                .select_from(req_table)
+                .where(
+                    *(req_table.c[n] == sa.bindparam(f"_r_{n}", type_=req_table.c[n].type) for n in required)
+                )
+            ),
         )
     if received:
         seen = _inbox_seen(_bound("_upid", inbox.c.process_id), cond)

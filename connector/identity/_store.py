@@ -163,11 +163,7 @@ class SqlReplayStore:
         self._count += 1
         # PostgreSQL: autocommit, one round trip per statement and no BEGIN or COMMIT (this runs
         # for every DSP message received). SQLite: the process's group-committed writer.
-        tx = (
-            pg_autocommit(self._engine)
-            if is_postgres(self._engine)
-            else write_tx(self._engine)
-        )
+        tx = pg_autocommit(self._engine) if is_postgres(self._engine) else write_tx(self._engine)
         try:
             with tx as conn:
                 if self._count % self._prune_every == 0:
