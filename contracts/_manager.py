@@ -198,6 +198,10 @@ CHANGES_SINCE = (
 Row = Mapping[Any, Any]
 
 KIND = "cn"
+#: How long the worker holds back the record of a delivered message's ACK (PostgreSQL, optimistic
+#: receive): the peer's next message, which records it with its own write, usually comes within
+#: a few milliseconds; without one the ACK is recorded after this.
+ACK_HOLD_S = 0.5
 WEBHOOK_KIND = "cn-webhook"
 
 
@@ -343,6 +347,16 @@ class _Effects:
     #: With ``new``: a row of another table that must exist (table, column values) for the
     #: INSERT to happen, e.g. the catalog at the revision the offer was resolved on.
     require: tuple[sa.Table, Mapping[str, Any]] | None = None
+    #: A delivery of ours to this negotiation that the worker held back (its ACK not recorded
+    #: yet, :meth:`Worker.take_held`): the guarded write records it (``StateWrite.acked``).
+    held: tuple[OutboxMessage, Delivery] | None = None
+    #: A message of ours to this negotiation whose outcome is not recorded yet: held back by
+    #: the worker (``held``) or still being sent (:meth:`Worker.in_flight`). The peer's message
+    #: shows the peer has it, so the guarded write marks it sent (``StateWrite.acked``).
+    acked: str | None = None
+    acked_owner: str = ""  # the worker that leased it
+    acked_process: str = ""
+    acked_used: bool = False
     #: The guarded write was made (committed): nothing else may be written.
     guard_spent: bool = False
 
@@ -378,6 +392,8 @@ class NegotiationManager:
     kind = KIND
     table = negotiations
     terminal_states = frozenset(int(s) for s in TERMINAL_STATES)
+    #: The worker may hold back a delivery's record for :meth:`receive` to make (Worker.take_held).
+    coalesce_acks = True
 
     def __init__(
         self,
@@ -447,6 +463,9 @@ class NegotiationManager:
             and self.scripts is None
             and config.reply_delay_s <= 0
         )
+        # Where messages are received optimistically, the ACK of a message we sent is held
+        # back a moment: the peer's answer usually comes first and records it (decision 0410).
+        self.worker.hold_acks_s = ACK_HOLD_S if self._optimistic else 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -653,7 +672,10 @@ class NegotiationManager:
             return StateWrite(
                 negotiations, pid, write, received=received, insert=initial, absent=absent, require=fx.require
             )
-        return StateWrite(negotiations, pid, write, expect_version=version, received=received)
+        acked = None
+        if fx.acked is not None:
+            acked, fx.acked_used = (fx.acked, fx.acked_owner), True
+        return StateWrite(negotiations, pid, write, expect_version=version, received=received, acked=acked)
 
     def _send(
         self,
@@ -1138,6 +1160,9 @@ class NegotiationManager:
             ack = self._receive_optimistic(role, pid, msg, event, caller, digest, defer)
             if ack is not None:
                 return ack
+        held = self.worker.take_held(KIND, pid)  # our pid is the row's id
+        if held is not None:  # recorded first, as if the peer's message had come later
+            self._record_held(held)
         fx = _Effects()
         with write_tx(self.engine) as conn:
             # the caller's token id, if not recorded yet, goes in with this transaction
@@ -1145,6 +1170,12 @@ class NegotiationManager:
             ack = self._apply(conn, role, row, msg, event, caller, digest, fx)
         self._publish(fx, defer=defer)
         return ack
+
+    def _record_held(self, held: tuple[OutboxMessage, Delivery]) -> None:
+        try:
+            self.worker.record_held(held)
+        except Exception:  # as when the worker records it: the lease expires and it is resent
+            log.exception("recording delivery of %s failed; it will be resent", held[0].id)
 
     def _receive_optimistic(
         self,
@@ -1169,10 +1200,27 @@ class NegotiationManager:
             if _loads(row["callbacks"]):
                 return None  # webhook calls are outbox rows of their own: a second write
             fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))
+            # The ACK of our last message here, if the worker still holds it, is recorded by
+            # this write: the state machine takes the peer's message in the "-ING" state the
+            # same as in the state the ACK leads to (a test checks the table).
+            fx.held = self.worker.take_held(KIND, str(row["id"]))
+            fx.acked = fx.held[0].id if fx.held else self.worker.in_flight(KIND, str(row["id"]))
+            fx.acked_owner, fx.acked_process = self.worker.owner, str(row["id"])
             with autocommit_tx(self.engine) as conn:
                 return self._apply(conn, role, row, msg, event, caller, digest, fx)
 
-        ack = _one_write(fx, work)
+        ack: dict[str, Any] | None = None
+        try:
+            ack = _one_write(fx, work)
+        finally:
+            done = ack is not None and fx.acked_used
+            if fx.held is not None:
+                if done:
+                    self.worker.recorded_with(KIND, fx.held[0].process_id)
+                else:  # not written with it: recorded the usual way, before anything else
+                    self._record_held(fx.held)
+            elif done and fx.acked is not None:
+                self.worker.settle(KIND, fx.acked_process, fx.acked)
         if ack is not None:
             self._publish(fx, defer=defer)
         return ack

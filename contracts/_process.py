@@ -369,6 +369,10 @@ class StateWrite:
     #: With ``insert``: insert only if a row of this table has these column values too (e.g.
     #: the catalog still at the revision the decision was made on).
     require: tuple[sa.Table, Mapping[str, Any]] | None = None
+    #: With ``expect_version``: an outbox message of this process whose delivery (a 2xx) the
+    #: worker held back (:meth:`Worker.take_held`): ``(message id, lease owner)``. The write
+    #: marks it sent, as the delivery's own record would have (if it is still pending and ours).
+    acked: tuple[str, str] | None = None
 
 
 class StaleWrite(Exception):
@@ -408,8 +412,14 @@ def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
         return stmt, params
     upd = _state_write_values(state.kwargs)
     names = tuple(sorted(upd))
-    stmt = cached_statement(("guarded_update", t.name, id(t), names), lambda: _guarded_update(t, names))
-    return stmt, _guarded_params(state, upd)
+    acked = state.acked is not None
+    stmt = cached_statement(
+        ("guarded_update", t.name, id(t), names, acked), lambda: _guarded_update(t, names, acked)
+    )
+    params = _guarded_params(state, upd)
+    if state.acked is not None:
+        params.update(_ack_id=state.acked[0], _ack_owner=state.acked[1], _ack_now=time.time())
+    return stmt, params
 
 
 def _bound(name: str, column: sa.Column[Any]) -> Any:
@@ -444,10 +454,11 @@ def _inbox_seen(process_id: Any, where: Any = None) -> Any:
     )
 
 
-def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
+def _guarded_update(table: sa.Table, names: tuple[str, ...], acked: bool = False) -> Any:
     """``UPDATE`` of the row ``_upid`` that happens only if a CTE locked it with version
     ``_expect`` and the received message's inbox row was new (``INSERT ... ON CONFLICT DO
-    NOTHING`` over the locked row)."""
+    NOTHING`` over the locked row). With ``acked``, the same condition marks the outbox row
+    ``_ack_id`` sent if it is still pending and leased to ``_ack_owner``."""
 
     locked = (
         sa.select(table.c.id)
@@ -456,11 +467,32 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...]) -> Any:
         .cte("locked")
     )
     seen = _inbox_seen(locked.c.id)
-    return (
+    stmt = (
         sa.update(table)
         .where(table.c.id.in_(sa.select(seen.c.process_id)))
         .values({**{n: sa.bindparam(f"v_{n}") for n in names}, "version": table.c.version + 1})
     )
+    if not acked:
+        return stmt
+    sent = (
+        sa.update(outbox)
+        .where(
+            outbox.c.id == sa.bindparam("_ack_id"),
+            outbox.c.status == "pending",
+            outbox.c.lease_owner == sa.bindparam("_ack_owner"),
+            sa.exists(sa.select(seen.c.process_id)),
+        )
+        .values(
+            status="sent",
+            attempts=outbox.c.attempts + 1,
+            sent_at=sa.bindparam("_ack_now"),
+            lease_owner=None,
+            lease_until=None,
+        )
+        .returning(outbox.c.id)
+        .cte("sent")
+    )
+    return stmt.add_cte(sent)
 
 
 def _guarded_insert(
@@ -621,6 +653,7 @@ def _enqueue(
             "_owner": owner,
             "_lease_until": now + lease_s if owner is not None else None,
             "_now": now,
+            "_acked": state.acked[0] if state is not None and state.acked is not None else "",
         },
     ).all()
     if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
@@ -666,7 +699,11 @@ def _outbox_insert(moved: Any = None) -> Any:
     the lease (owner, until) only when none of them is still pending. ``moved``: an UPDATE of the
     process row run first in a CTE; the row is added only if that UPDATE found its row."""
     earlier = sa.and_(outbox.c.kind == sa.bindparam("_kind"), outbox.c.process_id == sa.bindparam("_pid"))
-    any_pending = sa.func.count().filter(outbox.c.status == "pending") > 0
+    # ``_acked``: a message the same statement marks sent (StateWrite.acked; else ''): all parts
+    # of a statement see the rows as they were before it, so it still reads as pending here
+    any_pending = (
+        sa.func.count().filter(outbox.c.status == "pending", outbox.c.id != sa.bindparam("_acked")) > 0
+    )
     c = outbox.c
 
     values = {
@@ -978,8 +1015,21 @@ class Worker:
         batch_size: int = 20,
         poll_s: float = 0.2,
         concurrency: int = 8,
+        hold_acks_s: float = 0.0,
     ) -> None:
         self.engine = engine
+        #: How long a delivery with an :class:`AckTransition`, of a handler that opts in
+        #: (``coalesce_acks``), waits before it is recorded: the peer's next message usually
+        #: comes first and records it with its own write (:meth:`take_held`). 0: at once.
+        self.hold_acks_s = hold_acks_s
+        self._held: dict[tuple[str, str], tuple[OutboxMessage, Delivery, float]] = {}
+        #: Messages being sent now, of handlers that coalesce, by process (at most one each
+        #: whose outcome is open) and the ids a received message's write marked sent meanwhile.
+        self._in_flight: dict[tuple[str, str], str] = {}
+        self._settled: set[str] = set()
+        self._held_cond = threading.Condition()
+        self._flusher: threading.Thread | None = None
+        self._stopping = False
         self.handlers = {h.kind: h for h in handlers}
         self.sender = sender
         self.owner = owner or f"w-{uuid.uuid4().hex[:12]}"
@@ -1009,6 +1059,105 @@ class Worker:
     def stop(self, timeout: float = 5.0) -> None:
         self._poller.stop(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
+        with self._held_cond:
+            self._stopping = True
+            self._held_cond.notify_all()
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.join(timeout)
+        self._flush_held(everything=True)
+
+    # -- held deliveries ----------------------------------------------------------------------
+    def take_held(self, kind: str, process_id: str) -> tuple[OutboxMessage, Delivery] | None:
+        """The delivery of ``process_id`` held back for recording, if any; the caller now
+        records it with its own write (``StateWrite.acked``) or, if that write does not happen,
+        with :meth:`record_held`."""
+        with self._held_cond:
+            item = self._held.pop((kind, process_id), None)
+        return None if item is None else (item[0], item[1])
+
+    def record_held(self, item: tuple[OutboxMessage, Delivery]) -> None:
+        """Record a delivery taken with :meth:`take_held` the usual way (at once)."""
+        self._record_now(*item)
+
+    def recorded_with(self, kind: str, process_id: str) -> None:
+        """A write recorded a held delivery of ``process_id`` (``StateWrite.acked``): a message
+        queued behind it can be claimed now."""
+        self._release_queued(kind, process_id)
+
+    def in_flight(self, kind: str, process_id: str) -> str | None:
+        """The id of the message of ``process_id`` being sent right now, if any (handlers that
+        coalesce, with ``hold_acks_s``). A message the peer sent after it shows the peer has it:
+        the write that takes that message may mark it sent (``StateWrite.acked``), then
+        :meth:`settle`."""
+        with self._held_cond:
+            return self._in_flight.get((kind, process_id))
+
+    def settle(self, kind: str, process_id: str, message_id: str) -> None:
+        """A write marked the in-flight ``message_id`` sent: its outcome, when it comes, is not
+        recorded again (the state it would have recorded was passed by that write)."""
+        with self._held_cond:
+            if len(self._settled) > 10_000:  # ids whose send ended before they were settled
+                self._settled.clear()
+            self._settled.add(message_id)
+        self._release_queued(kind, process_id)
+
+    def _was_settled(self, message_id: str) -> bool:
+        with self._held_cond:
+            if message_id in self._settled:
+                self._settled.discard(message_id)
+                return True
+            return False
+
+    def _hold(self, message: OutboxMessage, delivery: Delivery) -> bool:
+        handler = self.handlers.get(message.kind)
+        if (
+            self.hold_acks_s <= 0
+            or message.on_ack is None
+            or not delivery.ok
+            or not getattr(handler, "coalesce_acks", False)
+        ):
+            return False
+        key = (message.kind, message.process_id)
+        with self._held_cond:
+            if self._stopping:
+                return False
+            earlier = self._held.pop(key, None)
+            self._held[key] = (message, delivery, time.monotonic() + self.hold_acks_s)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="dsp-ack-flush", daemon=True)
+                self._flusher.start()
+            self._held_cond.notify_all()
+        if earlier is not None:  # never more than one per process; keep the older one's record
+            self._record_now(earlier[0], earlier[1])
+        return True
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._held_cond:
+                if self._stopping:
+                    return
+                due = min((d for _, _, d in self._held.values()), default=None)
+                wait = None if due is None else due - time.monotonic()
+                if wait is None or wait > 0:
+                    self._held_cond.wait(wait)
+                    continue
+            self._flush_held()
+
+    def _flush_held(self, *, everything: bool = False) -> None:
+        now = time.monotonic()
+        with self._held_cond:
+            keys = [k for k, (_, _, d) in self._held.items() if everything or d <= now]
+            items = [self._held.pop(k) for k in keys]
+        for message, delivery, _ in items:
+            if self._settled and self._was_settled(message.id):
+                continue
+            try:
+                self._record_now(message, delivery)
+            except Exception:
+                log.exception(
+                    "recording delivery of %s failed; the lease will expire and it is resent", message.id
+                )
 
     # -- one iteration ------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -1103,10 +1252,20 @@ class Worker:
         return sum(1 for r in results if r)
 
     def _send_one(self, message: OutboxMessage) -> bool:
+        key = (message.kind, message.process_id)
+        tracked = self.hold_acks_s > 0 and getattr(self.handlers.get(message.kind), "coalesce_acks", False)
+        if tracked:
+            with self._held_cond:
+                self._in_flight[key] = message.id
         try:
             delivery = self.sender.send(message)
         except Exception as exc:
             delivery = Delivery(False, None, False, f"sender crashed: {exc!r}")
+        finally:
+            if tracked:
+                with self._held_cond:
+                    if self._in_flight.get(key) == message.id:
+                        del self._in_flight[key]
         try:
             self._record(message, delivery)
         except Exception:
@@ -1116,6 +1275,12 @@ class Worker:
         return True
 
     def _record(self, message: OutboxMessage, delivery: Delivery) -> None:
+        if self._settled and self._was_settled(message.id):
+            return  # a received message's write recorded it (settle), whatever happened here
+        if not self._hold(message, delivery):
+            self._record_now(message, delivery)
+
+    def _record_now(self, message: OutboxMessage, delivery: Delivery) -> None:
         handler = self.handlers.get(message.kind)
         if not self._record_ack(handler, message, delivery):
             try:
@@ -1124,7 +1289,10 @@ class Worker:
                 _after_commit(handler, False)
                 raise
             _after_commit(handler, True)
-        key = (message.kind, message.process_id)
+        self._release_queued(message.kind, message.process_id)
+
+    def _release_queued(self, kind: str, process_id: str) -> None:
+        key = (kind, process_id)
         if key in self._queued_behind:
             # A later message of this process waits for the claim, which skips it while this one
             # was pending: claim it now, not at the next poll.

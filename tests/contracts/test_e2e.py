@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from cn_harness import CLAIMS, MEMBERS_ONLY, OPEN_POLICY, FakeOffers, Node, make_node
 
 from contracts import StaticKeyResolver, verify_export
+from contracts._negotiation_states import State
+from contracts._process import outbox
 from contracts._tables import negotiations
 
 OFFER_ID = "cd1:ds-carbon:v1"
@@ -109,6 +111,29 @@ def test_a_received_message_and_the_reply_to_it_are_one_row_write(
     assert version(provider, prov_id) == 4
     # consumer: inserted (0), REQUESTING (1), REQUESTED (2), AGREED+VERIFYING (3), VERIFIED (4), FINALIZED (5)
     assert version(consumer, started["id"]) == 5
+
+
+def test_acks_recorded_with_the_next_message_leave_nothing_behind(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node]
+) -> None:
+    """On PostgreSQL the ACK of a message is usually recorded by the write of the peer's next
+    message (decision 0410). Whatever the timing, both sides end FINALIZED with every outbox
+    row sent, each message sent once, and a provider stopped right after the consumer finished
+    records its last ACK before it goes (it is not left to a lease expiry)."""
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    for _ in range(3):
+        started = _start(consumer, provider, OPEN_POLICY)
+        assert consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})["internalState"] == "FINALIZED"
+    nodes.remove(provider)
+    provider.stop()  # at once: the last ACK may still be held
+    for node in (provider, consumer):
+        with node.engine.connect() as conn:  # a stopped node's engine opens a new connection
+            states = conn.execute(sa.select(negotiations.c.state)).scalars().all()
+            out = conn.execute(sa.select(outbox.c.status, outbox.c.attempts)).all()
+        node.engine.dispose()
+        assert states == [int(State.FINALIZED)] * 3, (node.name, states)
+        assert {tuple(r) for r in out} == {("sent", 1)}, (node.name, out)
+        assert len(out) == 6, node.name  # 2 messages per negotiation on each side
 
 
 def test_received_messages_take_the_optimistic_path_on_postgres(

@@ -480,6 +480,107 @@ def test_an_optimistic_write_applies_only_to_the_version_read_and_a_new_message(
         engine.dispose()
 
 
+class CoalescingHandler(AckHandler):
+    coalesce_acks = True
+
+
+def test_a_held_delivery_is_recorded_after_the_hold_or_when_the_worker_stops(toy_engine: sa.Engine) -> None:
+    """With hold_acks_s, a 2xx of a coalescing handler's message is recorded after the hold (if
+    no received message recorded it first), and at once when the worker stops: nothing lost."""
+    handler = CoalescingHandler()
+    w = _worker(toy_engine, handler, [], [], hold_acks_s=0.3)
+    msg = _claimed_with_ack(toy_engine, w, "h1")
+    w._record(msg, Delivery(True, 200, False, "ok"))
+    assert _state(toy_engine, "h1")["state"] == SENDING and _outbox_of(toy_engine, "h1").status == "pending"
+    deadline = time.time() + 5
+    while _state(toy_engine, "h1")["state"] != SENT and time.time() < deadline:
+        time.sleep(0.02)
+    assert (_state(toy_engine, "h1")["state"], _outbox_of(toy_engine, "h1").status) == (SENT, "sent")
+    assert [r["id"] for r in handler.acked_rows] == ["h1"]
+    msg = _claimed_with_ack(toy_engine, w, "h2")
+    w._record(msg, Delivery(True, 200, False, "ok"))
+    w.stop()
+    assert (_state(toy_engine, "h2")["state"], _outbox_of(toy_engine, "h2").status) == (SENT, "sent")
+
+
+@pytest.mark.postgres
+def test_a_received_message_records_our_held_or_in_flight_delivery(pg_url: str) -> None:
+    """The peer's next message shows it has ours. Its write marks ours sent (StateWrite.acked),
+    and the reply it adds is leased at once: not queued behind ours. The outcome of ours, held
+    or arriving later, is then not recorded a second time."""
+    from connector.store import autocommit_tx, create_engine, migrate
+
+    engine = create_engine(pg_url)
+    try:
+        migrate(engine)
+        META.create_all(engine)
+        handler = CoalescingHandler()
+        w = _worker(engine, handler, [], [], hold_acks_s=30.0)
+
+        def reply(pid: str, version: int, mid: str, acked: str) -> OutboxMessage | None:
+            state = StateWrite(
+                TOY,
+                pid,
+                {"state": SENT, "timeout_s": 60.0, "note": "answered"},
+                expect_version=version,
+                received=("toy", mid, "d-" + mid),
+                acked=(acked, w.owner),
+            )
+            with autocommit_tx(engine) as conn:
+                return enqueue_claimed(conn, w, "toy", pid, "http://peer/x", {"@type": "Reply"}, state=state)
+
+        def outbox_rows(pid: str) -> list[tuple[str, str, Any]]:
+            with engine.connect() as conn:
+                q = sa.select(outbox.c.message_type, outbox.c.status, outbox.c.lease_owner)
+                rows = conn.execute(q.where(outbox.c.process_id == pid).order_by(outbox.c.seq)).all()
+            return [tuple(r) for r in rows]
+
+        # held: its 2xx came first
+        first = _claimed_with_ack(engine, w, "c1")
+        w._record(first, Delivery(True, 200, False, "ok"))
+        held = w.take_held("toy", "c1")
+        assert held is not None and held[0].id == first.id and w.take_held("toy", "c1") is None
+        assert reply("c1", 0, "peer-1", first.id) is not None  # leased: dispatchable at once
+        assert outbox_rows("c1") == [("M", "sent", None), ("Reply", "pending", w.owner)]
+        assert (_state(engine, "c1")["state"], _state(engine, "c1")["version"]) == (SENT, 1)
+        # in flight: the peer's message came before our 2xx
+        second = _claimed_with_ack(engine, w, "c2")
+        assert reply("c2", 0, "peer-2", second.id) is not None
+        w.settle("toy", "c2", second.id)
+        w._record(second, Delivery(True, 200, False, "ok"))  # its outcome: already recorded
+        assert outbox_rows("c2") == [("M", "sent", None), ("Reply", "pending", w.owner)]
+        assert _state(engine, "c2")["version"] == 1 and handler.acked_rows == [] and handler.delivered == []
+        # a write that does not apply (stale version) marks nothing sent
+        third = _claimed_with_ack(engine, w, "c3")
+        with pytest.raises(StaleWrite):
+            reply("c3", 7, "peer-3", third.id)
+        assert outbox_rows("c3") == [("M", "pending", w.owner)]
+        w.stop()
+    finally:
+        engine.dispose()
+
+
+def test_the_peers_messages_mean_the_same_in_an_ing_state_as_after_its_ack() -> None:
+    """Why a received message may record our unrecorded delivery with its own write: every
+    message the peer may send after ours is taken the same way in our "-ING" state as in the
+    state our delivery's ACK leads to."""
+    from contracts._negotiation_states import _ING_TO_ED, Event, Role, State, handle
+
+    checked = 0
+    for role in Role:
+        for ing, ed in _ING_TO_ED.items():
+            if ing in (State.INITIAL, State.TERMINATING):
+                continue
+            for event in (e for e in Event if e.name.startswith("RECV")):
+                try:
+                    after_ack = handle(role, ed, event).state
+                except Exception:
+                    continue
+                assert handle(role, ing, event).state == after_ack, (role, ing, event)
+                checked += 1
+    assert checked > 10
+
+
 def test_state_timeout(toy_engine: sa.Engine) -> None:
     with toy_engine.begin() as conn:
         _new(conn, "p7", timeout_s=-1)
