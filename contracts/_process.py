@@ -1018,9 +1018,10 @@ class Worker:
         hold_acks_s: float = 0.0,
     ) -> None:
         self.engine = engine
-        #: How long a delivery with an :class:`AckTransition`, of a handler that opts in
-        #: (``coalesce_acks``), waits before it is recorded: the peer's next message usually
-        #: comes first and records it with its own write (:meth:`take_held`). 0: at once.
+        #: How long a delivery with an :class:`AckTransition` into a non-terminal state, of a
+        #: handler that opts in (``coalesce_acks``), waits before it is recorded: the peer's next
+        #: message usually comes first and records it with its own write (:meth:`take_held`).
+        #: 0: at once.
         self.hold_acks_s = hold_acks_s
         self._held: dict[tuple[str, str], tuple[OutboxMessage, Delivery, float]] = {}
         #: Messages being sent now, of handlers that coalesce, by process (at most one each
@@ -1116,6 +1117,9 @@ class Worker:
             or message.on_ack is None
             or not delivery.ok
             or not getattr(handler, "coalesce_acks", False)
+            # nothing follows an ACK into a terminal state, and others may wait for that state
+            # (a transfer needs the provider's negotiation FINALIZED): recorded at once
+            or message.on_ack.state in getattr(handler, "terminal_states", ())
         ):
             return False
         key = (message.kind, message.process_id)

@@ -503,6 +503,24 @@ def test_a_held_delivery_is_recorded_after_the_hold_or_when_the_worker_stops(toy
     assert (_state(toy_engine, "h2")["state"], _outbox_of(toy_engine, "h2").status) == (SENT, "sent")
 
 
+def test_an_ack_into_a_terminal_state_is_never_held(toy_engine: sa.Engine) -> None:
+    """Nothing follows it, and others wait for that state (a transfer needs the provider's
+    negotiation FINALIZED): recorded at once, whatever the hold."""
+    handler = CoalescingHandler()
+    w = _worker(toy_engine, handler, [], [], hold_acks_s=30.0)
+    with toy_engine.begin() as conn:
+        _new(conn, "t1")
+        msg = enqueue_claimed(
+            conn, w, "toy", "t1", "http://peer/x", {"@type": "Last"},
+            on_ack=AckTransition(TOY, version=0, state=TIMED_OUT, timeout_s=None),
+        )  # fmt: skip
+    assert msg is not None
+    w._record(msg, Delivery(True, 200, False, "ok"))
+    assert w.take_held("toy", "t1") is None
+    assert (_state(toy_engine, "t1")["state"], _outbox_of(toy_engine, "t1").status) == (TIMED_OUT, "sent")
+    w.stop()
+
+
 @pytest.mark.postgres
 def test_a_received_message_records_our_held_or_in_flight_delivery(pg_url: str) -> None:
     """The peer's next message shows it has ours. Its write marks ours sent (StateWrite.acked),
