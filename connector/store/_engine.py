@@ -196,8 +196,40 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engin
             connect_args={"prepare_threshold": 1},
         )
         _ping_when_idle(engine)
+        _cache_long_statements()
         return engine
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
+
+
+#: What psycopg's query conversion cache takes (see :func:`_cache_long_statements`).
+PSYCOPG_CACHED_STATEMENT_LENGTH = 16_384
+PSYCOPG_CACHED_STATEMENT_PARAMS = 200
+
+
+def _cache_long_statements() -> None:
+    """Let psycopg cache the conversion of our longest statements too.
+
+    psycopg turns ``%(name)s`` placeholders into ``$n`` (parsing the SQL text) once per
+    statement text, in an LRU cache, but only for statements up to 4,096 bytes and 50
+    parameters: the rest are parsed again at every execution. The provider's one-statement
+    reaction to an initial request (a new row with all its columns, the message id, the catalog
+    guard and the reply) has 53 parameters, and that parse was 3 % of the provider's CPU
+    (py-spy, ``bench/negotiation.py --stack serve``). Our statements are built once, so they
+    are few and the cache (128 entries) holds them. The limits are module constants of a
+    private psycopg module: if a psycopg version drops them, nothing is changed.
+    """
+    try:
+        from psycopg import _queries
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return
+    if getattr(_queries, "MAX_CACHED_STATEMENT_LENGTH", None) is not None:
+        _queries.MAX_CACHED_STATEMENT_LENGTH = max(
+            _queries.MAX_CACHED_STATEMENT_LENGTH, PSYCOPG_CACHED_STATEMENT_LENGTH
+        )
+    if getattr(_queries, "MAX_CACHED_STATEMENT_PARAMS", None) is not None:
+        _queries.MAX_CACHED_STATEMENT_PARAMS = max(
+            _queries.MAX_CACHED_STATEMENT_PARAMS, PSYCOPG_CACHED_STATEMENT_PARAMS
+        )
 
 
 def _version_locations() -> list[str]:

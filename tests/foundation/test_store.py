@@ -278,3 +278,24 @@ def test_every_packages_migrations_match_its_table_definitions(engine: sa.Engine
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diffs == []
+
+
+@pytest.mark.postgres
+def test_postgres_long_statements_are_converted_once(pg_url: str) -> None:
+    """psycopg parses a statement's placeholders once per text, but by default only for
+    statements of up to 50 parameters; our one-statement writes have more, and were parsed again
+    at every execution. With our engine their conversion is cached too."""
+    from psycopg import _queries
+
+    eng = create_engine(pg_url, pool_size=1)
+    try:
+        names = [f"p{i}" for i in range(60)]
+        stmt = sa.text("select " + " + ".join(f"cast(:{n} as integer)" for n in names) + " as total")
+        params = dict.fromkeys(names, 1)
+        with eng.connect() as conn:
+            assert conn.execute(stmt, params).scalar() == 60
+            before = _queries._query2pg.cache_info().hits
+            assert conn.execute(stmt, params).scalar() == 60
+            assert _queries._query2pg.cache_info().hits == before + 1
+    finally:
+        eng.dispose()
