@@ -474,24 +474,7 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...], acked: bool = False
     )
     if not acked:
         return stmt
-    sent = (
-        sa.update(outbox)
-        .where(
-            outbox.c.id == sa.bindparam("_ack_id"),
-            outbox.c.status == "pending",
-            outbox.c.lease_owner == sa.bindparam("_ack_owner"),
-            sa.exists(sa.select(seen.c.process_id)),
-        )
-        .values(
-            status="sent",
-            attempts=outbox.c.attempts + 1,
-            sent_at=sa.bindparam("_ack_now"),
-            lease_owner=None,
-            lease_until=None,
-        )
-        .returning(outbox.c.id)
-        .cte("sent")
-    )
+    sent = _outbox_sent_if_ours("_ack", sa.exists(sa.select(seen.c.process_id))).cte("sent")
     return stmt.add_cte(sent)
 
 
@@ -1503,20 +1486,22 @@ class Worker:
         return count
 
 
-def _outbox_sent_if_ours() -> Any:
-    """``UPDATE dsp_outbox SET status = 'sent', attempts = attempts + 1, ...`` where the row is
-    still pending and leased to ``_owner``, ``RETURNING`` its id (no row: not ours any more)."""
+def _outbox_sent_if_ours(prefix: str = "", *conditions: Any) -> Any:
+    """``UPDATE dsp_outbox SET status = 'sent', attempts = attempts + 1, ...`` where the row
+    ``:<prefix>id`` is still pending and leased to ``:<prefix>owner`` (and ``conditions`` hold),
+    ``RETURNING`` its id (no row: not ours any more). ``:<prefix>now`` is the time sent."""
     return (
         sa.update(outbox)
         .where(
-            outbox.c.id == sa.bindparam("_id"),
+            outbox.c.id == sa.bindparam(f"{prefix}_id"),
             outbox.c.status == "pending",
-            outbox.c.lease_owner == sa.bindparam("_owner"),
+            outbox.c.lease_owner == sa.bindparam(f"{prefix}_owner"),
+            *conditions,
         )
         .values(
             status="sent",
             attempts=outbox.c.attempts + 1,
-            sent_at=sa.bindparam("_now"),
+            sent_at=sa.bindparam(f"{prefix}_now"),
             lease_owner=None,
             lease_until=None,
         )
@@ -1564,24 +1549,7 @@ def _ack_statement(table: sa.Table, fill: str | None, pg: bool) -> Any:
         .with_for_update()
         .cte("unchanged")
     )
-    sent = (
-        sa.update(outbox)
-        .where(
-            outbox.c.id == sa.bindparam("_id"),
-            outbox.c.status == "pending",
-            outbox.c.lease_owner == sa.bindparam("_owner"),
-            sa.exists(sa.select(p.c.id)),
-        )
-        .values(
-            status="sent",
-            attempts=outbox.c.attempts + 1,
-            sent_at=sa.bindparam("_now"),
-            lease_owner=None,
-            lease_until=None,
-        )
-        .returning(outbox.c.id)
-        .cte("sent")
-    )
+    sent = _outbox_sent_if_ours("", sa.exists(sa.select(p.c.id))).cte("sent")
     return (
         sa.update(table)
         .where(table.c.id == sa.bindparam("_pid"), sa.exists(sa.select(sent.c.id)))

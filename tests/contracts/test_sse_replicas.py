@@ -26,17 +26,23 @@ def _replica(engine: sa.Engine) -> NegotiationManager:
     return NegotiationManager(engine, config)
 
 
+async def _start(replica: NegotiationManager) -> dict[str, Any]:
+    """A negotiation started on ``replica`` (its peer unreachable); the view of it."""
+    offer = {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]}
+    view: dict[str, Any] = await asyncio.to_thread(
+        replica.start_negotiation, "http://127.0.0.1:9/dsp", offer=offer, counterparty_id="did:web:p.example",
+        fetch_offer=False,
+    )  # fmt: skip
+    return view
+
+
 @pytest.mark.anyio
 async def test_sse_reports_changes_made_by_another_replica(engine: sa.Engine) -> None:
     a, b = _replica(engine), _replica(engine)
     b.sse_poll_s = 0.05
     queue = b.subscribe()
     try:
-        offer = {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]}
-        view: dict[str, Any] = await asyncio.to_thread(
-            a.start_negotiation, "http://127.0.0.1:9/dsp", offer=offer, counterparty_id="did:web:p.example",
-            fetch_offer=False,
-        )  # fmt: skip
+        view = await _start(a)
         ev = await asyncio.wait_for(queue.get(), timeout=10)
         assert ev["id"] == view["id"] and ev["internalState"] == view["internalState"]
         # published once: a second poll of the same change adds nothing
@@ -61,11 +67,7 @@ async def test_sse_filter_applies_to_own_and_other_replicas_changes(engine: sa.E
     everything = b.subscribe()
     ended = b.subscribe(EventFilter.parse(states=["terminated"]))
     try:
-        offer = {"@id": "cd1:ds1:v1", "target": "ds1", "permission": [{"action": "use"}]}
-        view: dict[str, Any] = await asyncio.to_thread(
-            a.start_negotiation, "http://127.0.0.1:9/dsp", offer=offer, counterparty_id="did:web:p.example",
-            fetch_offer=False,
-        )  # fmt: skip
+        view = await _start(a)
         ev = await asyncio.wait_for(everything.get(), timeout=10)  # a's change, via b's poller
         assert ev["id"] == view["id"] and ev["state"] == "REQUESTED"
         await asyncio.sleep(0.3)
