@@ -493,7 +493,8 @@ def test_a_held_delivery_is_recorded_after_the_hold_or_when_the_worker_stops(toy
     w._record(msg, Delivery(True, 200, False, "ok"))
     assert _state(toy_engine, "h1")["state"] == SENDING and _outbox_of(toy_engine, "h1").status == "pending"
     deadline = time.time() + 5
-    while _state(toy_engine, "h1")["state"] != SENT and time.time() < deadline:
+    # the flusher thread commits, then calls the handler's after_ack hook: wait for both
+    while not handler.acked_rows and time.time() < deadline:
         time.sleep(0.02)
     assert (_state(toy_engine, "h1")["state"], _outbox_of(toy_engine, "h1").status) == (SENT, "sent")
     assert [r["id"] for r in handler.acked_rows] == ["h1"]
