@@ -27,13 +27,19 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Header
 from joserfc.jwk import ECKey
+from starlette.types import ASGIApp
 
 from connector._gc import tune_for_serving
 from connector.api import DspFastLane, install_error_handlers
 from connector.errors import NotFoundError
 from connector.identity import Caller
 from connector.store import create_engine, migrate
-from contracts._api import negotiation_dsp_router, negotiation_fast_routes, negotiation_management_router
+from contracts._api import (
+    negotiation_dsp_router,
+    negotiation_fast_routes,
+    negotiation_management_fast_routes,
+    negotiation_management_router,
+)
 from contracts._manager import NegotiationConfig, NegotiationManager
 from contracts._process import RetryPolicy
 from contracts._signing import LocalKeySigner
@@ -97,7 +103,9 @@ async def _allow_all() -> None:
     """Management API access check of this test node (``dadam serve``'s checks are async too)."""
 
 
-def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
+def build_app(args: argparse.Namespace) -> tuple[ASGIApp, NegotiationManager]:
+    """The node's app: DSP and the management API, with the hot POSTs in fast lanes in front of
+    FastAPI as ``dadam serve`` has them (``--no-fast-lane``: FastAPI serves everything)."""
     engine = create_engine(args.db, pool_size=args.pool)
     if args.migrate:
         migrate(engine)
@@ -137,16 +145,24 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, NegotiationManager]:
     app = FastAPI()
     install_error_handlers(app, dsp_path=DSP)
     app.include_router(negotiation_dsp_router(manager, _loopback_caller), prefix=DSP)
-    if not args.no_fast_lane:
-        app.add_middleware(
-            DspFastLane,
-            prefix=DSP,
-            routes=negotiation_fast_routes(manager),
-            authenticate=_loopback_authenticate,
-            dsp_path=DSP,
-        )
     app.include_router(negotiation_management_router(manager, _allow_all, _allow_all), prefix=MGMT)
-    return app, manager
+    if args.no_fast_lane:
+        return app, manager
+    mgmt_lane = DspFastLane(
+        app,
+        prefix=MGMT,
+        routes=negotiation_management_fast_routes(manager),
+        authenticate=_loopback_authenticate,
+        dsp_path=DSP,
+    )
+    lane = DspFastLane(
+        mgmt_lane,
+        prefix=DSP,
+        routes=negotiation_fast_routes(manager),
+        authenticate=_loopback_authenticate,
+        dsp_path=DSP,
+    )
+    return lane, manager
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 lifespan="off",
                 ws="none",
                 access_log=False,
+                proxy_headers=False,  # loopback test node: no proxy in front
             )
         )
         server.run()
