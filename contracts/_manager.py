@@ -36,6 +36,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -359,6 +360,13 @@ class _Effects:
     acked_used: bool = False
     #: The guarded write was made (committed): nothing else may be written.
     guard_spent: bool = False
+    #: The row as the last ``_set`` left it (as stored once the transaction or guarded write is).
+    final: Row | None = None
+
+
+#: Rows :meth:`NegotiationManager._keep_row` remembers at most (the oldest go first).
+ROW_CACHE_SIZE = 2048
+_TERMINAL_INTS = frozenset(int(s) for s in TERMINAL_STATES)
 
 
 def _now_iso() -> str:
@@ -424,6 +432,9 @@ class NegotiationManager:
         #: our worker). False: leave every message to whichever worker claims it (API-only replicas).
         self.direct_dispatch = direct_dispatch
         self._roles: dict[str, Role] = {}
+        #: PostgreSQL: rows as our last guarded write stored them, by (role, pid) (see _take_row).
+        self._rows: OrderedDict[tuple[str, str], Row] = OrderedDict()
+        self._rows_lock = threading.Lock()
         self.config = config
         self.offers = offers
         self.decider: PolicyDecider = decider or UsagePolicyDecider()
@@ -642,6 +653,7 @@ class NegotiationManager:
                 for url in callbacks:
                     enqueue(conn, WEBHOOK_KIND, new["id"], url, {"@type": "NegotiationStateChanged", **ev})
                 fx.wake = True
+        fx.final = new
         return new
 
     def _flush(self, conn: Connection, fx: _Effects) -> None:
@@ -745,6 +757,8 @@ class NegotiationManager:
 
     def after_ack(self, row: Row) -> None:
         """Worker hook: a delivery was recorded through an :class:`AckTransition` (committed)."""
+        if self._optimistic:  # the next message's guarded write starts from this row
+            self._keep_row(Role(row["role"]), str(row["id"]), dict(row))
         self._announce(row)
 
     @staticmethod
@@ -897,6 +911,30 @@ class NegotiationManager:
         if role is None:
             raise NotFoundError(f"no negotiation {pid!r}", context={"providerPid": pid})
         return self._remember_role(pid, Role(role))
+
+    def _keep_row(self, role: Role, pid: str, row: Row | None) -> None:
+        """Remember ``row`` as our guarded write just stored it (decision 0411); a terminal row
+        gets no more messages and is dropped."""
+        if row is None or not self._optimistic:
+            return
+        key = (role.value, pid)
+        with self._rows_lock:
+            if row["state"] in _TERMINAL_INTS:
+                self._rows.pop(key, None)
+                return
+            self._rows[key] = row
+            self._rows.move_to_end(key)
+            if len(self._rows) > ROW_CACHE_SIZE:
+                self._rows.popitem(last=False)
+
+    def _take_row(self, role: Role, pid: str) -> Row | None:
+        """The row of negotiation ``pid`` as our last guarded write stored it, if remembered; it
+        is forgotten here (one message at a time uses it, and :meth:`_keep_row` puts it back
+        after its own write). It may be stale (another replica, the worker, a timeout wrote
+        since): the guarded write then does not apply and the locking path reads the row."""
+        with self._rows_lock:
+            row = self._rows.pop((role.value, pid), None)
+        return None if row is None else dict(row)
 
     def _remember_role(self, pid: str, role: Role) -> Role:
         """Note the role of our pid ``pid`` (call once the row naming it is committed)."""
@@ -1082,6 +1120,7 @@ class NegotiationManager:
         if ack is None:
             return None
         self._remember_role(pid, Role.PROVIDER)
+        self._keep_row(Role.PROVIDER, pid, fx.final)
         self._publish(fx, defer=defer)
         return ack
 
@@ -1195,8 +1234,14 @@ class NegotiationManager:
         fx = _Effects()
 
         def work() -> dict[str, Any] | None:
-            with read_only(self.engine) as rconn:
-                row = self._find(rconn, role, pid, caller, lock=False, record_token=True)
+            # A caller whose token id is still to be recorded reads the row with that record
+            # (one statement); otherwise the row our last write stored saves the read.
+            row = self._take_row(role, pid) if getattr(caller, "replay", None) is None else None
+            if row is None:
+                with read_only(self.engine) as rconn:
+                    row = self._find(rconn, role, pid, caller, lock=False, record_token=True)
+            elif row["counterparty_id"] and caller.did != row["counterparty_id"]:
+                return None  # not yours: the locking path reads the row and answers 404
             if _loads(row["callbacks"]):
                 return None  # webhook calls are outbox rows of their own: a second write
             fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))
@@ -1222,6 +1267,7 @@ class NegotiationManager:
             elif done and fx.acked is not None:
                 self.worker.settle(KIND, fx.acked_process, fx.acked)
         if ack is not None:
+            self._keep_row(role, pid, fx.final)
             self._publish(fx, defer=defer)
         return ack
 
@@ -1749,6 +1795,7 @@ class NegotiationManager:
         with autocommit_tx(self.engine) as conn:
             row = self._send(conn, row, Event.SEND_REQUEST, fx)
         self._remember_role(pid, Role.CONSUMER)
+        self._keep_row(Role.CONSUMER, pid, fx.final)
         self._publish(fx)
         return self._view(row)
 

@@ -396,3 +396,117 @@ def test_provider_counter_offer_wider_than_asked_is_refused_by_the_consumer(
     assert done["internalState"] == "TERMINATED"
     assert "offer is not what we asked for" in done["errorDetail"], done["errorDetail"]
     assert "compensate" in done["errorDetail"], done["errorDetail"]
+
+
+def _db_row(node: Node, pid: str) -> dict[str, Any]:
+    with node.engine.connect() as conn:
+        return dict(conn.execute(sa.select(negotiations).where(negotiations.c.id == pid)).mappings().one())
+
+
+def test_the_row_our_last_write_stored_saves_the_read_on_postgres(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a connector remembers each negotiation's row as its last guarded write (or
+    the worker's ACK) stored it, so the peer's next message is applied with one statement and
+    no read (decision 0411). What it remembers is exactly the stored row; finished
+    negotiations are forgotten. SQLite takes the locking path and remembers nothing."""
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    reads: list[str] = []
+    kept: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for node in (provider, consumer):
+        find, keep = node.manager._find, node.manager._keep_row
+
+        def spy_find(*args: Any, _orig: Any = find, _name: str = node.name, **kw: Any) -> Any:
+            if not kw.get("lock", True):
+                reads.append(_name)
+            return _orig(*args, **kw)
+
+        def spy_keep(role: Any, pid: str, row: Any, _orig: Any = keep, _node: Node = node) -> None:
+            if row is not None:  # kept after its write committed, before anything is sent on
+                kept.append((_node.name, dict(row), _db_row(_node, pid)))
+            _orig(role, pid, row)
+
+        monkeypatch.setattr(node.manager, "_find", spy_find)
+        monkeypatch.setattr(node.manager, "_keep_row", spy_keep)
+    for _ in range(3):
+        started = _start(consumer, provider, OPEN_POLICY)
+        done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+        assert done["internalState"] == "FINALIZED", done["errorDetail"]
+        assert done["signedBy"] == ["provider", "consumer"]
+    for view in provider.manager.list_negotiations(role="provider"):
+        provider.wait_state(view["id"], {"FINALIZED"})
+    if provider.engine.dialect.name != "postgresql":
+        assert provider.manager._rows == {} and consumer.manager._rows == {}
+        return
+    # agreement and finalized event (consumer), verification (provider): no read, 3 times
+    assert reads == [], reads
+    assert kept, "nothing remembered"
+    for name, remembered, stored in kept:
+        assert remembered == stored, name
+    assert provider.manager._rows == {} and consumer.manager._rows == {}  # all FINALIZED
+
+
+def test_a_stale_remembered_row_changes_nothing_but_the_path(
+    db_urls: Callable[[], str], keys: StaticKeyResolver, nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered row another writer has moved past (a replica, a timeout) fails the guarded
+    write; the locking path then reads the row and applies the message once. A caller that is
+    not the counter-party of the remembered row gets the locking path's 404, nothing changed."""
+    provider, consumer = _pair(db_urls, keys, nodes, OPEN_POLICY)
+    fell_back: list[str] = []
+    for node in (provider, consumer):
+        take, receive = node.manager._take_row, node.manager._receive_optimistic
+
+        def stale(role: Any, pid: str, _orig: Any = take) -> Any:
+            row = _orig(role, pid)
+            if row is not None:
+                row["version"] -= 1
+            return row
+
+        def spy(*args: Any, _orig: Any = receive, _name: str = node.name) -> Any:
+            out = _orig(*args)
+            if out is None:
+                fell_back.append(_name)
+            return out
+
+        monkeypatch.setattr(node.manager, "_take_row", stale)
+        monkeypatch.setattr(node.manager, "_receive_optimistic", spy)
+    started = _start(consumer, provider, OPEN_POLICY)
+    done = consumer.wait_state(started["id"], {"FINALIZED", "TERMINATED"})
+    assert done["internalState"] == "FINALIZED", done["errorDetail"]
+    assert done["signedBy"] == ["provider", "consumer"]
+    prov = provider.wait_state(provider.manager.list_negotiations(role="provider")[0]["id"], {"FINALIZED"})
+    assert prov["agreement"] == done["agreement"]
+    if provider.engine.dialect.name == "postgresql":
+        assert sorted(fell_back) == ["consumer", "consumer", "provider"], fell_back
+        with provider.engine.connect() as conn:  # each message applied once: one row per id
+            inbox = conn.execute(sa.text("SELECT count(*), count(DISTINCT message_id) FROM dsp_inbox")).one()
+        assert inbox[0] == inbox[1] == 2  # the request and the verification
+    # not the counter-party: 404 from the locking path, the remembered row forgotten
+    monkeypatch.undo()
+    view = consumer.manager.start_negotiation(
+        "http://127.0.0.1:9/dsp",  # nobody answers: the row stays REQUESTING
+        offer={"@id": OFFER_ID, "target": "ds-carbon", **OPEN_POLICY},
+        counterparty_id=provider.did,
+    )
+    pg = consumer.engine.dialect.name == "postgresql"
+    assert (("consumer", view["id"]) in consumer.manager._rows) is pg
+    if pg:
+        assert consumer.manager._rows[("consumer", view["id"])] == _db_row(consumer, view["id"])
+    before = _db_row(consumer, view["id"])
+    agreement = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@id": "urn:uuid:intruder-agreement",
+        "@type": "ContractAgreementMessage",
+        "providerPid": "urn:uuid:whatever",
+        "consumerPid": view["id"],
+        "agreement": done["agreement"],
+    }
+    r = httpx.post(
+        f"{consumer.dsp}/negotiations/{view['id']}/agreement",
+        json=agreement,
+        headers={"X-Test-Caller": "did:web:intruder"},
+    )
+    assert r.status_code == 404, r.text
+    assert _db_row(consumer, view["id"]) == before
+    assert ("consumer", view["id"]) not in consumer.manager._rows
