@@ -362,6 +362,9 @@ class _Effects:
     guard_spent: bool = False
     #: The row as the last ``_set`` left it (as stored once the transaction or guarded write is).
     final: Row | None = None
+    #: Optimistic receive without a read: the caller's token id goes in with the guarded write
+    #: (``StateWrite.token``).
+    token: tuple[sa.Table, Any] | None = None
 
 
 #: Rows :meth:`NegotiationManager._keep_row` remembers at most (the oldest go first).
@@ -687,7 +690,9 @@ class NegotiationManager:
         acked = None
         if fx.acked is not None:
             acked, fx.acked_used = (fx.acked, fx.acked_owner), True
-        return StateWrite(negotiations, pid, write, expect_version=version, received=received, acked=acked)
+        return StateWrite(
+            negotiations, pid, write, expect_version=version, received=received, acked=acked, token=fx.token
+        )
 
     def _send(
         self,
@@ -1234,14 +1239,18 @@ class NegotiationManager:
         fx = _Effects()
 
         def work() -> dict[str, Any] | None:
-            # A caller whose token id is still to be recorded reads the row with that record
-            # (one statement); otherwise the row our last write stored saves the read.
-            row = self._take_row(role, pid) if getattr(caller, "replay", None) is None else None
+            # The row our last write stored saves the read; the caller's token id, if it is
+            # to be recorded in our database, then goes in with the write (else the read does it).
+            claim = getattr(caller, "replay", None)
+            table = claim.table_for(self.engine) if claim is not None else None
+            row = self._take_row(role, pid) if claim is None or table is not None else None
             if row is None:
                 with read_only(self.engine) as rconn:
                     row = self._find(rconn, role, pid, caller, lock=False, record_token=True)
             elif row["counterparty_id"] and caller.did != row["counterparty_id"]:
                 return None  # not yours: the locking path reads the row and answers 404
+            elif table is not None:
+                fx.token = (table, claim)
             if _loads(row["callbacks"]):
                 return None  # webhook calls are outbox rows of their own: a second write
             fx.guard = (int(row["version"]), (KIND, str(msg.id), digest))

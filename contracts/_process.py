@@ -373,6 +373,13 @@ class StateWrite:
     #: worker held back (:meth:`Worker.take_held`): ``(message id, lease owner)``. The write
     #: marks it sent, as the delivery's own record would have (if it is still pending and ours).
     acked: tuple[str, str] | None = None
+    #: With ``expect_version``: the caller's token id to add to its replay table by the same
+    #: statement, ``(table, claim)`` (a :class:`~connector.identity.ReplayClaim` whose id is not
+    #: recorded yet). It is added only if the row has the version and the message id is new,
+    #: and the write applies only if the id was new there; ``claim.settle(True)`` after the write.
+    #: Otherwise nothing is written (:class:`StaleWrite`) and the locking path records the id,
+    #: which tells a replay from a message that came too late (decision 0411).
+    token: tuple[sa.Table, Any] | None = None
 
 
 class StaleWrite(Exception):
@@ -387,6 +394,14 @@ def save_guarded(conn: Connection, state: StateWrite) -> None:
     stmt = cached_statement(("save_guarded", id(write)), lambda: write.returning(state.table.c.id))
     if run(conn, stmt, params).first() is None:
         raise StaleWrite(state.process_id)
+    _token_recorded(state)
+
+
+def _token_recorded(state: StateWrite) -> None:
+    """A guarded write applied: the token id it carried is in the replay table (committed with
+    it: guarded writes are their own transaction)."""
+    if state.token is not None:
+        state.token[1].settle(True)
 
 
 def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
@@ -413,12 +428,17 @@ def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
     upd = _state_write_values(state.kwargs)
     names = tuple(sorted(upd))
     acked = state.acked is not None
+    token = state.token[0] if state.token is not None else None
     stmt = cached_statement(
-        ("guarded_update", t.name, id(t), names, acked), lambda: _guarded_update(t, names, acked)
+        ("guarded_update", t.name, id(t), names, acked, None if token is None else id(token)),
+        lambda: _guarded_update(t, names, acked, token),
     )
     params = _guarded_params(state, upd)
     if state.acked is not None:
         params.update(_ack_id=state.acked[0], _ack_owner=state.acked[1], _ack_now=time.time())
+    if state.token is not None:
+        claim = state.token[1]
+        params.update(_tkey=claim.key, _texp=claim.expires_at)
     return stmt, params
 
 
@@ -454,11 +474,16 @@ def _inbox_seen(process_id: Any, where: Any = None) -> Any:
     )
 
 
-def _guarded_update(table: sa.Table, names: tuple[str, ...], acked: bool = False) -> Any:
+def _guarded_update(
+    table: sa.Table, names: tuple[str, ...], acked: bool = False, token: sa.Table | None = None
+) -> Any:
     """``UPDATE`` of the row ``_upid`` that happens only if a CTE locked it with version
     ``_expect`` and the received message's inbox row was new (``INSERT ... ON CONFLICT DO
     NOTHING`` over the locked row). With ``acked``, the same condition marks the outbox row
-    ``_ack_id`` sent if it is still pending and leased to ``_ack_owner``."""
+    ``_ack_id`` sent if it is still pending and leased to ``_ack_owner``. With ``token`` (a
+    replay table), the token id ``_tkey`` (expiring ``_texp``) is added first, over the locked
+    row and only if the message id is not in the inbox, and the rest needs it to be new."""
+    from sqlalchemy.dialects import postgresql
 
     locked = (
         sa.select(table.c.id)
@@ -466,7 +491,29 @@ def _guarded_update(table: sa.Table, names: tuple[str, ...], acked: bool = False
         .with_for_update()
         .cte("locked")
     )
-    seen = _inbox_seen(locked.c.id)
+    fresh = None
+    if token is not None:
+        # The row lock orders two writes to one negotiation: the second then finds the version
+        # changed and adds nothing. A message id seen before adds no token id either, so the
+        # locking path still answers a resend (with a fresh token) as a duplicate.
+        known = sa.select(inbox.c.message_id).where(
+            inbox.c.kind == sa.bindparam("_ikind", type_=inbox.c.kind.type),
+            inbox.c.message_id == sa.bindparam("_imid", type_=inbox.c.message_id.type),
+        )
+        tok = (
+            postgresql.insert(token)
+            .from_select(
+                ["token_key", "expires_at"],
+                sa.select(_bound("_tkey", token.c.token_key), _bound("_texp", token.c.expires_at)).where(
+                    sa.exists(sa.select(locked.c.id)), ~sa.exists(known)
+                ),
+            )
+            .on_conflict_do_nothing()
+            .returning(token.c.token_key)
+            .cte("tok")
+        )
+        fresh = sa.exists(sa.select(tok.c.token_key))
+    seen = _inbox_seen(locked.c.id, fresh)
     stmt = (
         sa.update(table)
         .where(table.c.id.in_(sa.select(seen.c.process_id)))
@@ -646,6 +693,8 @@ def _enqueue(
         raise StoreError(
             f"process {state.process_id!r} vanished while it was locked", context={"table": state.table.name}
         )
+    if state is not None:
+        _token_recorded(state)
     row = rows[0]
     older = owner is not None and row["lease_owner"] is None
     msg = OutboxMessage(

@@ -480,6 +480,76 @@ def test_an_optimistic_write_applies_only_to_the_version_read_and_a_new_message(
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_an_optimistic_write_with_a_token_id_records_it_only_when_it_applies(pg_url: str) -> None:
+    """With ``StateWrite.token`` the same statement adds the caller's token id to the replay
+    table: only if the row has the version read and the message id is new, and the write
+    applies only if the token id was new (a replay). Otherwise nothing at all is written, so
+    the locking path can tell a replay from a resend or a late message (decision 0411)."""
+    from connector.identity import ReplayClaim, SqlReplayStore
+    from connector.identity._store import replay_key, token_replay_table
+    from connector.store import autocommit_tx, create_engine, migrate
+
+    engine = create_engine(pg_url)
+    try:
+        migrate(engine)
+        META.create_all(engine)
+        store = SqlReplayStore(engine)
+        with engine.begin() as conn:
+            _new(conn, "t1")
+        expires = int(time.time()) + 300
+
+        def guarded(version: int, mid: str, jti: str) -> tuple[StateWrite, ReplayClaim]:
+            claim = ReplayClaim(store, "did:web:peer", jti, expires)
+            state = StateWrite(
+                TOY,
+                "t1",
+                {"state": SENT, "timeout_s": 60.0, "note": mid},
+                expect_version=version,
+                received=("toy", mid, "digest-" + mid),
+                token=(token_replay_table, claim),
+            )
+            return state, claim
+
+        def snapshot() -> tuple[Any, ...]:
+            with engine.connect() as conn:
+                row = conn.execute(sa.select(TOY.c.version, TOY.c.note).where(TOY.c.id == "t1")).one()
+                ids = conn.execute(sa.select(inbox.c.message_id).order_by(inbox.c.message_id)).scalars().all()
+                tokens = conn.execute(sa.select(token_replay_table.c.token_key)).scalars().all()
+            return tuple(row), ids, sorted(tokens)
+
+        def key(jti: str) -> str:
+            return replay_key("did:web:peer", jti)
+
+        state, claim = guarded(0, "m1", "a")
+        with autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert claim.recorded
+        assert snapshot() == ((1, "m1"), ["m1"], [key("a")])
+        # a spent token id on a new message at the right version: nothing, the id not taken
+        state, claim = guarded(1, "m2", "a")
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert not claim.recorded and snapshot() == ((1, "m1"), ["m1"], [key("a")])
+        # a message id seen before, with a fresh token: nothing, the token not spent
+        state, claim = guarded(1, "m1", "b")
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert not claim.recorded and snapshot() == ((1, "m1"), ["m1"], [key("a")])
+        # a stale version, with a fresh token: nothing, the token not spent
+        state, claim = guarded(0, "m3", "c")
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert not claim.recorded and snapshot() == ((1, "m1"), ["m1"], [key("a")])
+        # all right: state, message id and token id together
+        state, claim = guarded(1, "m2", "d")
+        with autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert claim.recorded and snapshot() == ((2, "m2"), ["m1", "m2"], [key("a"), key("d")])
+    finally:
+        engine.dispose()
+
+
 class CoalescingHandler(AckHandler):
     coalesce_acks = True
 

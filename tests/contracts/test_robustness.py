@@ -12,7 +12,11 @@ import pytest
 import sqlalchemy as sa
 from cn_harness import CTX, OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
 
+from connector.errors import TokenError
+from connector.identity import Caller, ReplayClaim, SqlReplayStore
+from connector.identity._store import replay_key, token_replay_table
 from contracts import LocalKeySigner, RetryPolicy, StaticKeyResolver
+from contracts._negotiation_states import Role
 from contracts._process import inbox
 from contracts._signing import sign_agreement
 from contracts._tables import negotiations
@@ -301,3 +305,86 @@ def test_consumer_rejects_a_bad_provider_signature(
     assert "provider signature invalid" in " ".join(trm["reason"])
     time.sleep(0.1)
     assert consumer.manager.get(nid)["internalState"] in ("TERMINATING", "TERMINATED")
+
+
+def test_a_token_id_goes_in_with_the_guarded_write_and_a_spent_one_changes_nothing(
+    db_urls: Callable[[], str],
+    keys: StaticKeyResolver,
+    nodes: list[Node],
+    tck: Tck,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DSP message whose token id is still to be recorded, for a negotiation whose row the
+    connector remembers (PostgreSQL), is applied by one statement that also records the id
+    (decision 0411). A token id used before is refused (401) with nothing changed: the message
+    is not taken as received, so it is applied when it comes again with a fresh token. A resend
+    of an applied message with a fresh token gets the negotiation's answer, no refusal."""
+    consumer = _consumer(db_urls, keys, nodes)
+    nid = _start(consumer, tck)
+    consumer.wait_state(nid, {"REQUESTED"})
+    tck.expect("ContractRequestMessage", "/negotiations/request")
+    cpid = consumer.manager.get(nid)["consumerPid"]
+    store = SqlReplayStore(consumer.engine)
+    expires = int(time.time()) + 300
+    pg = consumer.engine.dialect.name == "postgresql"
+    reads: list[bool] = []
+    find = consumer.manager._find
+
+    def spy_find(*args: Any, **kw: Any) -> Any:
+        reads.append(bool(kw.get("lock")))
+        return find(*args, **kw)
+
+    monkeypatch.setattr(consumer.manager, "_find", spy_find)
+
+    def caller(jti: str) -> Caller:
+        return Caller(did=TCK_DID, replay=ReplayClaim(store, TCK_DID, jti, expires))
+
+    def recorded(jti: str) -> int:
+        t = token_replay_table
+        with consumer.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).where(t.c.token_key == replay_key(TCK_DID, jti)))
+            return int(count.scalar_one())
+
+    def inbox_has(message_id: str) -> bool:
+        with consumer.engine.connect() as conn:
+            found = conn.execute(sa.select(inbox.c.message_id).where(inbox.c.message_id == message_id))
+            return found.first() is not None
+
+    ppid = tck.provider_pid
+    agreement = {
+        "@context": CTX,
+        "@id": "urn:uuid:agreement-1",
+        "@type": "ContractAgreementMessage",
+        "providerPid": ppid,
+        "consumerPid": cpid,
+        "agreement": _agreement(consumer, "ds1"),
+    }
+    first = caller("fresh-1")
+    ack = consumer.manager.receive(Role.CONSUMER, "agreement", cpid, agreement, first)
+    assert ack["state"] == "AGREED" and first.replay is not None and first.replay.recorded
+    assert recorded("fresh-1") == 1
+    if pg:  # applied with the remembered row: no read at all
+        assert reads == [], reads
+    tck.expect("ContractAgreementVerificationMessage", f"/negotiations/{ppid}/agreement/verification")
+    consumer.wait_state(nid, {"VERIFIED"})
+    # a spent token id: refused, nothing changed, the message not taken as received
+    assert store.add(TCK_DID, "used-before", expires)
+    finalized = {
+        "@context": CTX,
+        "@id": "urn:uuid:finalized-1",
+        "@type": "ContractNegotiationEventMessage",
+        "providerPid": ppid,
+        "consumerPid": cpid,
+        "eventType": "FINALIZED",
+    }
+    before = consumer.manager.get(nid)
+    with pytest.raises(TokenError, match="replay"):
+        consumer.manager.receive(Role.CONSUMER, "events", cpid, finalized, caller("used-before"))
+    assert consumer.manager.get(nid) == before and not inbox_has("urn:uuid:finalized-1")
+    # the same message with a fresh token is applied
+    ack = consumer.manager.receive(Role.CONSUMER, "events", cpid, finalized, caller("fresh-2"))
+    assert ack["state"] == "FINALIZED" and recorded("fresh-2") == 1
+    # a resend of the applied agreement with a fresh token: the negotiation's answer
+    ack = consumer.manager.receive(Role.CONSUMER, "agreement", cpid, agreement, caller("fresh-3"))
+    assert ack["state"] == "FINALIZED" and recorded("fresh-3") == 1
+    assert consumer.manager.get(nid)["internalState"] == "FINALIZED"
