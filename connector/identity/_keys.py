@@ -175,7 +175,7 @@ def verify_jws(
             payload, payload_b64 = detached_payload, b64url(detached_payload)
         else:
             payload = b64url_decode(payload_b64)
-        header = json.loads(b64url_decode(head_b64))
+        header = orjson.loads(b64url_decode(head_b64))
         signature = b64url_decode(sig_b64)
     except (ValueError, UnicodeError) as exc:
         raise TokenError(f"malformed JWS: {exc}") from None

@@ -11,12 +11,12 @@ spec's wording) is accepted too.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
@@ -53,7 +53,7 @@ class DspTokenAuth(httpx.Auth):
 
 def _b64json(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(part))
+        value = orjson.loads(b64url_decode(part))  # JSONDecodeError is a ValueError
     except (ValueError, UnicodeError):
         raise TokenError(f"malformed token: the {what} is not base64url JSON") from None
     if not isinstance(value, dict):
