@@ -18,7 +18,6 @@ cannot tell the two paths apart (``tests/connector/test_serve_fast_lane.py`` com
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connector.api._body import content_length_problem, too_large
 from connector.api._errors import error_response
+from connector.api._hop import ThreadHop, default_hop
 from connector.errors import DadamError, ValidationError
 
 __all__ = ["Authenticate", "DspFastLane", "FastRoute", "Handler"]
@@ -81,8 +81,10 @@ class DspFastLane:
         authenticate: Authenticate,
         dsp_path: str,
         max_bytes: int | None = None,
+        hop: ThreadHop = default_hop,
     ) -> None:
         self.app = app
+        self.hop = hop
         self.dsp_path = dsp_path
         self.authenticate = authenticate
         self.max_bytes = max_bytes
@@ -144,7 +146,7 @@ class DspFastLane:
                     claim.record()
                 return out
 
-            status, reply = await asyncio.to_thread(work)
+            status, reply = await self.hop.run(work)
         except Exception as exc:
             if not isinstance(exc, DadamError):
                 log.exception("unhandled error serving POST %s", scope["path"])
