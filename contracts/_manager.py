@@ -762,8 +762,7 @@ class NegotiationManager:
 
     def after_ack(self, row: Row) -> None:
         """Worker hook: a delivery was recorded through an :class:`AckTransition` (committed)."""
-        if self._optimistic:  # the next message's guarded write starts from this row
-            self._keep_row(Role(row["role"]), str(row["id"]), dict(row))
+        self._keep_row(Role(row["role"]), str(row["id"]), row)  # the next message starts from it
         self._announce(row)
 
     @staticmethod
@@ -927,7 +926,7 @@ class NegotiationManager:
             if row["state"] in _TERMINAL_INTS:
                 self._rows.pop(key, None)
                 return
-            self._rows[key] = row
+            self._rows[key] = dict(row)
             self._rows.move_to_end(key)
             if len(self._rows) > ROW_CACHE_SIZE:
                 self._rows.popitem(last=False)

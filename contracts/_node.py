@@ -146,23 +146,14 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, NegotiationManager]:
     install_error_handlers(app, dsp_path=DSP)
     app.include_router(negotiation_dsp_router(manager, _loopback_caller), prefix=DSP)
     app.include_router(negotiation_management_router(manager, _allow_all, _allow_all), prefix=MGMT)
-    if args.no_fast_lane:
-        return app, manager
-    mgmt_lane = DspFastLane(
-        app,
-        prefix=MGMT,
-        routes=negotiation_management_fast_routes(manager),
-        authenticate=_loopback_authenticate,
-        dsp_path=DSP,
-    )
-    lane = DspFastLane(
-        mgmt_lane,
-        prefix=DSP,
-        routes=negotiation_fast_routes(manager),
-        authenticate=_loopback_authenticate,
-        dsp_path=DSP,
-    )
-    return lane, manager
+    served: ASGIApp = app
+    if not args.no_fast_lane:
+        lanes = ((MGMT, negotiation_management_fast_routes(manager)), (DSP, negotiation_fast_routes(manager)))
+        for prefix, routes in lanes:
+            served = DspFastLane(
+                served, prefix=prefix, routes=routes, authenticate=_loopback_authenticate, dsp_path=DSP
+            )
+    return served, manager
 
 
 def main(argv: list[str] | None = None) -> None:
