@@ -81,6 +81,10 @@ class StaticDidResolver:
         except KeyError:
             raise TokenError(f"cannot resolve {did}: unknown DID") from None
 
+    def cached(self, did: str) -> Mapping[str, Any] | None:
+        """The document at hand without waiting (None: :meth:`resolve` says why not)."""
+        return self.documents.get(did)
+
 
 class DidWebResolver:
     """Fetches did:web documents over HTTPS (http for loopback when allowed) and caches them."""
@@ -105,6 +109,13 @@ class DidWebResolver:
     def invalidate(self, did: str) -> None:
         """Forget a cached document (e.g. after the peer rotated its key)."""
         self._cache.pop(did, None)
+
+    def cached(self, did: str) -> Mapping[str, Any] | None:
+        """The cached, unexpired document of ``did``; None when :meth:`resolve` has to fetch it."""
+        hit = self._cache.get(did)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
 
     async def resolve(self, did: str) -> Mapping[str, Any]:
         hit = self._cache.get(did)

@@ -130,6 +130,11 @@ class ManagementAuth:
         self.check_write(headers)
         return _nobody
 
+    def lane_write_now(self, headers: Mapping[str, str], defer_replay: bool) -> Callable[[], None]:
+        """:meth:`lane_write` without the event loop (it never waits)."""
+        self.check_write(headers)
+        return _nobody
+
 
 def _nobody() -> None:
     return None

@@ -98,6 +98,25 @@ class TokenVerifier:
 
         ``defer_replay``: the token id is not added to the replay store; the caller carries it
         as a :class:`ReplayClaim` that the code serving the request must record before acting."""
+        token, claims, iss = self._read(authorization)
+        document = await self._resolver.resolve(iss)
+        return self._prepared(token, claims, iss, document, defer_replay)
+
+    def prepare_now(
+        self, authorization: str | None, *, defer_replay: bool = False
+    ) -> Callable[[], Caller] | None:
+        """:meth:`prepare` without the event loop: the same function where the issuer's DID
+        document is at hand (the resolver's cache), None where resolving it would have to wait.
+        Raises TokenError as :meth:`prepare` does."""
+        token, claims, iss = self._read(authorization)
+        cached = getattr(self._resolver, "cached", None)
+        document = cached(iss) if cached is not None else None
+        if document is None:
+            return None
+        return self._prepared(token, claims, iss, document, defer_replay)
+
+    def _read(self, authorization: str | None) -> tuple[str, dict[str, Any], str]:
+        """The token, its claims and its issuer, with the checks that need no key."""
         if not authorization or not authorization.strip():
             raise TokenError("no token: DSP requests must carry a DCP self-issued ID token in Authorization")
         token = authorization.strip()
@@ -114,9 +133,13 @@ class TokenVerifier:
             raise TokenError(f"iss ({iss}) != sub ({sub}): not a self-issued token")
         if self._trusted and iss not in self._trusted:
             raise TokenError(f"{iss} is not one of the trusted participants (DADAM_TRUSTED_DIDS)")
-        document = await self._resolver.resolve(iss)
-        if document.get("id") != sub:
-            raise TokenError(f"sub ({sub}) is not the id of its DID document ({document.get('id')!r})")
+        return token, claims, iss
+
+    def _prepared(
+        self, token: str, claims: dict[str, Any], iss: str, document: Mapping[str, Any], defer_replay: bool
+    ) -> Callable[[], Caller]:
+        if document.get("id") != iss:
+            raise TokenError(f"sub ({iss}) is not the id of its DID document ({document.get('id')!r})")
         return functools.partial(self._finish, token, claims, iss, document, defer_replay)
 
     def _finish(

@@ -184,12 +184,60 @@ async def test_attack_is_rejected(attack: str, consumer: Identity, tmp_path: Pat
         await verifier_for(consumer).verify(make(consumer, tmp_path))
 
 
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attack_is_rejected_without_the_event_loop_too(
+    attack: str, consumer: Identity, tmp_path: Path
+) -> None:
+    """``prepare_now`` (the fast lane's protocol, decision 0412) makes the checks ``prepare`` makes."""
+    make, message = ATTACKS[attack]
+    token = make(consumer, tmp_path)
+
+    def check() -> None:
+        finish = verifier_for(consumer).prepare_now(token)
+        assert finish is not None  # the document is at hand
+        finish()
+
+    with pytest.raises(TokenError, match=message):
+        check()
+
+
+async def test_without_the_event_loop_a_token_is_checked_only_when_the_did_document_is_cached(
+    tmp_path: Path,
+) -> None:
+    consumer = Identity.load_or_create("did:web:consumer.test", tmp_path / "c")
+    consumer_app = FastAPI()
+    consumer_app.include_router(did_router(consumer))
+    resolver = DidWebResolver(transport=httpx.ASGITransport(app=consumer_app), cache_seconds=300)
+    verifier = TokenVerifier(resolver, PROVIDER, MemoryReplayStore())
+    assert resolver.cached("did:web:consumer.test") is None
+    assert verifier.prepare_now(consumer.issue_token(PROVIDER)) is None  # it would have to fetch
+    with pytest.raises(TokenError, match="malformed token"):  # the checks before it still apply
+        verifier.prepare_now("Bearer not-a-jwt")
+    assert (await verifier.verify(consumer.issue_token(PROVIDER))).did == "did:web:consumer.test"
+    finish = verifier.prepare_now("Bearer " + consumer.issue_token(PROVIDER))
+    assert finish is not None
+    assert finish().did == "did:web:consumer.test"
+    token = consumer.issue_token(PROVIDER)
+    finish = verifier.prepare_now(token)
+    assert finish is not None
+    finish()
+    replayed = verifier.prepare_now(token)
+    assert replayed is not None
+    with pytest.raises(TokenError, match="replay"):
+        replayed()
+    resolver.invalidate("did:web:consumer.test")
+    assert verifier.prepare_now(consumer.issue_token(PROVIDER)) is None
+    await resolver.aclose()
+
+
 async def test_sub_must_be_the_did_document_id(consumer: Identity) -> None:
     doc = dict(consumer.did_document())
     doc["id"] = "did:web:somebody-else"
     v = TokenVerifier(StaticDidResolver({CONSUMER: doc}), PROVIDER, MemoryReplayStore())
     with pytest.raises(TokenError, match="is not the id of its DID document"):
         await v.verify(consumer.issue_token(PROVIDER))
+    with pytest.raises(TokenError, match="is not the id of its DID document"):
+        v.prepare_now(consumer.issue_token(PROVIDER))
 
 
 async def test_replayed_token_is_rejected(consumer: Identity) -> None:
