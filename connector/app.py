@@ -49,6 +49,7 @@ from connector._wiring import (
 from connector.api import (
     ApiKeyAuth,
     Authenticate,
+    AuthenticateNow,
     BodyLimitMiddleware,
     DspFastLane,
     anonymous_caller,
@@ -116,6 +117,18 @@ def _token_caller(verifier: Any) -> Authenticate:
         return finish
 
     return authenticate
+
+
+def _token_caller_now(verifier: Any) -> AuthenticateNow:
+    """:func:`_token_caller` without the event loop where the caller's DID document is cached."""
+
+    def authenticate_now(headers: Mapping[str, str], defer_replay: bool) -> Callable[[], Any] | None:
+        finish: Callable[[], Any] | None = verifier.prepare_now(
+            headers.get("authorization"), defer_replay=defer_replay
+        )
+        return finish
+
+    return authenticate_now
 
 
 def create_app(
@@ -202,6 +215,7 @@ def create_app(
                 prefix=settings.management_path,
                 routes=negotiation_management_fast_routes(rt.negotiations),
                 authenticate=lane_write,
+                authenticate_now=getattr(auth, "lane_write_now", None),
                 dsp_path=settings.dsp_path,
                 max_bytes=settings.max_body_bytes,
             )
@@ -210,6 +224,7 @@ def create_app(
             prefix=settings.dsp_path,
             routes=negotiation_fast_routes(rt.negotiations),
             authenticate=_token_caller(verifier),
+            authenticate_now=_token_caller_now(verifier) if hasattr(verifier, "prepare_now") else None,
             dsp_path=settings.dsp_path,
             max_bytes=settings.max_body_bytes,
         )

@@ -169,7 +169,8 @@ class Settings(BaseSettings):
         True,
         description="Serve the DSP negotiation POST endpoints, and the management API's start of a "
         "negotiation, in a lean ASGI layer in front of the framework (same handlers and errors, less "
-        "CPU per message). See decisions 0405 and 0409.",
+        "CPU per message); `dadam serve` runs that layer inside uvicorn's HTTP protocol. See decisions "
+        "0405, 0409 and 0412.",
     )
     dsp_sender: Literal["direct", "httpx"] = Field(
         "direct",

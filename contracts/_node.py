@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 
 from connector._gc import tune_for_serving
 from connector.api import DspFastLane, install_error_handlers
+from connector.api._protocol import fast_lanes, lane_protocol
 from connector.errors import NotFoundError
 from connector.identity import Caller
 from connector.store import create_engine, migrate
@@ -99,6 +100,12 @@ async def _loopback_authenticate(headers: Mapping[str, str], defer_replay: bool)
     return lambda: caller
 
 
+def _loopback_authenticate_now(headers: Mapping[str, str], defer_replay: bool) -> Callable[[], Caller]:
+    """:func:`_loopback_authenticate` without the event loop."""
+    caller = Caller(did=headers.get("x-test-caller") or "anonymous")
+    return lambda: caller
+
+
 async def _allow_all() -> None:
     """Management API access check of this test node (``dadam serve``'s checks are async too)."""
 
@@ -151,7 +158,12 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, NegotiationManager]:
         lanes = ((MGMT, negotiation_management_fast_routes(manager)), (DSP, negotiation_fast_routes(manager)))
         for prefix, routes in lanes:
             served = DspFastLane(
-                served, prefix=prefix, routes=routes, authenticate=_loopback_authenticate, dsp_path=DSP
+                served,
+                prefix=prefix,
+                routes=routes,
+                authenticate=_loopback_authenticate,
+                authenticate_now=_loopback_authenticate_now,
+                dsp_path=DSP,
             )
     return served, manager
 
@@ -193,9 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         manager.start()
     if args.port:
+        lanes = fast_lanes(app)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
+                http=lane_protocol(lanes) if lanes else "auto",  # the lanes in uvicorn's protocol (0412)
                 host="127.0.0.1",
                 port=args.port,
                 log_level="warning",

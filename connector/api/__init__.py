@@ -27,7 +27,7 @@ from connector.api._errors import (
     install_error_handlers,
     problem_body,
 )
-from connector.api._fastlane import Authenticate, DspFastLane, FastRoute
+from connector.api._fastlane import Authenticate, AuthenticateNow, DspFastLane, FastRoute
 from connector.api._management import management_router
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "JSON_MEDIA_TYPES",
     "ApiKeyAuth",
     "Authenticate",
+    "AuthenticateNow",
     "BodyLimitMiddleware",
     "DspArea",
     "DspFastLane",

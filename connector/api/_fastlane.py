@@ -14,14 +14,19 @@ its own. Everything else, and every route when no
 ``authenticate`` is given, goes to the application unchanged. The handlers are the very functions
 the FastAPI routes call, and errors are rendered by the same :func:`error_response`, so a client
 cannot tell the two paths apart (``tests/connector/test_serve_fast_lane.py`` compares them).
+
+Under uvicorn, ``dadam serve`` and the test node go one step further: their HTTP protocol
+(:mod:`connector.api._protocol`, decision 0412) hands the parsed request straight to
+:meth:`DspFastLane.serve_parsed`, with no ASGI scope, task or ``receive``/``send`` in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +38,7 @@ from connector.api._errors import error_response
 from connector.api._hop import ThreadHop, default_hop
 from connector.errors import DadamError, ValidationError
 
-__all__ = ["Authenticate", "DspFastLane", "FastRoute", "Handler"]
+__all__ = ["Authenticate", "AuthenticateNow", "DspFastLane", "FastRoute", "Handler", "Respond"]
 
 log = logging.getLogger("dadam.api")
 
@@ -60,7 +65,12 @@ class FastRoute:
 #: the caller's DID); it returns a function that finishes them in the worker thread (signature,
 #: replay) and returns the caller. Either part raises a :class:`DadamError` to refuse. With
 #: ``defer_replay`` the token id is left for the handler to record (``caller.replay``).
-Authenticate = Callable[[Mapping[str, str], bool], Awaitable[Callable[[], Any]]]
+Authenticate = Callable[[Mapping[str, str], bool], Coroutine[Any, Any, Callable[[], Any]]]
+
+#: ``authenticate_now(headers, defer_replay)``: :data:`Authenticate` without the event loop where
+#: it can (the caller's DID document cached): the same function, or None when it would have to
+#: wait. The lane's own HTTP protocol then needs no task for the request.
+AuthenticateNow = Callable[[Mapping[str, str], bool], Callable[[], Any] | None]
 
 
 class DspFastLane:
@@ -69,7 +79,8 @@ class DspFastLane:
     ``authenticate``: see :data:`Authenticate`; header names are lower-case, values decoded as
     latin-1, as in ASGI. ``max_bytes``: the body limit, enforced as :class:`BodyLimitMiddleware`
     does (give it when the lane is in front of that middleware; ``dadam serve`` puts the lane in
-    front of the whole framework).
+    front of the whole framework). ``authenticate_now``: see :data:`AuthenticateNow` (used by
+    the lane's HTTP protocol, :mod:`connector.api._protocol`, only).
     """
 
     def __init__(
@@ -82,8 +93,10 @@ class DspFastLane:
         dsp_path: str,
         max_bytes: int | None = None,
         hop: ThreadHop = default_hop,
+        authenticate_now: AuthenticateNow | None = None,
     ) -> None:
         self.app = app
+        self.authenticate_now = authenticate_now
         self.hop = hop
         self.dsp_path = dsp_path
         self.authenticate = authenticate
@@ -128,25 +141,9 @@ class DspFastLane:
                     raise refused
             finish = await self.authenticate(headers, route.records_token)
             raw = await _read_body(receive, self.max_bytes)
-
-            def work() -> tuple[int, Any]:  # one worker thread hop: the token's check, then the body
-                caller = finish()
-                claim = getattr(caller, "replay", None)
-                try:
-                    out = route.handler(params, _parse_json(raw), caller, deferred.append)
-                except BaseException:
-                    if claim is not None and not claim.recorded:
-                        with contextlib.suppress(Exception):  # the token is spent whatever the outcome
-                            claim.record()
-                    raise
-                if claim is not None and not claim.recorded:
-                    log.error(
-                        "POST %s: the handler did not record the token id; recorded after it", scope["path"]
-                    )
-                    claim.record()
-                return out
-
-            status, reply = await self.hop.run(work)
+            status, reply = await self.hop.run(
+                self._work(route, params, raw, finish, deferred, scope["path"])
+            )
         except Exception as exc:
             if not isinstance(exc, DadamError):
                 log.exception("unhandled error serving POST %s", scope["path"])
@@ -164,11 +161,145 @@ class DspFastLane:
             }
         )
         await send({"type": "http.response.body", "body": out})
-        for fn in deferred:
+        _run_deferred(deferred, scope["path"])
+
+    def _work(
+        self,
+        route: FastRoute,
+        params: Mapping[str, str],
+        raw: bytes,
+        finish: Callable[[], Any],
+        deferred: list[Callable[[], None]],
+        path: str,
+    ) -> Callable[[], tuple[int, Any]]:
+        """The worker thread's part: the token's check, then the body and the handler."""
+
+        def work() -> tuple[int, Any]:
+            caller = finish()
+            claim = getattr(caller, "replay", None)
             try:
-                fn()
-            except Exception:
-                log.exception("deferred work after POST %s failed", scope["path"])
+                out = route.handler(params, _parse_json(raw), caller, deferred.append)
+            except BaseException:
+                if claim is not None and not claim.recorded:
+                    with contextlib.suppress(Exception):  # the token is spent whatever the outcome
+                        claim.record()
+                raise
+            if claim is not None and not claim.recorded:
+                log.error("POST %s: the handler did not record the token id; recorded after it", path)
+                claim.record()
+            return out
+
+        return work
+
+    # -- the same lane for an HTTP protocol that parsed the request itself ----------------------
+
+    def match(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
+        """The route serving ``POST path`` (``path`` without the server's root path) and its
+        path parameters; None when this lane does not serve it."""
+        return self._match(path)
+
+    def serve_parsed(
+        self,
+        route: FastRoute,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        raw: bytes,
+        *,
+        path: str,
+        refused: DadamError | None,
+        too_large_body: bool,
+        loop: asyncio.AbstractEventLoop,
+        respond: Respond,
+    ) -> None:
+        """Serve a request that :mod:`connector.api._protocol` parsed, as :meth:`__call__`
+        serves it, without ASGI: no task where ``authenticate_now`` answers, one hop to a worker
+        thread, one ``respond(status, headers, body, deferred)`` on the loop's thread.
+
+        ``refused``: the error the headers already gave (the Content-Length over the limit);
+        ``too_large_body``: the body went over the limit (it was not kept). Both are reported
+        in the order :meth:`__call__` finds them."""
+        deferred: list[Callable[[], None]] = []
+
+        def fail(exc: BaseException) -> None:
+            if not isinstance(exc, DadamError):
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours to answer
+                    raise exc
+                log.error("unhandled error serving POST %s", path, exc_info=exc)
+            answer = error_response(exc, path=path, dsp_path=self.dsp_path)
+            respond(answer.status_code, answer.raw_headers, bytes(answer.body), [])
+
+        def served(ok: bool, value: Any) -> None:
+            if not ok:
+                fail(value)
+                return
+            try:
+                status, reply = value
+                out = orjson.dumps(reply)
+            except Exception as exc:
+                fail(exc)
+                return
+            respond(
+                status,
+                [(b"content-length", str(len(out)).encode()), (b"content-type", b"application/json")],
+                out,
+                deferred,
+            )
+
+        def authenticated(ok: bool, value: Any) -> None:
+            if not ok:
+                fail(value)
+            elif too_large_body:
+                fail(too_large(self.max_bytes or 0))
+            else:
+                self.hop.submit(self._work(route, params, raw, value, deferred, path), loop, served)
+
+        if refused is not None:
+            fail(refused)
+            return
+        if self.authenticate_now is not None:
+            try:
+                finish = self.authenticate_now(headers, route.records_token)
+            except Exception as exc:
+                fail(exc)
+                return
+            if finish is not None:
+                authenticated(True, finish)
+                return
+        _on_loop(self.authenticate(headers, route.records_token), loop, authenticated)
+
+
+#: ``respond(status, headers, body, deferred)``: write the answer, then run ``deferred``.
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes, list[Callable[[], None]]], None]
+
+
+def _run_deferred(deferred: list[Callable[[], None]], path: str) -> None:
+    for fn in deferred:
+        try:
+            fn()
+        except Exception:
+            log.exception("deferred work after POST %s failed", path)
+
+
+def _on_loop(
+    coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, done: Callable[[bool, Any], None]
+) -> None:
+    """Run ``coro`` in a task; then ``done(True, result)`` or ``done(False, exception)``."""
+
+    def settle(task: asyncio.Task[Any]) -> None:
+        _tasks.discard(task)
+        if task.cancelled():
+            done(False, asyncio.CancelledError())
+        elif (exc := task.exception()) is not None:
+            done(False, exc)
+        else:
+            done(True, task.result())
+
+    task = loop.create_task(coro)
+    _tasks.add(task)  # the loop holds its tasks weakly
+    task.add_done_callback(settle)
+
+
+_tasks: set[asyncio.Task[Any]] = set()
 
 
 def _route_path(scope: Scope) -> str:

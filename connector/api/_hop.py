@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -53,8 +54,18 @@ class ThreadHop:
         fut: asyncio.Future[T] = loop.create_future()
         if not self._threads:
             self._start()
-        self._queue.put((fn, fut, loop))
+        self._queue.put((fn, functools.partial(_settle, fut), loop))
         return await fut
+
+    def submit(
+        self, fn: Callable[[], T], loop: asyncio.AbstractEventLoop, done: Callable[[bool, Any], None]
+    ) -> None:
+        """Run ``fn()`` in a worker thread, then ``done(True, result)`` or ``done(False,
+        exception)`` on ``loop``'s thread: :meth:`run` without a future, for a caller that is a
+        callback itself (the lane's HTTP protocol, :mod:`connector.api._protocol`)."""
+        if not self._threads:
+            self._start()
+        self._queue.put((fn, done, loop))
 
     def _start(self) -> None:
         with self._lock:
@@ -71,14 +82,14 @@ class ThreadHop:
             item = get()
             if item is _STOP:
                 return
-            fn, fut, loop = item
+            fn, done, loop = item
             try:
                 ok, value = True, fn()
-            except BaseException as exc:  # handed to the awaiting task, as to_thread does
+            except BaseException as exc:  # handed to the caller, as to_thread does
                 ok, value = False, exc
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
-            del item, fn, fut, loop, value
+                loop.call_soon_threadsafe(done, ok, value)
+            del item, fn, done, loop, value
 
     def close(self) -> None:
         """Stop the threads once the queued calls are done (for tests; the process's threads

@@ -32,10 +32,13 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     from connector._gc import tune_for_serving
+    from connector.api._protocol import fast_lanes, lane_protocol
 
     tune_for_serving()
+    lanes = fast_lanes(app)
     uvicorn.run(
         app,
+        http=lane_protocol(lanes) if lanes else "auto",  # the DSP fast lane in uvicorn's protocol (0412)
         host=host or settings.host,
         port=port or settings.port,
         log_level=log_level,
