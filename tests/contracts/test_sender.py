@@ -275,6 +275,68 @@ def test_connection_close_is_honoured(serve: Callable[..., Server]) -> None:
     assert server.connections == 2 and s.opened == 2
 
 
+def test_chunked_replies_and_interim_replies_are_read_and_the_connection_kept(
+    serve: Callable[..., Server],
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        b'6\r\n{"a": \r\n3\r\n[1]\r\n1\r\n}\r\n0\r\n\r\n'
+    )
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + http_reply(201, b'{"b": 2}')
+    replies = iter([chunked, interim, http_reply(204)])
+    server = serve(lambda *_: next(replies))
+    s = sender()
+    first, second, third = (s.send(message(server.url, n)) for n in (1, 2, 3))
+    assert (first.ok, first.status, first.response_json) == (True, 200, {"a": [1]})
+    assert (second.ok, second.status, second.response_json) == (True, 201, {"b": 2})
+    assert (third.ok, third.status, third.response_json) == (True, 204, None)
+    assert server.connections == 1 and s.opened == 1
+
+
+def test_a_reply_ended_by_closing_is_read_whole_and_a_cut_reply_is_retryable(
+    serve: Callable[..., Server],
+) -> None:
+    until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b'{"to": "the end"}'
+    cut = DROP_AFTER + b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"only": "part'
+    replies = iter([until_close, cut])
+    server = serve(lambda *_: next(replies))
+    s = sender()
+    whole = s.send(message(server.url, 1))
+    assert (whole.ok, whole.response_json) == (True, {"to": "the end"})
+    part = s.send(message(server.url, 2))
+    assert (part.ok, part.status, part.retryable) == (False, None, True)
+    assert "cannot reach" in part.detail and "IncompleteRead" in part.detail
+    assert server.connections == 2
+
+
+def test_a_reply_over_the_limit_is_cut_and_its_connection_dropped(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contracts._sender as sender_module
+
+    monkeypatch.setattr(sender_module, "MAX_REPLY_BYTES", 64)
+    big = b'{"error": "' + b"x" * 500 + b'"}'
+    server = serve(lambda *_: http_reply(500, big))
+    s = sender()
+    first = s.send(message(server.url, 1))
+    assert (first.ok, first.status, first.retryable) == (False, 500, True)
+    assert "x" * 53 in first.detail and "x" * 54 not in first.detail  # the first 64 bytes only
+    assert s.send(message(server.url, 2)).status == 500
+    assert server.connections == 2  # a cut reply's connection is not reused
+
+
+def test_a_header_that_would_split_the_request_is_refused(serve: Callable[..., Server]) -> None:
+    class Injecting(TokenAuth):
+        def request_headers(self, url: str, body: bytes) -> dict[str, str]:
+            return {"Authorization": "Bearer x\r\nX-Evil: 1"}
+
+    server = serve(lambda *_: http_reply(200, b"{}"))
+    d = sender(Injecting()).send(message(server.url))
+    assert (d.ok, d.retryable) == (False, False)  # a broken auth provider: final, as a raising one
+    assert "invalid header 'Authorization'" in d.detail
+    assert server.requests == []
+
+
 def test_peer_down_is_retryable() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
