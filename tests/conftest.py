@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +119,46 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture
+def uvicorn_thread() -> Iterator[Callable[..., int]]:
+    """``start(app, **config)``: a uvicorn server for ``app`` on a free loopback port, in a
+    thread of this process (httptools protocol unless ``http`` says otherwise); its port. The
+    servers stop when the test ends."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    running: list[tuple[Any, threading.Thread]] = []
+
+    def start(app: Any, **config: Any) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        config = {"http": "httptools", "lifespan": "off", "log_config": None, **config}
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.time() + 10
+        while not server.started and time.time() < deadline:
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start within 10 s"
+        return port
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
 def fast_lane_served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths the DSP fast lane (decision 0405) matched during the test, in order."""
     from connector.api._fastlane import DspFastLane
 
     served: list[str] = []
-    match = DspFastLane._match
+    match = DspFastLane.match
 
     def counting(self: DspFastLane, path: str) -> Any:
         found = match(self, path)
@@ -132,5 +166,5 @@ def fast_lane_served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             served.append(path)
         return found
 
-    monkeypatch.setattr(DspFastLane, "_match", counting)
+    monkeypatch.setattr(DspFastLane, "match", counting)
     return served

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,9 @@ class DspFastLane:
                 regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
                 self._patterns.append((re.compile(regex + r"\Z"), r))
 
-    def _match(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
+    def match(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
+        """The route serving ``POST path`` (``path`` without the server's root path) and its
+        path parameters; None when this lane does not serve it."""
         route = self._exact.get(path)
         if route is not None:
             return route, {}
@@ -125,16 +127,14 @@ class DspFastLane:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        found = self._match(_route_path(scope))
+        found = self.match(_route_path(scope))
         if found is None:
             await self.app(scope, receive, send)
             return
         route, params = found
         deferred: list[Callable[[], None]] = []
         try:
-            headers: dict[str, str] = {}
-            for k, v in scope["headers"]:  # the first of repeated headers, as Starlette's get()
-                headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+            headers = header_map(scope["headers"])
             if self.max_bytes is not None:
                 refused = content_length_problem(headers.get("content-length"), self.max_bytes)
                 if refused is not None:
@@ -161,7 +161,7 @@ class DspFastLane:
             }
         )
         await send({"type": "http.response.body", "body": out})
-        _run_deferred(deferred, scope["path"])
+        run_deferred(deferred, scope["path"])
 
     def _work(
         self,
@@ -192,11 +192,6 @@ class DspFastLane:
         return work
 
     # -- the same lane for an HTTP protocol that parsed the request itself ----------------------
-
-    def match(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
-        """The route serving ``POST path`` (``path`` without the server's root path) and its
-        path parameters; None when this lane does not serve it."""
-        return self._match(path)
 
     def serve_parsed(
         self,
@@ -272,7 +267,17 @@ class DspFastLane:
 Respond = Callable[[int, list[tuple[bytes, bytes]], bytes, list[Callable[[], None]]], None]
 
 
-def _run_deferred(deferred: list[Callable[[], None]], path: str) -> None:
+def header_map(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Raw header pairs (names lower-case) as a dict: the first of repeated headers, as
+    Starlette's ``get()``; latin-1, as in ASGI."""
+    headers: dict[str, str] = {}
+    for k, v in raw:
+        headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+    return headers
+
+
+def run_deferred(deferred: list[Callable[[], None]], path: str) -> None:
+    """Run what a handler deferred until its answer went out; a failure is logged, not raised."""
     for fn in deferred:
         try:
             fn()

@@ -17,7 +17,6 @@ answered (pipelining), goes to uvicorn's own code path unchanged, and so to the 
 from __future__ import annotations
 
 import functools
-import logging
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +25,10 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from connector.api._body import content_length_problem
-from connector.api._fastlane import DspFastLane, FastRoute
+from connector.api._fastlane import DspFastLane, FastRoute, header_map, run_deferred
 from connector.errors import DadamError
 
 __all__ = ["LaneHttpProtocol", "fast_lanes", "lane_protocol"]
-
-log = logging.getLogger("dadam.api")
 
 
 class _LaneRequest:
@@ -115,9 +112,7 @@ class LaneHttpProtocol(HttpToolsProtocol):
                 break
         else:
             return False
-        headers: dict[str, str] = {}
-        for name, value in self.headers:  # the first of repeated headers, as the ASGI lane
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        headers = header_map(self.headers)
         refused = None
         if lane.max_bytes is not None:
             refused = content_length_problem(headers.get("content-length"), lane.max_bytes)
@@ -192,11 +187,7 @@ class LaneHttpProtocol(HttpToolsProtocol):
         request.response_complete = True
         if not request.keep_alive:
             transport.close()
-        for fn in deferred:
-            try:
-                fn()
-            except Exception:
-                log.exception("deferred work after POST %s failed", request.path)
+        run_deferred(deferred, request.path)
         self.on_response_complete()
 
 

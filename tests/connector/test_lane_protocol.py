@@ -11,11 +11,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
@@ -114,36 +113,17 @@ def build(node: Node) -> Any:
     return lane
 
 
-def serve(app: Any, http: Any) -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="off", log_config=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
-def lane_node() -> Iterator[tuple[int, Node]]:
+def lane_node(uvicorn_thread: Callable[..., int]) -> tuple[int, Node]:
     node = Node()
     app = build(node)
-    yield from ((port, node) for port in serve(app, lane_protocol(fast_lanes(app))))
+    return uvicorn_thread(app, http=lane_protocol(fast_lanes(app))), node
 
 
 @pytest.fixture
-def asgi_node() -> Iterator[tuple[int, Node]]:
+def asgi_node(uvicorn_thread: Callable[..., int]) -> tuple[int, Node]:
     node = Node()
-    yield from ((port, node) for port in serve(build(node), "httptools"))
+    return uvicorn_thread(build(node)), node
 
 
 def post(

@@ -14,11 +14,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from transfer_nodes import serve_connections
@@ -84,7 +83,7 @@ class Source:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[str, Source, list[tuple[str, int, int]]]]:
+def served(uvicorn_thread: Callable[..., int]) -> Iterator[tuple[str, Source, list[tuple[str, int, int]]]]:
     """(base URL of a uvicorn server whose ``/pull/{name}`` splices ``Source`` bodies, the source,
     the usage outcomes recorded: (outcome, bytes, records))."""
     source = Source()
@@ -114,24 +113,10 @@ def served() -> Iterator[tuple[str, Source, list[tuple[str, int, int]]]]:
     async def ping() -> dict[str, str]:
         return {"ok": "yes"}
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="httptools", lifespan="off", log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    assert server.started
+    port = uvicorn_thread(app)
     try:
         yield f"http://127.0.0.1:{port}", source, outcomes
     finally:
-        server.should_exit = True
-        thread.join(10)
         source.listener.close()
         for conn in source.open:
             conn.close()
