@@ -171,7 +171,10 @@ class Finalized:
     def __init__(self, mgmt: str, headers: dict[str, str]) -> None:
         self.headers = headers
         self.done: dict[str, tuple[float, str]] = {}
-        self.cond = threading.Condition()
+        #: one event per waiting load thread: a Condition's notify_all woke all 32 of them for
+        #: every outcome, and those wake-ups cost this process (and the shared cores) CPU
+        self.waiters: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
         self.ready = threading.Event()
         self.stop = False
         self.thread = threading.Thread(target=self._run, args=(mgmt,), daemon=True)
@@ -196,19 +199,24 @@ class Finalized:
                     continue
                 ev = json.loads(line[6:])
                 if ev["state"] in ("FINALIZED", "TERMINATED"):
-                    with self.cond:
+                    with self.lock:
                         self.done[ev["id"]] = (time.perf_counter(), ev["state"])
-                        self.cond.notify_all()
+                        waiter = self.waiters.pop(ev["id"], None)
+                    if waiter is not None:
+                        waiter.set()
 
     def wait(self, nid: str, timeout: float = 30) -> tuple[float, str]:
-        deadline = time.time() + timeout
-        with self.cond:
-            while nid not in self.done:
-                left = deadline - time.time()
-                if left <= 0:
-                    raise TimeoutError(f"{nid} did not finish")
-                self.cond.wait(left)
-            return self.done[nid]
+        with self.lock:
+            if nid in self.done:
+                return self.done[nid]
+            waiter = self.waiters.setdefault(nid, threading.Event())
+        if not waiter.wait(timeout):
+            with self.lock:
+                self.waiters.pop(nid, None)
+                if nid in self.done:
+                    return self.done[nid]
+            raise TimeoutError(f"{nid} did not finish")
+        return self.done[nid]
 
 
 class NodePair:
