@@ -104,7 +104,8 @@ def negotiation_fast_routes(manager: NegotiationManager) -> list[FastRoute]:
         return 201, manager.consumer_initial_offer(body, caller, defer)
 
     return [
-        FastRoute("/negotiations/request", initial_request),
+        # provider_request records the token id with the new row (on PostgreSQL in its statement)
+        FastRoute("/negotiations/request", initial_request, records_token=True),
         FastRoute("/negotiations/offers", initial_offer),
         # manager.receive records the token id, on PostgreSQL in the statement reading the row
         *(

@@ -685,8 +685,9 @@ class NegotiationManager:
         if fx.new is not None:
             initial, absent = fx.new
             return StateWrite(
-                negotiations, pid, write, received=received, insert=initial, absent=absent, require=fx.require
-            )
+                negotiations, pid, write, received=received, insert=initial, absent=absent,
+                require=fx.require, token=fx.token,
+            )  # fmt: skip
         acked = None
         if fx.acked is not None:
             acked, fx.acked_used = (fx.acked, fx.acked_owner), True
@@ -1004,7 +1005,27 @@ class NegotiationManager:
     def provider_request(
         self, body: Any, caller: Caller, defer: Callable[[Callable[[], None]], None] | None = None
     ) -> dict[str, Any]:
-        """Initial ContractRequestMessage (``POST /negotiations/request``): 201 body."""
+        """Initial ContractRequestMessage (``POST /negotiations/request``): 201 body.
+
+        A caller whose token id is still to be recorded (``caller.replay``) has it recorded
+        with the new row's write (on PostgreSQL by the same statement, decision 0413); a request
+        refused for any other reason records it first, so a replayed token is refused as such
+        (401), as it is when the id was recorded before the request was read."""
+        claim = caller.replay
+        try:
+            return self._provider_request(body, caller, claim, defer)
+        except DadamError as exc:
+            if claim is not None and not claim.recorded and not isinstance(exc, TokenError):
+                claim.record()  # TokenError if the id was used before
+            raise
+
+    def _provider_request(
+        self,
+        body: Any,
+        caller: Caller,
+        claim: ReplayClaim | None,
+        defer: Callable[[Callable[[], None]], None] | None,
+    ) -> dict[str, Any]:
         msg = parse_message(body, "ContractRequestMessage")
         assert isinstance(msg, ContractRequestMessage)
         ctx = {"consumerPid": msg.consumer_pid}
@@ -1021,6 +1042,11 @@ class NegotiationManager:
         digest = body_digest(body)
         as_of = getattr(self.offers, "resolve_offer_as_of", None)
         values: dict[str, Any] | None = None
+        # the token id goes in with the write where the replay table is in our database
+        table = claim.table_for(self.engine) if claim is not None else None
+        if claim is not None and table is None:
+            claim.record()
+        token = (table, claim) if claim is not None and table is not None else None
         if self._optimistic and msg.id:
             # With a catalog that can: decide on the catalog as last loaded; the new row is then
             # written only if the catalog is still at that revision (a condition of the INSERT),
@@ -1033,7 +1059,7 @@ class NegotiationManager:
                     raise
                 # perhaps an outdated catalog: the answer comes from the current one
             if values is not None:
-                ack = self._request_optimistic(msg, caller, digest, values, defer, guard)
+                ack = self._request_optimistic(msg, caller, digest, values, defer, guard, token)
                 if ack is not None:
                     return ack
                 if guard is not None:
@@ -1042,6 +1068,8 @@ class NegotiationManager:
             values, _ = self._offer_values(msg, caller, ctx, None)
         fx = _Effects()
         with write_tx(self.engine) as conn:
+            if claim is not None and table is not None and not claim.recorded:
+                _record_in_tx(conn, claim, table)  # TokenError: a replay, nothing written
             row, duplicate = self._open_received(
                 conn, Role.PROVIDER, msg.consumer_pid, msg, caller, digest, ctx, **values
             )
@@ -1096,13 +1124,17 @@ class NegotiationManager:
         values: Mapping[str, Any],
         defer: Callable[[Callable[[], None]], None] | None,
         guard: tuple[sa.Table, Mapping[str, Any]] | None = None,
+        token: tuple[sa.Table, ReplayClaim] | None = None,
     ) -> dict[str, Any] | None:
         """PostgreSQL: :meth:`provider_request` in one statement without a transaction. The new
         row is written with its state after our reaction, the message id and the reply, only if
-        the id is new and no negotiation of this consumer pid exists (decision 0409). None:
-        nothing was written; the locking path answers (a resend, a reused pid, an error)."""
+        the id is new and no negotiation of this consumer pid exists (decision 0409), and with
+        ``token``, only if the caller's token id was new (it is added by the same statement,
+        decision 0413). None: nothing was written; the locking path answers (a resend, a reused
+        pid, a replayed token, an error)."""
         assert msg.callback_address  # checked by provider_request
         fx = _Effects()
+        fx.token = token
         pid = f"urn:uuid:{uuid.uuid4()}"
         row: Row = new_process_row(
             negotiations, pid, State.INITIAL, timeout_s=self.config.state_timeout_s, now=time.time(),

@@ -379,6 +379,12 @@ class StateWrite:
     #: and the write applies only if the id was new there; ``claim.settle(True)`` after the write.
     #: Otherwise nothing is written (:class:`StaleWrite`) and the locking path records the id,
     #: which tells a replay from a message that came too late (decision 0411).
+    #: With ``insert`` (a new row, which has no lock to order two copies of one message): the id
+    #: is added if the message id is not in the inbox yet, and the row only if the id was new.
+    #: The statement also says whether it added the id, so the id is settled as spent by us
+    #: (``claim.settle(True)``) even when the row was not written (a concurrent copy of the
+    #: message won, or a condition failed); the locking path then does not count it as a replay
+    #: (decision 0413).
     token: tuple[sa.Table, Any] | None = None
 
 
@@ -391,6 +397,13 @@ def save_guarded(conn: Connection, state: StateWrite) -> None:
     """PostgreSQL, one statement: an optimistic :class:`StateWrite` (or a new row's
     ``insert``) without a message to add. Raises :class:`StaleWrite` when it did not apply."""
     write, params = _guarded_write(state)
+    tok = _INSERT_TOKENS.get(id(write))
+    if tok is not None:  # a new row with a token id: the statement reports both outcomes
+        stmt = cached_statement(
+            ("save_guarded_report", id(write)), lambda: _reporting(write.returning(state.table.c.id), tok)
+        )
+        _settle_reported(state, run(conn, stmt, params).one())
+        return
     stmt = cached_statement(("save_guarded", id(write)), lambda: write.returning(state.table.c.id))
     if run(conn, stmt, params).first() is None:
         raise StaleWrite(state.process_id)
@@ -404,6 +417,36 @@ def _token_recorded(state: StateWrite) -> None:
         state.token[1].settle(True)
 
 
+#: id(guarded INSERT with a token id) -> its ``tok`` CTE, for :func:`_reporting`
+_INSERT_TOKENS: dict[int, Any] = {}
+
+
+def _reporting(write: Any, tok: Any) -> Any:
+    """``write`` (a statement with ``RETURNING``, the new row's guarded INSERT somewhere in it)
+    as a CTE, under a ``SELECT`` that always returns one row: ``_applied`` (``write`` returned a
+    row), ``_first`` (its first returned column, or NULL) and ``_fresh`` (the ``tok`` CTE added
+    the token id). A data-modifying CTE runs whether or not the SELECT reads it."""
+    done = write.cte("done")
+    first = done.c[0]
+    return sa.select(
+        sa.exists(sa.select(first)).label("_applied"),
+        sa.select(first).scalar_subquery().label("_first"),
+        sa.exists(sa.select(tok.c.token_key)).label("_fresh"),
+    )
+
+
+def _settle_reported(state: StateWrite, row: Mapping[str, Any]) -> None:
+    """After a :func:`_reporting` statement: a token id the statement added is spent by us,
+    whether or not the row was written; StaleWrite if it was not. An id it did not add (seen
+    before, or the message id was) is left to the locking path, which tells a replay from a
+    resend."""
+    assert state.token is not None
+    if row["_fresh"]:
+        state.token[1].settle(True)
+    if not row["_applied"]:
+        raise StaleWrite(state.process_id)
+
+
 def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
     """The UPDATE (or, for a new row, INSERT) of a guarded :class:`StateWrite` and its
     parameters, cached by shape."""
@@ -415,15 +458,29 @@ def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
         received = state.received is not None
         req_table, req_values = state.require or (None, {})
         required = tuple(sorted(req_values))
+        tok_table = state.token[0] if state.token is not None and received else None
         stmt = cached_statement(
-            ("insert_guarded", t.name, id(t), names, absent, received, id(req_table), required),
-            lambda: _guarded_insert(t, names, absent, received, (req_table, required)),
+            (
+                "insert_guarded",
+                t.name,
+                id(t),
+                names,
+                absent,
+                received,
+                id(req_table),
+                required,
+                id(tok_table),
+            ),
+            lambda: _guarded_insert(t, names, absent, received, (req_table, required), tok_table),
         )
         params = {f"v_{n}": v for n, v in values.items()}
         params.update({f"_a_{n}": v for n, v in (state.absent or {}).items()})
         params.update({f"_r_{n}": v for n, v in req_values.items()})
         if state.received is not None:
             params.update(_received_params(state.process_id, state.received))
+        if tok_table is not None and state.token is not None:
+            claim = state.token[1]
+            params.update(_tkey=claim.key, _texp=claim.expires_at)
         return stmt, params
     upd = _state_write_values(state.kwargs)
     names = tuple(sorted(upd))
@@ -474,6 +531,30 @@ def _inbox_seen(process_id: Any, where: Any = None) -> Any:
     )
 
 
+def _token_cte(token: sa.Table, *where: Any) -> Any:
+    """CTE ``tok``: add the token id ``:_tkey`` (expiring ``:_texp``) to the replay table
+    ``token`` if ``where`` holds and the received message's id (``:_ikind``, ``:_imid``) is not
+    in the inbox (``ON CONFLICT DO NOTHING``); it returns the id only if it was added."""
+    from sqlalchemy.dialects import postgresql
+
+    known = sa.select(inbox.c.message_id).where(
+        inbox.c.kind == sa.bindparam("_ikind", type_=inbox.c.kind.type),
+        inbox.c.message_id == sa.bindparam("_imid", type_=inbox.c.message_id.type),
+    )
+    return (
+        postgresql.insert(token)
+        .from_select(
+            ["token_key", "expires_at"],
+            sa.select(_bound("_tkey", token.c.token_key), _bound("_texp", token.c.expires_at)).where(
+                *where, ~sa.exists(known)
+            ),
+        )
+        .on_conflict_do_nothing()
+        .returning(token.c.token_key)
+        .cte("tok")
+    )
+
+
 def _guarded_update(
     table: sa.Table, names: tuple[str, ...], acked: bool = False, token: sa.Table | None = None
 ) -> Any:
@@ -483,7 +564,6 @@ def _guarded_update(
     ``_ack_id`` sent if it is still pending and leased to ``_ack_owner``. With ``token`` (a
     replay table), the token id ``_tkey`` (expiring ``_texp``) is added first, over the locked
     row and only if the message id is not in the inbox, and the rest needs it to be new."""
-    from sqlalchemy.dialects import postgresql
 
     locked = (
         sa.select(table.c.id)
@@ -496,22 +576,7 @@ def _guarded_update(
         # The row lock orders two writes to one negotiation: the second then finds the version
         # changed and adds nothing. A message id seen before adds no token id either, so the
         # locking path still answers a resend (with a fresh token) as a duplicate.
-        known = sa.select(inbox.c.message_id).where(
-            inbox.c.kind == sa.bindparam("_ikind", type_=inbox.c.kind.type),
-            inbox.c.message_id == sa.bindparam("_imid", type_=inbox.c.message_id.type),
-        )
-        tok = (
-            postgresql.insert(token)
-            .from_select(
-                ["token_key", "expires_at"],
-                sa.select(_bound("_tkey", token.c.token_key), _bound("_texp", token.c.expires_at)).where(
-                    sa.exists(sa.select(locked.c.id)), ~sa.exists(known)
-                ),
-            )
-            .on_conflict_do_nothing()
-            .returning(token.c.token_key)
-            .cte("tok")
-        )
+        tok = _token_cte(token, sa.exists(sa.select(locked.c.id)))
         fresh = sa.exists(sa.select(tok.c.token_key))
     seen = _inbox_seen(locked.c.id, fresh)
     stmt = (
@@ -531,15 +596,22 @@ def _guarded_insert(
     absent: tuple[str, ...],
     received: bool,
     require: tuple[sa.Table | None, tuple[str, ...]] = (None, ()),
+    token: sa.Table | None = None,
 ) -> Any:
     """``INSERT`` of a new row (columns ``names`` from ``:v_<name>``) that happens only if no
     row has the ``absent`` column values (``:_a_<name>``), if a row of the ``require`` table
     has its column values (``:_r_<name>``) and, with ``received``, only if the received
-    message's inbox row (process id ``:_upid``) was new."""
+    message's inbox row (process id ``:_upid``) was new. With ``token`` (a replay table, and
+    ``received``): the token id is added first (:func:`_token_cte`), and the rest only if it
+    was new; the ``tok`` CTE is kept in ``_INSERT_TOKENS`` for :func:`_reporting`."""
     cond: Any = sa.true()
+    tok = _token_cte(token) if token is not None and received else None
+    if tok is not None:
+        cond = sa.exists(sa.select(tok.c.token_key))
     if absent:
-        cond = ~sa.exists(
-            sa.select(table.c.id).where(*(table.c[n] == sa.bindparam(f"_a_{n}") for n in absent))
+        cond = sa.and_(
+            cond,
+            ~sa.exists(sa.select(table.c.id).where(*(table.c[n] == sa.bindparam(f"_a_{n}") for n in absent))),
         )
     req_table, required = require
     if req_table is not None:
@@ -556,9 +628,12 @@ def _guarded_insert(
     if received:
         seen = _inbox_seen(_bound("_upid", inbox.c.process_id), cond)
         cond = sa.exists(sa.select(seen.c.process_id))
-    return sa.insert(table).from_select(
+    stmt = sa.insert(table).from_select(
         list(names), sa.select(*(_bound(f"v_{n}", table.c[n]) for n in names)).where(cond)
     )
+    if tok is not None:
+        _INSERT_TOKENS[id(stmt)] = tok
+    return stmt
 
 
 def _received_params(process_id: str, received: tuple[str, str, str]) -> dict[str, Any]:
@@ -653,9 +728,16 @@ def _enqueue(
     stmt = cached_statement(("outbox_add",), _outbox_insert)
     moved: dict[str, Any] = {}
     guarded = state is not None and (state.expect_version is not None or state.insert is not None)
+    tok = None
     if state is not None and guarded:  # optimistic or a new row (PostgreSQL)
         write, moved = _guarded_write(state)
-        stmt = cached_statement(("outbox_add_guarded", id(write)), lambda: _outbox_insert(write))
+        tok = _INSERT_TOKENS.get(id(write))
+        if tok is not None:  # a new row with a token id: the statement reports both outcomes
+            stmt = cached_statement(
+                ("outbox_add_guarded_report", id(write)), lambda: _reporting(_outbox_insert(write), tok)
+            )
+        else:
+            stmt = cached_statement(("outbox_add_guarded", id(write)), lambda: _outbox_insert(write))
     elif state is not None:
         if conn.dialect.name == "postgresql":  # one statement: UPDATE in a CTE, then INSERT
             upd = _state_write_values(state.kwargs)
@@ -667,7 +749,7 @@ def _enqueue(
             moved = {"_upid": state.process_id, **{f"v_{n}": v for n, v in upd.items()}}
         else:
             save_state(conn, state.table, state.process_id, **state.kwargs)
-    rows = run(
+    result = run(
         conn,
         stmt,
         {
@@ -685,16 +767,24 @@ def _enqueue(
             "_now": now,
             "_acked": state.acked[0] if state is not None and state.acked is not None else "",
         },
-    ).all()
-    if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
+    )
+    if tok is not None:
         assert state is not None
-        if guarded:
-            raise StaleWrite(state.process_id)
-        raise StoreError(
-            f"process {state.process_id!r} vanished while it was locked", context={"table": state.table.name}
-        )
-    if state is not None:
-        _token_recorded(state)
+        report = result.one()
+        _settle_reported(state, report)  # StaleWrite if nothing was written
+        rows: list[dict[str, Any]] = [{"lease_owner": report["_first"]}]
+    else:
+        rows = result.all()
+        if len(rows) != 1:  # only with ``state``: the UPDATE found no row, so nothing was added
+            assert state is not None
+            if guarded:
+                raise StaleWrite(state.process_id)
+            raise StoreError(
+                f"process {state.process_id!r} vanished while it was locked",
+                context={"table": state.table.name},
+            )
+        if state is not None:
+            _token_recorded(state)
     row = rows[0]
     older = owner is not None and row["lease_owner"] is None
     msg = OutboxMessage(

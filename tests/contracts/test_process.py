@@ -550,6 +550,94 @@ def test_an_optimistic_write_with_a_token_id_records_it_only_when_it_applies(pg_
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_new_rows_write_with_a_token_id_reports_the_id_it_added_even_when_a_copy_won(pg_url: str) -> None:
+    """A new row's guarded INSERT with ``StateWrite.token`` (the provider's initial request,
+    decision 0413) adds the token id first and the row only if the id was new. A new row has
+    no lock: two copies of one message (the same message id, two tokens) can run at once, and
+    the second then adds its token id but, once the first commits, not the row. The statement
+    says so, and the id is settled as spent by that request, so the locking path answers it as
+    a resend instead of refusing it as a replay. A spent id writes nothing and is not settled."""
+    import threading
+
+    from connector.identity import ReplayClaim, SqlReplayStore
+    from connector.identity._store import replay_key, token_replay_table
+    from connector.store import autocommit_tx, create_engine, migrate
+    from contracts._process import new_process_row
+
+    engine = create_engine(pg_url)
+    try:
+        migrate(engine)
+        META.create_all(engine)
+        store = SqlReplayStore(engine)
+        expires = int(time.time()) + 300
+
+        def write(pid: str, mid: str, jti: str) -> tuple[StateWrite, ReplayClaim]:
+            claim = ReplayClaim(store, "did:web:peer", jti, expires)
+            row = new_process_row(TOY, pid, SENDING, timeout_s=60.0, now=time.time())
+            state = StateWrite(
+                TOY,
+                pid,
+                {"state": SENT, "timeout_s": 60.0, "note": mid},
+                received=("toy", mid, "digest-" + mid),
+                insert=row,
+                token=(token_replay_table, claim),
+            )
+            return state, claim
+
+        def snapshot() -> tuple[Any, ...]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(TOY.c.id, TOY.c.note).order_by(TOY.c.id)).all()
+                ids = conn.execute(sa.select(inbox.c.message_id).order_by(inbox.c.message_id)).scalars().all()
+                tokens = conn.execute(sa.select(token_replay_table.c.token_key)).scalars().all()
+            return [tuple(r) for r in rows], ids, sorted(tokens)
+
+        def key(jti: str) -> str:
+            return replay_key("did:web:peer", jti)
+
+        state, claim = write("n1", "m1", "a")
+        with autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert claim.recorded and snapshot() == ([("n1", "m1")], ["m1"], [key("a")])
+        # a spent token id: nothing written, the id not settled (the locking path refuses it)
+        state, claim = write("n2", "m2", "a")
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert not claim.recorded and snapshot() == ([("n1", "m1")], ["m1"], [key("a")])
+        # a message id seen before, with a fresh token: nothing at all, the token not spent
+        state, claim = write("n3", "m1", "b")
+        with pytest.raises(StaleWrite), autocommit_tx(engine) as conn:
+            save_guarded(conn, state)
+        assert not claim.recorded and snapshot() == ([("n1", "m1")], ["m1"], [key("a")])
+        # two copies of message m4 at once: the first holds its transaction open while the
+        # second runs (it waits on the first's inbox row), then commits
+        first, first_claim = write("n4", "m4", "c")
+        second, second_claim = write("n5", "m4", "d")
+        outcome: list[BaseException | None] = []
+        with engine.connect() as conn_a:
+            save_guarded(conn_a, first)  # in conn_a's open transaction
+
+            def run_second() -> None:
+                try:
+                    with autocommit_tx(engine) as conn_b:
+                        save_guarded(conn_b, second)
+                    outcome.append(None)
+                except BaseException as exc:  # handed to the test
+                    outcome.append(exc)
+
+            t = threading.Thread(target=run_second)
+            t.start()
+            t.join(0.5)
+            assert t.is_alive(), "the second copy should wait for the first's inbox row"
+            conn_a.commit()
+            t.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], StaleWrite)
+        assert first_claim.recorded and second_claim.recorded  # spent by its own request
+        assert snapshot() == ([("n1", "m1"), ("n4", "m4")], ["m1", "m4"], [key("a"), key("c"), key("d")])
+    finally:
+        engine.dispose()
+
+
 class CoalescingHandler(AckHandler):
     coalesce_acks = True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from cn_harness import CTX, OPEN_POLICY, TCK_DID, FakeOffers, Node, Tck, make_node
 
-from connector.errors import TokenError
+from connector.errors import TokenError, ValidationError
 from connector.identity import Caller, ReplayClaim, SqlReplayStore
 from connector.identity._store import replay_key, token_replay_table
 from contracts import LocalKeySigner, RetryPolicy, StaticKeyResolver
@@ -388,3 +389,97 @@ def test_a_token_id_goes_in_with_the_guarded_write_and_a_spent_one_changes_nothi
     ack = consumer.manager.receive(Role.CONSUMER, "agreement", cpid, agreement, caller("fresh-3"))
     assert ack["state"] == "FINALIZED" and recorded("fresh-3") == 1
     assert consumer.manager.get(nid)["internalState"] == "FINALIZED"
+
+
+def test_the_initial_requests_token_id_goes_in_with_the_new_row(
+    provider: Node, tck: Tck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The initial request's token id is recorded by the write that creates the negotiation
+    (on PostgreSQL the same statement, decision 0413), not by a statement of its own. A spent
+    id is refused (401) with nothing written, before any other error of the request. When the
+    new row is not written although the statement added the id (here: the catalog changed
+    since the decision), the id counts as spent by this request, not as a replay: the request
+    is answered, not refused."""
+    store = SqlReplayStore(provider.engine)
+    expires = int(time.time()) + 300
+    pg = provider.engine.dialect.name == "postgresql"
+    separate: list[str] = []
+    add = SqlReplayStore.add
+
+    def spy_add(self: SqlReplayStore, issuer: str, jti: str, expires_at: int) -> bool:
+        separate.append(jti)
+        return add(self, issuer, jti, expires_at)
+
+    monkeypatch.setattr(SqlReplayStore, "add", spy_add)
+
+    def caller(jti: str) -> Caller:
+        return Caller(did=TCK_DID, replay=ReplayClaim(store, TCK_DID, jti, expires))
+
+    def recorded(jti: str) -> int:
+        t = token_replay_table
+        with provider.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).where(t.c.token_key == replay_key(TCK_DID, jti)))
+            return int(count.scalar_one())
+
+    def request(mid: str, cpid: str, offer_id: str = OFFER_ID) -> dict[str, Any]:
+        offer = {"@id": offer_id, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]}
+        return {
+            "@context": CTX, "@id": mid, "@type": "ContractRequestMessage", "consumerPid": cpid,
+            "offer": offer, "callbackAddress": tck.url,
+        }  # fmt: skip
+
+    def negotiations_of(cpid: str) -> int:
+        return sum(1 for n in provider.manager.list_negotiations(role="provider") if n["consumerPid"] == cpid)
+
+    manager = provider.manager
+    first = caller("fresh-1")
+    ack = manager.provider_request(request("urn:uuid:r-1", "c-1"), first)
+    assert ack["state"] == "REQUESTED" and first.replay is not None and first.replay.recorded
+    assert recorded("fresh-1") == 1 and separate == []  # with the write, not on its own
+    # a resend with a fresh token: the same negotiation, the new id spent too
+    again = manager.provider_request(request("urn:uuid:r-1", "c-1"), caller("fresh-2"))
+    assert again["providerPid"] == ack["providerPid"] and recorded("fresh-2") == 1
+    # a spent id: refused, nothing written
+    assert store.add(TCK_DID, "used-before", expires)
+    with pytest.raises(TokenError, match="replay"):
+        manager.provider_request(request("urn:uuid:r-2", "c-2"), caller("used-before"))
+    assert negotiations_of("c-2") == 0
+    with provider.engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(inbox.c.message_id).where(inbox.c.message_id == "urn:uuid:r-2")).first()
+            is None
+        )
+    # ... and refused as a replay even when the request is bad for another reason too
+    with pytest.raises(TokenError, match="replay"):
+        manager.provider_request(request("urn:uuid:r-3", "c-3", "cd1:nope:v1"), caller("used-before"))
+    # a request refused for another reason spends its (fresh) token id all the same
+    with pytest.raises(ValidationError):
+        manager.provider_request(request("urn:uuid:r-4", "c-4", "cd1:nope:v1"), caller("fresh-4"))
+    assert recorded("fresh-4") == 1
+    # the catalog changed between the decision and the write: on PostgreSQL the statement adds
+    # the id but not the row; the request is then decided again and answered
+    offers = manager.offers
+    assert offers is not None
+    stale = SimpleNamespace(
+        resolve_offer=offers.resolve_offer,
+        resolve_offer_as_of=lambda offer_id, who: (
+            offers.resolve_offer(offer_id, who),
+            SimpleNamespace(table=negotiations, values={"id": "no-such-revision"}),
+        ),
+    )
+    monkeypatch.setattr(manager, "offers", stale)
+    taken: list[bool] = []
+    original = manager._request_optimistic
+
+    def spy(*args: Any) -> Any:
+        out = original(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(manager, "_request_optimistic", spy)
+    late = caller("fresh-5")
+    ack = manager.provider_request(request("urn:uuid:r-5", "c-5"), late)
+    assert ack["state"] == "REQUESTED" and negotiations_of("c-5") == 1
+    assert recorded("fresh-5") == 1 and late.replay is not None and late.replay.recorded
+    assert taken == ([False] if pg else [])
+    assert "fresh-5" not in separate
