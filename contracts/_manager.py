@@ -146,7 +146,8 @@ class EventFilter:
     """Which state changes an SSE subscriber wants: empty sets accept everything.
 
     ``states`` holds DSP state names as events show them (``wire_state``), ``roles`` "provider"
-    and/or "consumer", ``ids`` negotiation ids.
+    and/or "consumer", ``ids`` negotiation ids. :meth:`accepts` reads only an event's ``id``,
+    ``role`` and ``state`` (``NegotiationManager._announce`` asks it before building the event).
     """
 
     states: frozenset[str] = frozenset()
@@ -544,10 +545,15 @@ class NegotiationManager:
 
     def _announce(self, row: Row) -> None:
         """A state change this process committed (``row`` as stored): to the SSE listeners (see
-        :func:`on_commit`). The event is built only when a listener wants it."""
+        :func:`on_commit`). The event (with the offer and agreement parsed) is built only when a
+        listener's filter takes it; the filters need the id, role and state only."""
         self._note_seen(str(row["id"]), float(row["updated_at"]))
         if self._listeners:
-            self._deliver([self._view(row)])
+            key = {"id": row["id"], "role": row["role"], "state": wire_state(State(row["state"]))}
+            with self._lock:
+                wanted = any(listener.wanted.accepts(key) for listener in self._listeners)
+            if wanted:
+                self._deliver([self._view(row)])
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         with self._lock:

@@ -95,7 +95,7 @@ def _import_cached(jwk_json: str) -> AnyKey:
         raise TokenError(f"invalid verification key: {exc}") from None
 
 
-_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url(data: bytes) -> str:
@@ -108,9 +108,9 @@ def b64url_decode(part: str) -> bytes:
     if "=" in part or "+" in part or "/" in part:
         raise ValueError("not base64url without padding")
     try:
-        return binascii.a2b_base64(
-            (part.translate(_TO_STANDARD) + "=" * (-len(part) % 4)).encode("ascii"), strict_mode=True
-        )
+        # bytes.translate: str.translate with a mapping costs about 3x the whole decode
+        data = part.encode("ascii").translate(_TO_STANDARD)
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise ValueError(f"not base64url: {exc}") from None
 
