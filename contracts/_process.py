@@ -458,7 +458,10 @@ def _guarded_write(state: StateWrite) -> tuple[Any, dict[str, Any]]:
         received = state.received is not None
         req_table, req_values = state.require or (None, {})
         required = tuple(sorted(req_values))
-        tok_table = state.token[0] if state.token is not None and received else None
+        if state.token is not None and not received:
+            # the token id's CTE is tied to the received message (its id must be new)
+            raise StoreError("a new row's token id goes with a received message (StateWrite.received)")
+        tok_table = state.token[0] if state.token is not None else None
         stmt = cached_statement(
             (
                 "insert_guarded",
@@ -564,7 +567,6 @@ def _guarded_update(
     ``_ack_id`` sent if it is still pending and leased to ``_ack_owner``. With ``token`` (a
     replay table), the token id ``_tkey`` (expiring ``_texp``) is added first, over the locked
     row and only if the message id is not in the inbox, and the rest needs it to be new."""
-
     locked = (
         sa.select(table.c.id)
         .where(table.c.id == sa.bindparam("_upid"), table.c.version == sa.bindparam("_expect"))

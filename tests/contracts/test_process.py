@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -634,6 +635,12 @@ def test_a_new_rows_write_with_a_token_id_reports_the_id_it_added_even_when_a_co
         assert len(outcome) == 1 and isinstance(outcome[0], StaleWrite)
         assert first_claim.recorded and second_claim.recorded  # spent by its own request
         assert snapshot() == ([("n1", "m1"), ("n4", "m4")], ["m1", "m4"], [key("a"), key("c"), key("d")])
+        # a token id without a received message to tie it to: refused, nothing settled
+        loose, loose_claim = write("n6", "m6", "e")
+        loose = dataclasses.replace(loose, received=None)
+        with pytest.raises(StoreError, match="received message"), autocommit_tx(engine) as conn:
+            save_guarded(conn, loose)
+        assert not loose_claim.recorded and len(snapshot()[0]) == 2
     finally:
         engine.dispose()
 
