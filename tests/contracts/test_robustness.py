@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -308,6 +309,20 @@ def test_consumer_rejects_a_bad_provider_signature(
     assert consumer.manager.get(nid)["internalState"] in ("TERMINATING", "TERMINATED")
 
 
+def _recorded(engine: sa.Engine, jti: str) -> int:
+    """How many times the TCK's token id ``jti`` is in ``engine``'s replay table (0 or 1)."""
+    t = token_replay_table
+    with engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).where(t.c.token_key == replay_key(TCK_DID, jti)))
+        return int(count.scalar_one())
+
+
+def _inbox_has(engine: sa.Engine, message_id: str) -> bool:
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(inbox.c.message_id).where(inbox.c.message_id == message_id))
+        return found.first() is not None
+
+
 def test_a_token_id_goes_in_with_the_guarded_write_and_a_spent_one_changes_nothing(
     db_urls: Callable[[], str],
     keys: StaticKeyResolver,
@@ -340,16 +355,8 @@ def test_a_token_id_goes_in_with_the_guarded_write_and_a_spent_one_changes_nothi
     def caller(jti: str) -> Caller:
         return Caller(did=TCK_DID, replay=ReplayClaim(store, TCK_DID, jti, expires))
 
-    def recorded(jti: str) -> int:
-        t = token_replay_table
-        with consumer.engine.connect() as conn:
-            count = conn.execute(sa.select(sa.func.count()).where(t.c.token_key == replay_key(TCK_DID, jti)))
-            return int(count.scalar_one())
-
-    def inbox_has(message_id: str) -> bool:
-        with consumer.engine.connect() as conn:
-            found = conn.execute(sa.select(inbox.c.message_id).where(inbox.c.message_id == message_id))
-            return found.first() is not None
+    recorded = functools.partial(_recorded, consumer.engine)
+    inbox_has = functools.partial(_inbox_has, consumer.engine)
 
     ppid = tck.provider_pid
     agreement = {
@@ -415,11 +422,7 @@ def test_the_initial_requests_token_id_goes_in_with_the_new_row(
     def caller(jti: str) -> Caller:
         return Caller(did=TCK_DID, replay=ReplayClaim(store, TCK_DID, jti, expires))
 
-    def recorded(jti: str) -> int:
-        t = token_replay_table
-        with provider.engine.connect() as conn:
-            count = conn.execute(sa.select(sa.func.count()).where(t.c.token_key == replay_key(TCK_DID, jti)))
-            return int(count.scalar_one())
+    recorded = functools.partial(_recorded, provider.engine)
 
     def request(mid: str, cpid: str, offer_id: str = OFFER_ID) -> dict[str, Any]:
         offer = {"@id": offer_id, "@type": "Offer", "target": "ds1", "permission": [{"action": "use"}]}
@@ -443,12 +446,7 @@ def test_the_initial_requests_token_id_goes_in_with_the_new_row(
     assert store.add(TCK_DID, "used-before", expires)
     with pytest.raises(TokenError, match="replay"):
         manager.provider_request(request("urn:uuid:r-2", "c-2"), caller("used-before"))
-    assert negotiations_of("c-2") == 0
-    with provider.engine.connect() as conn:
-        assert (
-            conn.execute(sa.select(inbox.c.message_id).where(inbox.c.message_id == "urn:uuid:r-2")).first()
-            is None
-        )
+    assert negotiations_of("c-2") == 0 and not _inbox_has(provider.engine, "urn:uuid:r-2")
     # ... and refused as a replay even when the request is bad for another reason too
     with pytest.raises(TokenError, match="replay"):
         manager.provider_request(request("urn:uuid:r-3", "c-3", "cd1:nope:v1"), caller("used-before"))
