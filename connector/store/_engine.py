@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,29 +143,126 @@ def read_only(engine: Engine) -> Iterator[sa.Connection]:
         yield conn.execution_options(**{_READ_ONLY: True})
 
 
+class _Kept:
+    """Idle PostgreSQL connections :func:`pg_autocommit` keeps checked out, in autocommit mode,
+    for its next use (decision 0414): at most ``cap``, so the rest of the pool stays free."""
+
+    __slots__ = ("cap", "conns", "lock", "pid")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.pid = os.getpid()
+        #: (connection, time it was put here); pops are atomic, appends go through :meth:`keep`
+        self.conns: collections.deque[tuple[sa.Connection, float]] = collections.deque()
+        self.lock = threading.Lock()
+
+    def keep(self, conn: sa.Connection) -> bool:
+        """Keep ``conn`` unless ``cap`` are kept already."""
+        with self.lock:
+            if len(self.conns) >= self.cap:
+                return False
+            self.conns.append((conn, time.monotonic()))
+            return True
+
+    def drain(self) -> None:
+        """Close every kept connection (the engine was disposed); in a forked child, only forget
+        them (their sockets are the parent's)."""
+        forked = os.getpid() != self.pid
+        while True:
+            try:
+                conn, _since = self.conns.popleft()
+            except IndexError:
+                return
+            if not forked:
+                with contextlib.suppress(Exception):
+                    conn.invalidate()  # closes the driver's connection now
+
+
+_KEPT = "dadam_kept_autocommit"
+
+
+def _kept(engine: Engine) -> _Kept | None:
+    kept: _Kept | None = engine.__dict__.get(_KEPT)
+    return kept
+
+
+def _keep_autocommit_connections(engine: Engine, pool_size: int) -> None:
+    cap = pool_size // 2
+    if cap < 1:
+        return
+    kept = _Kept(cap)
+    engine.__dict__[_KEPT] = kept
+
+    @sa.event.listens_for(engine, "engine_disposed")
+    def _on_dispose(_engine: Engine) -> None:
+        kept.drain()
+
+
 @contextlib.contextmanager
 def pg_autocommit(engine: Engine) -> Iterator[sa.Connection]:
-    """A pooled PostgreSQL connection with the driver in autocommit mode, switched back before
-    the connection returns to the pool.
+    """A PostgreSQL connection with the driver in autocommit mode.
 
     The driver's own switch is an attribute (no round trip). SQLAlchemy's
     ``execution_options(isolation_level="AUTOCOMMIT")`` does the same through its connection
     characteristics and resets them at check-in: about 25 us per use, and the hot paths use a
     connection like this several times per negotiation. SQLAlchemy's own begin/commit/rollback
-    on such a connection are no-ops in the driver. A connection that cannot be switched back
-    (it broke, or someone ran an explicit ``BEGIN`` and left it open) is invalidated, so the
-    pool never hands out one in the wrong mode.
+    on such a connection are no-ops in the driver.
+
+    An engine made by :func:`create_engine` keeps up to half its pool of such connections
+    checked out between uses (decision 0414): a pool check-out and check-in, with their lock
+    hand-offs, cost more than the statement run in between. A kept connection idle for
+    :data:`PING_AFTER_IDLE_S` goes back to the pool (whose check-out pings it); one that broke,
+    or that is left inside a transaction (someone ran an explicit ``BEGIN``), is not kept. A
+    connection that goes back to the pool is switched back to transactional mode first, or
+    invalidated if it cannot be, so the pool never hands out one in the wrong mode. Disposing of
+    the engine closes the kept ones.
     """
-    with engine.connect() as conn:
-        raw: Any = conn.connection.driver_connection
-        raw.autocommit = True
+    kept = _kept(engine)
+    conn: sa.Connection | None = None
+    if kept is not None:
         try:
-            yield conn
-        finally:
-            try:
-                raw.autocommit = False
-            except Exception:
+            conn, since = kept.conns.pop()
+        except IndexError:
+            pass
+        else:
+            if conn.invalidated or time.monotonic() - since >= PING_AFTER_IDLE_S:
+                _give_back(conn)
+                conn = None
+    if conn is None:
+        conn = engine.connect()
+        conn.connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+    try:
+        yield conn
+    finally:
+        if kept is None or not _keepable(conn) or not kept.keep(conn):
+            _give_back(conn)
+
+
+def _keepable(conn: sa.Connection) -> bool:
+    """Whether ``conn`` can be kept for the next :func:`pg_autocommit`: alive, no transaction
+    open in the driver, SQLAlchemy's (a no-op there) ended."""
+    if conn.invalidated or conn.closed:
+        return False
+    try:
+        if conn.connection.driver_connection.info.transaction_status != 0:  # type: ignore[union-attr]
+            return False  # psycopg: not IDLE
+        if conn.in_transaction():
+            conn.rollback()  # SQLAlchemy's own: the driver has nothing to roll back
+    except Exception:
+        return False
+    return True
+
+
+def _give_back(conn: sa.Connection) -> None:
+    """Back to the pool in transactional mode, or invalidated if it cannot switch back."""
+    if not conn.invalidated:
+        try:
+            raw: Any = conn.connection.driver_connection
+            raw.autocommit = False
+        except Exception:
+            with contextlib.suppress(Exception):
                 conn.invalidate()
+    conn.close()
 
 
 def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engine:
@@ -196,6 +296,7 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Engin
             connect_args={"prepare_threshold": 1},
         )
         _ping_when_idle(engine)
+        _keep_autocommit_connections(engine, pool_size)
         _cache_long_statements()
         return engine
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")

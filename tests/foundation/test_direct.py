@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connector.store import create_engine, migrate, run
+from connector.store import create_engine, migrate, read_only, run
 from connector.store._direct import _PLANS
 
 META = sa.MetaData()
@@ -158,7 +158,7 @@ def test_catalog_revision_read_is_one_round_trip_on_postgres(pg_url: str, tmp_pa
         store = CatalogStore(eng)
         for _ in range(2):  # the second run prepares the statement (decision 0407)
             assert store.revision() == 0
-        with eng.connect() as conn:  # the pooled connection the next read will use
+        with read_only(eng) as conn:  # the kept connection the next read will use
             raw: Any = conn.connection.dbapi_connection
         trace = tmp_path / "libpq.trace"
         with trace.open("w") as f:

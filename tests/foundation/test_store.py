@@ -230,13 +230,32 @@ def test_postgres_statements_are_prepared_at_their_second_execution(pg_url: str)
 
 
 @pytest.mark.postgres
-def test_postgres_autocommit_blocks_commit_each_statement_and_return_the_connection_as_it_was(
-    pg_url: str,
+def test_postgres_autocommit_blocks_commit_each_statement_and_keep_half_the_pool_for_the_next(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``autocommit_tx``: each statement commits at once (another connection sees it before the
-    block ends), and the pooled connection goes back transactional. One left inside an explicit
-    transaction is discarded, never handed out in the wrong mode."""
-    eng = create_engine(pg_url, pool_size=2)
+    block ends). Its connection stays checked out in autocommit mode for the next such block
+    (decision 0414), but never more than half the pool: plain users always find connections,
+    and those are transactional. One left inside an explicit transaction is discarded, one idle
+    too long goes back to the pool transactional, and disposing of the engine closes them."""
+    from connector.store import _engine
+
+    eng = create_engine(pg_url, pool_size=2)  # keeps at most one
+    admin = create_engine(pg_url, pool_size=1)
+
+    def last_query(pid: int) -> str:
+        with admin.connect() as conn:
+            q = "select query from pg_stat_activity where pid = :p"
+            return str(conn.execute(sa.text(q), {"p": pid}).scalar_one())
+
+    def backends() -> set[int]:
+        with admin.connect() as conn:
+            rows = conn.execute(
+                sa.text("select pid from pg_stat_activity where datname = current_database()")
+            )
+            own: Any = conn.connection.dbapi_connection
+            return {int(r[0]) for r in rows} - {own.info.backend_pid}
+
     try:
         with eng.begin() as conn:
             conn.exec_driver_sql("create table ac (n integer)")
@@ -245,20 +264,67 @@ def test_postgres_autocommit_blocks_commit_each_statement_and_return_the_connect
             run(conn, sa.text("insert into ac values (1)"), {})
             with eng.connect() as other:
                 assert other.exec_driver_sql("select count(*) from ac").scalar_one() == 1
-        assert raw.autocommit is False
-        with eng.connect() as c1, eng.connect() as c2:  # both pooled connections, raw among them
-            assert raw in (c1.connection.dbapi_connection, c2.connection.dbapi_connection)
-            for conn in (c1, c2):  # writes wait for a commit
-                conn.exec_driver_sql("insert into ac values (2)")
-                conn.rollback()
+        assert raw.autocommit is True  # kept for the next block, not back in the pool
+        with autocommit_tx(eng) as conn:
+            assert conn.connection.dbapi_connection is raw  # no pool check-out
+        # the other pooled connection still serves plain users, transactional
+        with eng.connect() as c1:
+            assert c1.connection.dbapi_connection is not raw
+            c1.exec_driver_sql("insert into ac values (2)")
+            c1.rollback()
+            # two blocks at once: the second checks one out of the pool (the last one, c1's,
+            # once c1 is back), and only one of them is kept afterwards
+        with read_only(eng) as r1, read_only(eng) as r2:
+            pair = {id(r1.connection.dbapi_connection), id(r2.connection.dbapi_connection)}
+            assert len(pair) == 2
+        with eng.connect() as c1:  # the pool still has one for a plain user, transactional
+            assert c1.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+            c1.exec_driver_sql("insert into ac values (3)")
+            c1.rollback()
         with read_only(eng) as conn:
             assert conn.execute(sa.text("select count(*) from ac")).scalar_one() == 1
-            conn.exec_driver_sql("BEGIN")  # left open: the connection cannot switch back
+            conn.exec_driver_sql("BEGIN")  # left open: not kept, cannot switch back either
             left_open: Any = conn.connection.dbapi_connection
         assert left_open.closed
-        with eng.connect() as conn:
-            assert conn.connection.dbapi_connection is not left_open
-            assert conn.exec_driver_sql("select count(*) from ac").scalar_one() == 1
+        with eng.connect() as c1, eng.connect() as c2:  # nothing kept: both free for plain use
+            for c in (c1, c2):
+                assert c.connection.dbapi_connection is not left_open
+                assert c.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        with read_only(eng) as conn:
+            idle: Any = conn.connection.dbapi_connection
+        idle_pid = idle.info.backend_pid
+        with eng.connect() as hold:  # the pool's other connection, out of the way
+            assert hold.connection.dbapi_connection is not idle
+            monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)
+            with read_only(eng) as conn:
+                # the kept one sat idle "too long": it went back to the pool transactional and
+                # came out again through the pool's check-out, which pinged it in a transaction
+                assert conn.connection.dbapi_connection is idle
+                assert last_query(idle_pid) == "ROLLBACK"
+            monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 5.0)
+        with read_only(eng) as conn:
+            kept: Any = conn.connection.dbapi_connection
+            pid = kept.info.backend_pid
+        assert pid in backends()
+        eng.dispose()
+        assert kept.closed  # a kept connection is closed with the engine: its backend goes
+        assert pid not in backends()
+    finally:
+        eng.dispose()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_a_pool_of_one_keeps_no_autocommit_connection(pg_url: str) -> None:
+    """With a pool of one, ``read_only`` gives its connection back each time (transactional):
+    keeping it would leave nothing for anyone else."""
+    eng = create_engine(pg_url, pool_size=1)
+    try:
+        with read_only(eng) as conn:
+            raw: Any = conn.connection.dbapi_connection
+        assert raw.autocommit is False
+        with eng.connect() as conn:  # would wait 30 s for a kept connection
+            assert conn.connection.dbapi_connection is raw
     finally:
         eng.dispose()
 
