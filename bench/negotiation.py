@@ -22,7 +22,9 @@ Measured in one run:
   p50 / floor p50);
 * during the throughput run, CPU milliseconds per finalized negotiation (Linux /proc) of the
   provider, the consumer, this load generator and (PostgreSQL) the server's processes, and the
-  fraction of the machine's cores that was busy; ``cpu_bound_per_s_on_2_cores`` is
+  fraction of the machine's cores that was busy (``machine_steal_fraction``: the part of it the
+  hypervisor of a shared VM took for others) and the machine's context switches per negotiation
+  (``context_switches_per_negotiation``); ``cpu_bound_per_s_on_2_cores`` is
   2000 / (provider + consumer CPU ms), what 2 cores could do for the connectors alone;
 * ``calibration_python_ms``: CPU ms of a fixed pure-Python workload in this process, to compare
   figures taken on different machines (or days: the development machines are shared VMs whose
@@ -118,15 +120,22 @@ def _parent_name(pid: int) -> str | None:
     return head.split("(", 1)[1]
 
 
-def machine_busy() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all cores from /proc/stat; None where it is missing."""
+def machine_busy() -> tuple[float, float, float, float] | None:
+    """(busy, total, steal) jiffies of all cores and the context switches so far, from
+    /proc/stat; None where it is missing.
+
+    busy counts everything but idle and I/O wait, steal included (as it always has, so figures
+    stay comparable); steal is the time the hypervisor gave this VM's cores to someone else.
+    """
     try:
-        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
-    v = [int(x) for x in cpu]
+    v = [int(x) for x in lines[0].split()[1:]]
     idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return float(sum(v) - idle), float(sum(v))
+    steal = v[7] if len(v) > 7 else 0
+    ctxt = next((float(line.split()[1]) for line in lines if line.startswith("ctxt ")), 0.0)
+    return float(sum(v) - idle), float(sum(v)), float(steal), ctxt
 
 
 def free_port() -> int:
@@ -394,11 +403,12 @@ def run_backend(
                 if name == "postgres" and pg0 is not None and pg1 is not None
                 else None
             )
-            busy = (
-                round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 2)
-                if busy0 is not None and busy1 is not None and busy1[1] > busy0[1]
-                else None
-            )
+            busy = steal = switches = None
+            if busy0 is not None and busy1 is not None and busy1[1] > busy0[1]:
+                span = busy1[1] - busy0[1]
+                busy = round((busy1[0] - busy0[0]) / span, 2)
+                steal = round((busy1[2] - busy0[2]) / span, 2)
+                switches = round((busy1[3] - busy0[3]) / n_throughput, 1)
             provider_cpu = cpu_ms_per(pair.provider_pid, cpu0[0], n_throughput)
             consumer_cpu = cpu_ms_per(pair.consumer_pid, cpu0[1], n_throughput)
             finalized = sum(1 for nid in ids if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
@@ -429,6 +439,12 @@ def run_backend(
                 "driver_cpu_ms_per_negotiation": driver_cpu,
                 "postgres_cpu_ms_per_negotiation": pg_cpu,
                 "machine_busy_fraction": busy,
+                # of which the hypervisor gave to other VMs (shared development machines: 10-15 %
+                # seen under this load); the connectors and PostgreSQL never had those cycles
+                "machine_steal_fraction": steal,
+                # context switches of the whole machine per negotiation: thread hand-offs (lock
+                # waits, wake-ups), which cost the kernel and the caches more than they show
+                "context_switches_per_negotiation": switches,
                 "floor_request_cpu_ms": floor_cpu_ms,
                 "cpu_bound_per_s_on_2_cores": (
                     round(2000 / (provider_cpu + consumer_cpu), 1) if provider_cpu and consumer_cpu else None

@@ -40,10 +40,12 @@ def batch(
         return nb.postgres_cpu_s() if pg else None
 
     cpu0 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
+    m0 = nb.machine_busy()
     t0 = time.perf_counter()
     ids = nb.load(pair, fin, f"{tag}-", n, concurrency)
     elapsed = time.perf_counter() - t0
     cpu1 = (nb.cpu_s(pair.provider_pid), nb.cpu_s(pair.consumer_pid), pg_cpu())
+    m1 = nb.machine_busy()
     finalized = sum(1 for nid in ids if fin.done.get(nid, (0, ""))[1] == "FINALIZED")
     if finalized != n:
         raise RuntimeError(f"{n - finalized} of {n} negotiations did not finalize")
@@ -51,6 +53,8 @@ def batch(
     for key, a, b in zip(("provider_ms", "consumer_ms", "postgres_ms"), cpu0, cpu1, strict=True):
         if a is not None and b is not None:
             res[key] = (b - a) / n * 1000
+    if m0 is not None and m1 is not None:  # the whole machine's, the idle pair's included
+        res["switches"] = (m1[3] - m0[3]) / n
     return res
 
 
