@@ -121,35 +121,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture
 def uvicorn_thread() -> Iterator[Callable[..., int]]:
     """``start(app, **config)``: a uvicorn server for ``app`` on a free loopback port, in a
-    thread of this process (httptools protocol unless ``http`` says otherwise); its port. The
-    servers stop when the test ends."""
-    import socket
-    import threading
-    import time
+    thread of this process (httptools protocol, no lifespan, no log config unless ``config``
+    says otherwise; ``timeout``: seconds to start, 10); its port. The servers stop when the
+    test ends. Built on :func:`threaded_server.serve_in_thread`, which code that is not a test
+    (or stops its server before the test ends) calls directly."""
+    from threaded_server import ServerThread, serve_in_thread
 
-    import uvicorn
-
-    running: list[tuple[Any, threading.Thread]] = []
+    running: list[ServerThread] = []
 
     def start(app: Any, **config: Any) -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
         config = {"http": "httptools", "lifespan": "off", "log_config": None, **config}
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        deadline = time.time() + 10
-        while not server.started and time.time() < deadline:
-            time.sleep(0.01)
-        assert server.started, "uvicorn did not start within 10 s"
-        return port
+        server = serve_in_thread(app, **config)
+        running.append(server)
+        return server.port
 
     yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(10)
+    for server in running:
+        server.stop()
 
 
 @pytest.fixture

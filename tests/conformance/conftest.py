@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -11,22 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
+from threaded_server import free_port, serve_in_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conformance_testing import TckStandIn
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    port = _free_port()
+    port = free_port()
     data = tmp_path_factory.mktemp("tck")
     proc = subprocess.Popen(
         [
@@ -73,15 +65,10 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def tck() -> Iterator[tuple[TckStandIn, str]]:
+    """The TCK stand-in, served for the whole module (so not by the ``uvicorn_thread`` fixture)."""
     stand_in = TckStandIn()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(stand_in.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    served = serve_in_thread(stand_in.app, log_level="warning")
     try:
-        yield stand_in, f"http://127.0.0.1:{port}"
+        yield stand_in, served.url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        served.stop()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -26,8 +24,8 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI, Header, Request, Response
+from threaded_server import ServerThread, free_port, serve_in_thread
 
 from connector.api import DspFastLane, install_error_handlers
 from connector.identity import Caller
@@ -105,10 +103,8 @@ async def fake_authenticate(headers: Mapping[str, str], defer_replay: bool) -> C
     return lambda: caller
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: how the harness serves a node's app and the TCK's (uvicorn's defaults otherwise)
+SERVER_CONFIG: dict[str, Any] = {"log_level": "warning", "lifespan": "off", "ws": "none"}
 
 
 @dataclass
@@ -119,8 +115,7 @@ class Node:
     engine: sa.Engine
     manager: NegotiationManager
     signer: LocalKeySigner | None
-    server: uvicorn.Server
-    thread: threading.Thread
+    served: ServerThread
     app: FastAPI
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -146,8 +141,7 @@ class Node:
         # its keep-alive connections to the peer, else closed by the garbage collector later,
         # as a ResourceWarning charged to whichever test runs then
         self.manager.http.close()
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.served.stop()
         self.engine.dispose()
 
 
@@ -196,17 +190,9 @@ def make_node(
         app.add_middleware(
             DspFastLane, prefix=DSP, routes=routes, authenticate=fake_authenticate, dsp_path=DSP
         )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    assert server.started, "server did not start"
+    served = serve_in_thread(app, port=port, **SERVER_CONFIG)
     manager.start()
-    return Node(name, did, url, engine, manager, signer, server, thread, app)
+    return Node(name, did, url, engine, manager, signer, served, app)
 
 
 # --- official DSP 2025-1 schemas ----------------------------------------------------------------
@@ -298,22 +284,13 @@ class Tck:
                 return Response(orjson.dumps(ack), 200, media_type="application/json")
             return Response(b"", 200)
 
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 10
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.01)
+        self.served = serve_in_thread(app, **SERVER_CONFIG)
+        self.url = self.served.url
         self.http = httpx.Client(timeout=10, headers={"X-Test-Caller": TCK_DID})
 
     def stop(self) -> None:
         self.http.close()
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.served.stop()
 
     def expect(self, type_: str, path_suffix: str, timeout: float = 10.0) -> dict[str, Any]:
         try:

@@ -9,9 +9,8 @@ and a push (the data plane calls back ``completed``), on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,10 +19,10 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from threaded_server import serve_in_thread
 from transfer_nodes import (
     BACKENDS,
     backend_env,
@@ -34,6 +33,7 @@ from transfer_nodes import (
     wait_health,
     wait_until,
 )
+from uvicorn.config import LOGGING_CONFIG
 
 from connector._demo import (
     Node,
@@ -101,26 +101,15 @@ def test_signaling_settings_are_checked() -> None:
 
 
 # ---------------------------------------------------------------------- the endpoints, in-process
-def _serve(app: Any) -> tuple[str, Any]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread: (base URL, stop())."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "server did not start"
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    return f"http://127.0.0.1:{port}", stop
+#: how these tests serve an app in a thread: uvicorn's defaults (the data plane's lifespan runs)
+#: apart from these; 30 s to start
+SERVE: dict[str, Any] = {"log_level": "warning", "ws": "none", "timeout": 30}
 
 
 @pytest.fixture
-def dataplane_app(db_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Any]]:
+def dataplane_app(
+    db_url: str, tmp_path: Path, uvicorn_thread: Callable[..., int]
+) -> Iterator[tuple[httpx.Client, Any]]:
     """``dadam dataplane``'s app in signaling mode, served by uvicorn on loopback in a thread."""
     from connector.dataplane._service import create_dataplane_app
 
@@ -130,12 +119,10 @@ def dataplane_app(db_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, A
         worker_poll_ms=50, send_retry_base_ms=50,
     )  # fmt: skip
     app = create_dataplane_app(settings)
-    url, stop = _serve(app)
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            yield client, app
-    finally:
-        stop()
+    # the fixture's own defaults are httptools, no lifespan, no log config: uvicorn's instead
+    port = uvicorn_thread(app, http="auto", lifespan="auto", log_config=LOGGING_CONFIG, **SERVE)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client, app
 
 
 @pytest.fixture
@@ -309,7 +296,9 @@ def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
         received.append((f"{tid}/{event}", orjson.loads(raw)))
         return JSONResponse({}, status_code=503 if len(received) < 3 else 200)
 
-    url, stop = _serve(stub)
+    # stopped before the counts are checked, so no callback lands after them: not the fixture
+    served = serve_in_thread(stub, **SERVE)
+    url = served.url
     try:
         assert _start(client, "f-cb", "m1", callbackAddress=f"{url}/api/signaling").status_code == 200
         assert app.state.flows.errored("f-cb", "the usage policy's count is used up")
@@ -319,7 +308,7 @@ def test_callbacks_are_resent_with_the_same_id_until_acknowledged(
         wait_until(lambda: _pending_callback(engine) is None, "the acknowledgement to be recorded")
         time.sleep(0.3)  # the acknowledged callback is not sent again (several poll rounds)
     finally:
-        stop()
+        served.stop()
     assert len(received) == 3
     assert {where for where, _ in received} == {"f-cb/errored"}
     assert len({body["messageId"] for _, body in received}) == 1

@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from test_signaling import SECRET, _serve
+from test_signaling import SECRET, SERVE
+from threaded_server import serve_in_thread
 from transfer_nodes import BACKENDS, backend_env, bom_agreement, split_connectors, transfer_view, wait_until
 
 from connector._demo import Node, usage_of
@@ -60,7 +61,8 @@ def test_completed_callback_answered_409_is_resent_and_completes_once(
     control, data, consumer, db_url = signaled
     agreement = bom_agreement(control, consumer)
     slow = _SlowDestination()
-    url, stop = _serve(slow.app)
+    served = serve_in_thread(slow.app, **SERVE)
+    url = served.url
     engine = sa.create_engine(db_url)
     try:
         with consumer.client() as c:
@@ -117,5 +119,5 @@ def test_completed_callback_answered_409_is_resent_and_completes_once(
         assert httpx.get(f"{data.base_url}/healthz", timeout=5).status_code == 200
     finally:
         slow.release.set()
-        stop()
+        served.stop()
         engine.dispose()
