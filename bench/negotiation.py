@@ -439,8 +439,8 @@ def run_backend(
                 "driver_cpu_ms_per_negotiation": driver_cpu,
                 "postgres_cpu_ms_per_negotiation": pg_cpu,
                 "machine_busy_fraction": busy,
-                # of which the hypervisor gave to other VMs (shared development machines: 10-15 %
-                # seen under this load); the connectors and PostgreSQL never had those cycles
+                # of which the hypervisor gave to other VMs (shared development machines: vmstat
+                # showed 10-15 % under this load once); nothing here ran in those cycles
                 "machine_steal_fraction": steal,
                 # context switches of the whole machine per negotiation: thread hand-offs (lock
                 # waits, wake-ups), which cost the kernel and the caches more than they show
