@@ -21,11 +21,27 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
+    """A TCP port on 127.0.0.1 that is free right now, for a server in another process or an
+    address meant to refuse connections. Nothing holds it: another process can take it before
+    it is used. A server in this process should use :func:`bind_loopback` instead."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def bind_loopback() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1 (``sock.getsockname()[1]``), for
+    ``serve_in_thread(app, sock=...)``: the port is held from the moment it is picked, so a
+    server whose app must know its own address before it starts cannot lose the port to
+    another process in between."""
+    sock = socket.socket()
+    try:
+        sock.bind((HOST, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
@@ -47,15 +63,29 @@ class ServerThread:
 
 
 def serve_in_thread(
-    app: Any, *, port: int | None = None, timeout: float = 10.0, **config: Any
+    app: Any,
+    *,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    timeout: float = 10.0,
+    **config: Any,
 ) -> ServerThread:
-    """Serve ``app`` on 127.0.0.1:``port`` (a free port when None) in a daemon thread, with
-    ``config`` passed to :class:`uvicorn.Config` as given (uvicorn's defaults otherwise); return
-    once the server has started. A server that has not started within ``timeout`` seconds is
-    stopped and the call fails."""
-    port = free_port() if port is None else port
+    """Serve ``app`` on 127.0.0.1 in a daemon thread, with ``config`` passed to
+    :class:`uvicorn.Config` as given (uvicorn's defaults otherwise); return once the server has
+    started. It listens on ``sock`` (from :func:`bind_loopback`; the server closes it when it
+    stops), or binds ``port`` itself (to come back on a known port), or, with neither, on a
+    socket of its own from :func:`bind_loopback`. A server that has not started within
+    ``timeout`` seconds is stopped and the call fails."""
+    if sock is not None and port is not None:
+        raise ValueError("give serve_in_thread a port or a bound socket, not both")
+    if port is None and sock is None:
+        sock = bind_loopback()
+    if sock is not None:
+        port = sock.getsockname()[1]
+    assert port is not None
     server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, **config))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets = None if sock is None else [sock]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     running = ServerThread(server, thread, port)
     deadline = time.monotonic() + timeout
@@ -64,5 +94,7 @@ def serve_in_thread(
     if not server.started:
         why = f"did not start within {timeout} s" if thread.is_alive() else "exited without starting"
         running.stop()
+        if sock is not None:
+            sock.close()
         raise AssertionError(f"uvicorn on {HOST}:{port} {why}")
     return running

@@ -6,7 +6,6 @@ connector's callbacks, reproducing the TCK's message shapes and its 2xx / 4xx-no
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 import uuid
@@ -20,13 +19,6 @@ from catalog_testing import schema_errors
 from conformance_testing import CTX, TckStandIn
 
 import vocab
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_prints_every_property_the_tck_needs(cut: dict[str, str]) -> None:

@@ -25,7 +25,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Header, Request, Response
-from threaded_server import ServerThread, free_port, serve_in_thread
+from threaded_server import ServerThread, bind_loopback, serve_in_thread
 
 from connector.api import DspFastLane, install_error_handlers
 from connector.identity import Caller
@@ -160,37 +160,42 @@ def make_node(
 ) -> Node:
     """A node; ``fast_lane`` serves the DSP POSTs in :class:`~connector.api.DspFastLane`, as
     ``dadam serve`` does (False: through FastAPI only)."""
-    port = free_port()
+    sock = bind_loopback()  # held until the server listens on it: no other process can take it
+    port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     did = f"did:web:127.0.0.1%3A{port}:{name}"
-    engine = create_engine(db_url)
-    migrate(engine)
-    signer = LocalKeySigner(did) if sign else None
-    if signer is not None:
-        keys.add(signer.kid, signer.public_jwk())
-    cfg = NegotiationConfig(participant_id=did, dsp_base_url=url + DSP, **(config or {}))
-    manager = NegotiationManager(
-        engine,
-        cfg,
-        offers=offers,
-        signer=signer,
-        keys=keys,
-        http=http or httpx.Client(timeout=5),
-        auth_for=lambda _aud: HeaderAuth(did),
-        retry=retry or RetryPolicy(limit=3, base_s=0.05),
-        scripts=scripts,
-        poll_s=0.05,
-    )
-    app = FastAPI()
-    install_error_handlers(app, dsp_path=DSP)
-    app.include_router(negotiation_dsp_router(manager, fake_caller), prefix=DSP)
-    app.include_router(negotiation_management_router(manager, lambda: None, lambda: None), prefix=MGMT)
-    if fast_lane:
-        routes = negotiation_fast_routes(manager)
-        app.add_middleware(
-            DspFastLane, prefix=DSP, routes=routes, authenticate=fake_authenticate, dsp_path=DSP
+    try:
+        engine = create_engine(db_url)
+        migrate(engine)
+        signer = LocalKeySigner(did) if sign else None
+        if signer is not None:
+            keys.add(signer.kid, signer.public_jwk())
+        cfg = NegotiationConfig(participant_id=did, dsp_base_url=url + DSP, **(config or {}))
+        manager = NegotiationManager(
+            engine,
+            cfg,
+            offers=offers,
+            signer=signer,
+            keys=keys,
+            http=http or httpx.Client(timeout=5),
+            auth_for=lambda _aud: HeaderAuth(did),
+            retry=retry or RetryPolicy(limit=3, base_s=0.05),
+            scripts=scripts,
+            poll_s=0.05,
         )
-    served = serve_in_thread(app, port=port, **SERVER_CONFIG)
+        app = FastAPI()
+        install_error_handlers(app, dsp_path=DSP)
+        app.include_router(negotiation_dsp_router(manager, fake_caller), prefix=DSP)
+        app.include_router(negotiation_management_router(manager, lambda: None, lambda: None), prefix=MGMT)
+        if fast_lane:
+            routes = negotiation_fast_routes(manager)
+            app.add_middleware(
+                DspFastLane, prefix=DSP, routes=routes, authenticate=fake_authenticate, dsp_path=DSP
+            )
+        served = serve_in_thread(app, sock=sock, **SERVER_CONFIG)
+    except BaseException:
+        sock.close()  # the server never took it
+        raise
     manager.start()
     return Node(name, did, url, engine, manager, signer, served, app)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from cn_harness import free_port
+from threaded_server import free_port
 
 from connector.store import create_engine
 from contracts._process import inbox, outbox
