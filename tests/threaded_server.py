@@ -63,29 +63,19 @@ class ServerThread:
 
 
 def serve_in_thread(
-    app: Any,
-    *,
-    port: int | None = None,
-    sock: socket.socket | None = None,
-    timeout: float = 10.0,
-    **config: Any,
+    app: Any, *, sock: socket.socket | None = None, timeout: float = 10.0, **config: Any
 ) -> ServerThread:
     """Serve ``app`` on 127.0.0.1 in a daemon thread, with ``config`` passed to
     :class:`uvicorn.Config` as given (uvicorn's defaults otherwise); return once the server has
-    started. It listens on ``sock`` (from :func:`bind_loopback`; the server closes it when it
-    stops), or binds ``port`` itself (to come back on a known port), or, with neither, on a
-    socket of its own from :func:`bind_loopback`. A server that has not started within
-    ``timeout`` seconds is stopped and the call fails."""
-    if sock is not None and port is not None:
-        raise ValueError("give serve_in_thread a port or a bound socket, not both")
-    if port is None and sock is None:
+    started. It listens on ``sock`` (from :func:`bind_loopback`, for an app that must know its
+    port before it is built), or on a socket of its own from :func:`bind_loopback`; the server
+    closes it when it stops. A server that has not started within ``timeout`` seconds is stopped
+    and the call fails."""
+    if sock is None:
         sock = bind_loopback()
-    if sock is not None:
-        port = sock.getsockname()[1]
-    assert port is not None
+    port: int = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, **config))
-    sockets = None if sock is None else [sock]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     running = ServerThread(server, thread, port)
     deadline = time.monotonic() + timeout
@@ -94,7 +84,6 @@ def serve_in_thread(
     if not server.started:
         why = f"did not start within {timeout} s" if thread.is_alive() else "exited without starting"
         running.stop()
-        if sock is not None:
-            sock.close()
+        sock.close()
         raise AssertionError(f"uvicorn on {HOST}:{port} {why}")
     return running
